@@ -1,0 +1,51 @@
+# remote-kernels: set-up, test cluster, demo and tests.  Run as root on Debian.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= /usr/bin/python3.11
+VENV := .venv
+VPY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+APT_PKGS := slurm-wlm munge openssh-server python3.11-venv iproute2 util-linux passwd
+CLUSTER := /usr/bin/python3 tests/cluster/cluster.py
+
+.PHONY: help deps venv cluster cluster-down cluster-status demo test
+
+help:
+	@echo "make demo            set up everything, run a cell on a compute node"
+	@echo "make test            set up everything, run the test suite"
+	@echo "make cluster         bring up (or repair) the test cluster"
+	@echo "make cluster-down    stop and remove the test cluster"
+	@echo "make cluster-status  show the test cluster's daemons and nodes"
+
+# Debian packages; apt runs only when something is missing.
+deps:
+	@missing=$$(for p in $(APT_PKGS); do \
+	    dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	    echo "installing:" $$missing; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(STAMP): pyproject.toml | deps
+	$(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+venv: deps $(STAMP)
+
+cluster: deps
+	$(CLUSTER) up
+
+cluster-down:
+	$(CLUSTER) down
+
+cluster-status:
+	@$(CLUSTER) status
+
+demo: venv cluster
+	$(VPY) -m remote_kernels.demo
+
+test: venv cluster
+	$(VPY) -m pytest tests

@@ -1,0 +1,28 @@
+"""Small helpers for tests that drive the real test cluster."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+
+def sbatch_wait(tmp_path, *args: str, wrap: str, timeout: float = 60) -> str:
+    """Submit a batch job, wait for it to finish (sbatch --wait), return its output."""
+    out = tmp_path / "job.out"
+    subprocess.run(
+        ["sbatch", "--wait", "--quiet", f"--output={out}", *args, "--wrap", wrap],
+        check=True, timeout=timeout, capture_output=True, text=True,
+    )
+    return out.read_text()
+
+
+def wait_until(what: str, cond, timeout: float = 30, interval: float = 0.1):
+    """Poll cond() until it returns something true; fail with ``what`` after timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)

@@ -1,0 +1,176 @@
+"""The test cluster is a real SLURM cluster with isolated compute-node networks."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import asyncssh
+import pytest
+
+from conftest import CLUSTER_SCRIPT
+from slurm_helpers import sbatch_wait, wait_until
+
+pytestmark = pytest.mark.cluster
+
+
+def test_job_pinned_to_c2_runs_there(cluster, tmp_path):
+    assert sbatch_wait(tmp_path, "-p", "debug", "-w", "c2", wrap="hostname").strip() == "c2"
+
+
+def test_long_partition_lands_on_c2(cluster, tmp_path):
+    assert sbatch_wait(tmp_path, "-p", "long", wrap="hostname").strip() == "c2"
+
+
+def test_nodes_and_partitions(cluster):
+    out = subprocess.run(["sinfo", "-h", "-o", "%P %N"], capture_output=True, text=True, check=True).stdout
+    parts = dict(line.split() for line in out.splitlines())
+    assert parts["debug*"] == "c[1-2]"
+    assert parts["long"] == "c2"
+
+
+def test_shared_filesystem(cluster, tmp_path):
+    marker = tmp_path / "written-on-login"
+    marker.write_text("hello from login\n")
+    out = sbatch_wait(tmp_path, "-w", "c1", wrap=f"cat {marker}; echo from-node > {tmp_path}/written-on-node")
+    assert out == "hello from login\n"
+    assert (tmp_path / "written-on-node").read_text() == "from-node\n"
+
+
+def test_openssh_strict_host_key_checking(cluster):
+    argv = ["ssh", "-F", cluster["ssh_config"], "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes"]
+    ok = subprocess.run([*argv, "c1", "hostname"], capture_output=True, text=True, timeout=30)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.strip() == "c1"
+
+
+def _known_hosts_with_wrong_key(cluster, tmp_path) -> Path:
+    """A known_hosts that names c1 (and its address) with c2's host key."""
+    c2_key = next(l for l in Path(cluster["known_hosts"]).read_text().splitlines() if l.startswith("c2,"))
+    bad = tmp_path / "known_hosts"
+    bad.write_text(f"c1,{cluster['nodes']['c1']} " + " ".join(c2_key.split()[1:]) + "\n")
+    return bad
+
+
+def test_openssh_refuses_wrong_host_key(cluster, tmp_path):
+    bad = _known_hosts_with_wrong_key(cluster, tmp_path)
+    res = subprocess.run(
+        ["ssh", "-F", cluster["ssh_config"], "-o", "BatchMode=yes", "-o", f"UserKnownHostsFile={bad}",
+         "-o", "StrictHostKeyChecking=yes", "c1", "hostname"],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert res.returncode != 0
+    assert "host key" in res.stderr.lower()
+    assert res.stdout == ""
+
+
+async def test_asyncssh_default_config_reaches_node(cluster):
+    """asyncssh with no options honours ~/.ssh/config (which includes the cluster's) and known_hosts."""
+    async with asyncssh.connect("c2") as conn:
+        result = await conn.run("hostname", check=True)
+    assert result.stdout.strip() == "c2"
+
+
+async def test_asyncssh_refuses_wrong_host_key(cluster, tmp_path):
+    bad = _known_hosts_with_wrong_key(cluster, tmp_path)
+    with pytest.raises(asyncssh.HostKeyNotVerifiable):
+        async with asyncssh.connect("c1", known_hosts=str(bad)):
+            pass
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+LISTENER = r"""
+import socket, sys
+srvs = []
+for addr in sys.argv[1:]:
+    host, port = addr.rsplit(':', 1)
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((host, int(port))); s.listen(); srvs.append(s)
+print('ready', flush=True)
+sys.stdin.read()
+"""
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def test_node_loopback_is_not_reachable_from_login(cluster):
+    c1 = cluster["nodes"]["c1"]
+    lo_port, pub_port = _free_port(), _free_port()
+    proc = subprocess.Popen(
+        ["nsenter", "--net=/run/netns/c1", sys.executable, "-c", LISTENER,
+         f"127.0.0.1:{lo_port}", f"{c1}:{pub_port}"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        assert _reachable(c1, pub_port), "listener on c1's address must be reachable"
+        assert not _reachable(c1, lo_port), "c1's loopback listener leaked to c1's address"
+        assert not _reachable("127.0.0.1", lo_port), "c1's loopback listener reachable on login's loopback"
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=10)
+
+
+def _cluster(cmd: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["/usr/bin/python3", str(CLUSTER_SCRIPT), cmd], capture_output=True, text=True, timeout=120)
+
+
+def test_up_when_up_changes_nothing(cluster):
+    res = _cluster("up")
+    assert res.returncode == 0, res.stderr
+    assert "starting" not in res.stdout and "creating" not in res.stdout, res.stdout
+
+
+def test_up_repairs_a_dead_slurmd(cluster, tmp_path):
+    pid = int(Path(cluster["state"], "run", "slurmd-c1.pid").read_text())
+    subprocess.run(["kill", "-9", str(pid)], check=True)
+    wait_until("status to report slurmd c1 down", lambda: _cluster("status").returncode != 0)
+    res = _cluster("up")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "starting slurmd on c1" in res.stdout
+    assert sbatch_wait(tmp_path, "-w", "c1", wrap="hostname").strip() == "c1"
+
+
+def _leftovers(cluster) -> list[str]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            comm = (proc / "comm").read_text().strip()
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            if (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                continue  # already dead, waiting to be reaped by init
+        except OSError:
+            continue
+        if comm in ("slurmctld", "slurmd", "slurmstepd", "munged") or (comm == "sshd" and cluster["state"] in cmd):
+            found.append(f"{proc.name} {cmd}")
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    found += [f"netns {n}" for n in cluster["nodes"] if n in netns.split()]
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    found += [f"link {l.split(':')[1].strip()}" for l in links.splitlines() if "rk-" in l or cluster["bridge"] in l]
+    return found
+
+
+@pytest.mark.disruptive
+def test_down_leaves_nothing_and_up_restores(cluster, tmp_path):
+    res = _cluster("down")
+    assert res.returncode == 0, res.stderr
+    assert _leftovers(cluster) == []
+    res = _cluster("up")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert _cluster("status").returncode == 0
+    assert sbatch_wait(tmp_path, "-w", "c2", wrap="hostname").strip() == "c2"
