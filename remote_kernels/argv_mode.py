@@ -1,0 +1,85 @@
+"""Argv mode: for frontends that run kernel.json's argv themselves (VS Code's local picker).
+
+``remote-kernels run --kernel NAME -f CONNECTION_FILE`` reads the connection file the
+frontend wrote (its transport, ports and key), runs the kernel on a compute node
+through the same core as the provisioner, and serves exactly those endpoints on the
+login side.  SIGINT interrupts the kernel; SIGTERM/SIGHUP shut it down.  The job is
+cancelled whenever this process exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+
+from .launcher import CHANNELS
+from .options import KernelOptions
+from .session import RemoteKernelSession
+
+log = logging.getLogger("remote_kernels.run")
+
+
+def read_connection_file(path: str) -> dict:
+    try:
+        with open(path) as f:
+            info = json.load(f)
+    except OSError as e:
+        raise SystemExit(f"remote-kernels run: cannot read connection file {path}: {e.strerror}; "
+                         "the frontend must write it before starting the kernel") from None
+    except ValueError as e:
+        raise SystemExit(f"remote-kernels run: connection file {path} is not valid JSON ({e})") from None
+    missing = [k for k in ("key", *CHANNELS) if k not in info]
+    if missing:
+        raise SystemExit(f"remote-kernels run: connection file {path} lacks {', '.join(missing)}")
+    return info
+
+
+async def serve(name: str, options: KernelOptions, info: dict) -> int:
+    """Run the kernel until it exits or we are told to stop; return an exit code."""
+    session = RemoteKernelSession(options, name=name, log=log)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    pending: set[asyncio.Task] = set()
+
+    def interrupt() -> None:
+        task = loop.create_task(session.signal(signal.SIGINT))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+
+    loop.add_signal_handler(signal.SIGINT, interrupt)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        start = loop.create_task(_start(session, info))
+        stopper = loop.create_task(stop.wait())
+        await asyncio.wait({start, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if not start.done():
+            start.cancel()
+            log.info("stopped while starting; cancelling job %s", session.job_id)
+            return 143
+        stopper.cancel()
+        start.result()
+        log.info("kernel running on %s (job %s)", session.node, session.job_id)
+        while not stop.is_set() and session.exit_code is None:
+            try:
+                await asyncio.wait_for(stop.wait(), 0.2)
+            except asyncio.TimeoutError:
+                pass
+        return session.exit_code if session.exit_code is not None else 0
+    finally:
+        await session.close()
+
+
+async def _start(session: RemoteKernelSession, info: dict) -> None:
+    await session.start_job()
+    if info.get("transport", "tcp") == "ipc":
+        endpoints = {ch: f"{info['ip']}-{info[ch]}" for ch in CHANNELS}
+    else:
+        endpoints = {ch: int(info[ch]) for ch in CHANNELS}
+    await session.forward(endpoints)
+    env = {k: v for k, v in os.environ.items() if k.startswith(("JPY_", "JUPYTER_"))}
+    await session.start_kernel(info["key"], info.get("signature_scheme", "hmac-sha256"),
+                               kernel_name=info.get("kernel_name", ""), cwd=os.getcwd(), env=env)

@@ -1,0 +1,72 @@
+"""Write compute-node kernelspecs (kernel.json + logos), like ``python -m ipykernel install``."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from jupyter_client.kernelspec import KernelSpecManager
+
+PROVISIONER = "remote-kernels-provisioner"
+
+
+def kernel_json(name: str, display_name: str, config: dict) -> dict:
+    """kernel.json for both ways in: the provisioner stanza and the argv-mode command."""
+    return {
+        "argv": [sys.executable, "-m", "remote_kernels", "run", "--kernel", name, "-f", "{connection_file}"],
+        "display_name": display_name,
+        "language": "python",
+        "interrupt_mode": "message",
+        "metadata": {
+            "debugger": False,
+            "kernel_provisioner": {"provisioner_name": PROVISIONER, "config": config},
+        },
+    }
+
+
+def _logos() -> list[Path]:
+    try:
+        import ipykernel
+    except ImportError:
+        return []
+    res = Path(ipykernel.__file__).parent / "resources"
+    return sorted(p for p in res.glob("logo-*") if p.is_file())
+
+
+def install(name: str, display_name: str, config: dict, *, user: bool = False,
+            prefix: str | None = None, replace: bool = False) -> str:
+    """Install the spec; return its directory.  FileExistsError if it exists and not replace."""
+    ksm = KernelSpecManager()
+    existing = ksm.find_kernel_specs().get(name)
+    if existing and not replace:
+        raise FileExistsError(f"kernelspec {name!r} already exists at {existing}; use --replace to overwrite it")
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "kernel.json").write_text(json.dumps(kernel_json(name, display_name, config), indent=1) + "\n")
+        for logo in _logos():
+            shutil.copy(logo, tmp)
+        return ksm.install_kernel_spec(tmp, name, user=user, prefix=prefix, replace=True)
+
+
+def remote_specs() -> dict[str, dict]:
+    """name -> kernel.json of every installed kernelspec that uses our provisioner."""
+    ksm = KernelSpecManager()
+    found = {}
+    for name, path in sorted(ksm.find_kernel_specs().items()):
+        try:
+            spec = json.loads((Path(path) / "kernel.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if spec.get("metadata", {}).get("kernel_provisioner", {}).get("provisioner_name") == PROVISIONER:
+            found[name] = dict(spec, resource_dir=path)
+    return found
+
+
+def spec_config(name: str) -> dict:
+    """The provisioner config of installed kernelspec ``name`` (KeyError if it is not ours)."""
+    specs = remote_specs()
+    if name not in specs:
+        raise KeyError(f"no compute-node kernelspec named {name!r}; see `remote-kernels list`")
+    return specs[name]["metadata"]["kernel_provisioner"].get("config", {})

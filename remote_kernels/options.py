@@ -1,0 +1,67 @@
+"""A compute-node kernel's settings: traitlets, set from kernel.json's provisioner config.
+
+The provisioner inherits these traits (so ``c.RemoteKernelProvisioner.time = ...``
+in a Jupyter config file works too); argv mode builds a ``KernelOptions`` from the
+same kernel.json stanza.
+"""
+
+from __future__ import annotations
+
+import re
+
+from traitlets import Dict, Float, Int, List, TraitError, Unicode, validate
+from traitlets.config import LoggingConfigurable
+
+from .schedulers import Resources
+
+TIME_RE = re.compile(r"^(?:(\d+)-)?(?:(\d+):)?(\d+)(?::(\d+))?$")
+MEM_RE = re.compile(r"^\d+[KMGT]?$", re.IGNORECASE)
+
+
+class KernelOptions(LoggingConfigurable):
+    """Where and how a remote kernel runs."""
+
+    scheduler = Unicode("slurm", help="Batch scheduler that runs the kernel's job.").tag(config=True)
+    partition = Unicode("", help="Partition (queue); empty: the scheduler's default.").tag(config=True)
+    account = Unicode("", help="Account to charge.").tag(config=True)
+    qos = Unicode("", help="Quality of service.").tag(config=True)
+    time = Unicode("", help="Wall-time limit, [D-]HH:MM:SS or minutes; empty: partition default.").tag(config=True)
+    cpus = Int(0, help="CPUs for the kernel; 0: the scheduler's default.").tag(config=True)
+    mem = Unicode("", help="Memory, e.g. 4G or 512M; empty: the scheduler's default.").tag(config=True)
+    gpus = Int(0, help="GPUs for the kernel.").tag(config=True)
+    constraint = Unicode("", help="Node feature constraint.").tag(config=True)
+    reservation = Unicode("", help="Reservation to run in.").tag(config=True)
+    directives = List(Unicode(), help="Extra scheduler directives, e.g. '--exclusive'.").tag(config=True)
+    python = Unicode("python3", help="Python on the compute node (needs ipykernel).").tag(config=True)
+    setup = List(Unicode(), help="Shell lines run in the job before the kernel, e.g. 'module load python'.").tag(config=True)
+    env = Dict(value_trait=Unicode(), help="Environment variables for the kernel.").tag(config=True)
+    queue_timeout = Float(0, help="Give up (and cancel the job) after this many seconds queued; 0: wait forever.").tag(config=True)
+    launch_timeout = Float(120, help="Seconds from job start until the launcher must answer.").tag(config=True)
+    grace = Float(300, help="Dead-man switch: the job ends when the login side is silent this long (s).").tag(config=True)
+    poll_interval = Float(2.0, help="Seconds between the scheduler status queries of a server.").tag(config=True)
+    runtime_base = Unicode("/tmp", help="Directory on the node for the kernel's private socket dir.").tag(config=True)
+
+    @validate("time")
+    def _valid_time(self, proposal):
+        value = proposal["value"]
+        if value and not TIME_RE.match(value):
+            raise TraitError(f"time {value!r} is not a wall-time; use [D-]HH:MM:SS, HH:MM or minutes")
+        return value
+
+    @validate("mem")
+    def _valid_mem(self, proposal):
+        value = proposal["value"]
+        if value and not MEM_RE.match(value):
+            raise TraitError(f"mem {value!r} is not a size; use a number with K, M, G or T, e.g. 4G")
+        return value
+
+    def resources(self, job_name: str, output: str) -> Resources:
+        return Resources(partition=self.partition, account=self.account, qos=self.qos, time=self.time,
+                         cpus=self.cpus, mem=self.mem, gpus=self.gpus, constraint=self.constraint,
+                         reservation=self.reservation, job_name=job_name, output=output,
+                         directives=list(self.directives))
+
+
+def option_names() -> list[str]:
+    """The names users may set in kernel.json's provisioner config."""
+    return sorted(KernelOptions.class_own_traits(config=True))

@@ -1,0 +1,140 @@
+"""jupyter_client adapter: ``remote-kernels-provisioner`` in kernel.json's metadata.
+
+A thin translation of jupyter_client's provisioner calls onto RemoteKernelSession.
+The job lives from the first launch_kernel() until cleanup(restart=False):
+jupyter_client calls kill()/terminate() with restart=False even while restarting
+(jupyter_client#1061), so those only stop the kernel, never the job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import tempfile
+from typing import Any
+
+from jupyter_client.connect import KernelConnectionInfo
+from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
+from traitlets import Enum
+
+from .launcher import CHANNELS
+from .options import KernelOptions
+from .session import RemoteKernelSession
+
+# Environment variables of the server passed on to the kernel (the rest stays on the login side).
+PASS_ENV_PREFIXES = ("JPY_", "JUPYTER_")
+
+
+class RemoteKernelProvisioner(KernelOptions, KernelProvisionerBase):  # type: ignore[misc]
+    """Runs the kernel in a batch job on a compute node, reached over SSH."""
+
+    login_transport = Enum(["ipc", "tcp"], "ipc", help=(
+        "How the login side exposes the kernel to jupyter_client: 'ipc' sockets in a 0700 "
+        "directory (only you can connect) or TCP on 127.0.0.1 (any local user can connect; "
+        "the HMAC key still protects messages).")).tag(config=True)
+
+    session: RemoteKernelSession | None = None
+    _login_dir: str | None = None
+
+    @property
+    def has_process(self) -> bool:
+        return self.session is not None and self.session.kernel_pid is not None
+
+    async def poll(self) -> int | None:
+        if self.session is None:
+            return 0
+        return self.session.exit_code
+
+    async def wait(self) -> int | None:
+        while (code := await self.poll()) is None:
+            await asyncio.sleep(0.1)
+        if self.session is not None:
+            self.session.kernel_pid = None
+        return code
+
+    async def send_signal(self, signum: int) -> None:
+        if self.session is not None:
+            await self.session.signal(signum)
+
+    async def kill(self, restart: bool = False) -> None:
+        if self.session is not None:
+            await self.session.stop_kernel()
+
+    async def terminate(self, restart: bool = False) -> None:
+        if self.session is not None:
+            await self.session.signal(signal.SIGTERM)
+
+    async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
+        km = self.parent
+        if self._login_dir is None:
+            self._login_dir = tempfile.mkdtemp(prefix="rk-")   # 0700
+        if self.login_transport == "ipc":
+            km.transport, km.ip = "ipc", os.path.join(self._login_dir, "k")
+            for channel, n in CHANNELS.items():
+                setattr(km, channel, n)
+        else:
+            km.transport, km.ip = "tcp", "127.0.0.1"
+            if not km.shell_port:
+                from jupyter_client.connect import LocalPortCache
+                cache = LocalPortCache.instance()
+                for channel in CHANNELS:
+                    setattr(km, channel, cache.find_available_port("127.0.0.1"))
+        km.write_connection_file()
+        self.connection_info = km.get_connection_info()
+        kwargs.pop("extra_arguments", None)
+        # cmd is jupyter_client's to format; the job runs the launcher, not this argv.
+        return await super().pre_launch(cmd=km.format_kernel_cmd(), **kwargs)
+
+    def _endpoints(self) -> dict[str, str | int]:
+        info = self.connection_info
+        if info["transport"] == "ipc":
+            return {ch: f"{info['ip']}-{info[ch]}" for ch in CHANNELS}
+        return {ch: int(info[ch]) for ch in CHANNELS}
+
+    async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
+        env = kwargs.get("env") or {}
+        kernel_env = {k: v for k, v in env.items() if k.startswith(PASS_ENV_PREFIXES)}
+        if self.session is None:
+            self.session = RemoteKernelSession(self, name=_short_name(self), log=self.log)
+            await self.session.start_job()
+        try:
+            await self.session.forward(self._endpoints())
+        except BaseException:
+            await self._end_session()
+            raise
+        key = self.connection_info["key"]
+        await self.session.start_kernel(key, self.connection_info.get("signature_scheme", "hmac-sha256"),
+                                        kernel_name=self.connection_info.get("kernel_name", ""),
+                                        cwd=kwargs.get("cwd"), env=kernel_env)
+        return self.connection_info
+
+    async def cleanup(self, restart: bool = False) -> None:
+        if not restart:
+            await self._end_session()
+
+    async def _end_session(self) -> None:
+        if self.session is not None:
+            session, self.session = self.session, None
+            await session.close()
+        if self._login_dir is not None:
+            shutil.rmtree(self._login_dir, ignore_errors=True)
+            self._login_dir = None
+
+    def get_shutdown_wait_time(self, recommended: float = 5.0) -> float:
+        return max(recommended, 10.0)
+
+    def get_stable_start_time(self, recommended: float = 10.0) -> float:
+        return max(recommended, self.launch_timeout)
+
+    async def get_provisioner_info(self) -> dict[str, Any]:
+        info = await super().get_provisioner_info()
+        if self.session is not None:
+            info.update(job_id=self.session.job_id, node=self.session.node, scheduler=self.scheduler)
+        return info
+
+
+def _short_name(prov: RemoteKernelProvisioner) -> str:
+    spec_dir = getattr(prov.kernel_spec, "resource_dir", "") or ""
+    return os.path.basename(spec_dir.rstrip("/")) or "remote-kernel"

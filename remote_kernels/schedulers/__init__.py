@@ -1,0 +1,98 @@
+"""The scheduler layer: one small interface, one module per scheduler.
+
+A scheduler adapter turns resources into a job-script header, submits a script
+(returning the job id), asks about many jobs in one command, and cancels or
+signals a job.  Every adapter reports states from the one enum below.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from ..runner import CommandRunner
+
+
+class JobState(enum.Enum):
+    QUEUED = "queued"
+    HELD = "held"
+    RUNNING = "running"
+    SUSPENDED = "suspended"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    TIMEOUT = "timeout"
+    NODE_FAIL = "node_fail"
+    PREEMPTED = "preempted"
+    OOM = "oom"
+    GONE = "gone"          # left the queue; the scheduler no longer knows it
+    UNKNOWN = "unknown"
+
+    @property
+    def finished(self) -> bool:
+        return self not in (JobState.QUEUED, JobState.HELD, JobState.RUNNING,
+                            JobState.SUSPENDED, JobState.UNKNOWN)
+
+
+@dataclass
+class JobStatus:
+    """What the scheduler says of one job."""
+
+    state: JobState
+    reason: str = ""
+    node: str | None = None
+    start_time: str | None = None   # estimated or actual, as the scheduler prints it
+    native: str = ""                # the scheduler's own state word
+
+
+@dataclass
+class Resources:
+    """Scheduler-neutral resource request.  Empty values are left to the site's defaults."""
+
+    partition: str = ""
+    account: str = ""
+    qos: str = ""
+    time: str = ""
+    cpus: int = 0
+    mem: str = ""
+    gpus: int = 0
+    constraint: str = ""
+    reservation: str = ""
+    job_name: str = "remote-kernel"
+    output: str = ""
+    directives: list[str] = field(default_factory=list)
+
+
+class Scheduler:
+    """Interface of a scheduler adapter.  Subclasses implement every method."""
+
+    name = ""
+
+    def __init__(self, runner: CommandRunner | None = None):
+        self.runner = runner or CommandRunner()
+
+    def header(self, res: Resources) -> list[str]:
+        """Job-script directive lines (after the shebang) for these resources."""
+        raise NotImplementedError
+
+    async def submit(self, script: str) -> str:
+        """Submit the job script (on stdin); return the job id."""
+        raise NotImplementedError
+
+    async def status(self, job_ids: list[str]) -> dict[str, JobStatus]:
+        """One command for all job_ids; a job the scheduler no longer knows is GONE."""
+        raise NotImplementedError
+
+    async def cancel(self, job_id: str) -> None:
+        raise NotImplementedError
+
+
+def get_scheduler(name: str, runner: CommandRunner | None = None) -> Scheduler:
+    """The adapter called ``name``; ValueError naming the known ones otherwise."""
+    from .slurm import Slurm
+
+    adapters = {Slurm.name: Slurm}
+    try:
+        return adapters[name](runner)
+    except KeyError:
+        raise ValueError(f"unknown scheduler {name!r}; known: {', '.join(sorted(adapters))}") from None

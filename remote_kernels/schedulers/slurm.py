@@ -1,0 +1,83 @@
+"""SLURM: sbatch --parsable, one squeue for all jobs, scancel."""
+
+from __future__ import annotations
+
+import re
+
+from ..runner import CommandError
+from . import JobState, JobStatus, Resources, Scheduler
+
+# squeue's %T words -> our states (SLURM 22.05+ job_state_string).
+STATES = {
+    "PENDING": JobState.QUEUED, "CONFIGURING": JobState.QUEUED, "REQUEUED": JobState.QUEUED,
+    "REQUEUE_FED": JobState.QUEUED, "REQUEUE_HOLD": JobState.HELD, "RESV_DEL_HOLD": JobState.HELD,
+    "RUNNING": JobState.RUNNING, "COMPLETING": JobState.COMPLETED, "STAGE_OUT": JobState.RUNNING,
+    "SIGNALING": JobState.RUNNING, "RESIZING": JobState.RUNNING,
+    "SUSPENDED": JobState.SUSPENDED, "STOPPED": JobState.SUSPENDED,
+    "COMPLETED": JobState.COMPLETED, "FAILED": JobState.FAILED, "BOOT_FAIL": JobState.NODE_FAIL,
+    "DEADLINE": JobState.TIMEOUT, "CANCELLED": JobState.CANCELLED, "REVOKED": JobState.CANCELLED,
+    "SPECIAL_EXIT": JobState.FAILED, "TIMEOUT": JobState.TIMEOUT, "NODE_FAIL": JobState.NODE_FAIL,
+    "PREEMPTED": JobState.PREEMPTED, "OUT_OF_MEMORY": JobState.OOM,
+}
+HELD_REASONS = ("JobHeldUser", "JobHeldAdmin")
+# `sbatch --parsable` prints "JOBID" or "JOBID;CLUSTER" alone on its last line.
+JOB_ID = re.compile(r"^(?P<id>\d+(?:_\d+)?)(?:;(?P<cluster>[\w.-]+))?$")
+SQUEUE_FORMAT = "%i|%T|%r|%N|%S"
+
+
+class Slurm(Scheduler):
+    name = "slurm"
+
+    def header(self, res: Resources) -> list[str]:
+        opts = [("job-name", res.job_name), ("partition", res.partition), ("account", res.account),
+                ("qos", res.qos), ("time", res.time), ("cpus-per-task", res.cpus or ""),
+                ("mem", res.mem), ("gpus", res.gpus or ""), ("constraint", res.constraint),
+                ("reservation", res.reservation), ("output", res.output)]
+        lines = ["#SBATCH --nodes=1", "#SBATCH --ntasks=1"]
+        lines += [f"#SBATCH --{k}={v}" for k, v in opts if v != ""]
+        lines += [d if d.startswith("#SBATCH") else f"#SBATCH {d}" for d in res.directives]
+        return lines
+
+    @staticmethod
+    def parse_job_id(stdout: str) -> str:
+        lines = [l.strip() for l in stdout.strip().splitlines() if l.strip()]
+        m = JOB_ID.match(lines[-1]) if lines else None
+        if not m:
+            raise ValueError(f"sbatch --parsable printed no job id: {stdout.strip()!r}")
+        return m.group("id")
+
+    async def submit(self, script: str) -> str:
+        _, out, _ = await self.runner.run(["sbatch", "--parsable"], stdin=script)
+        return self.parse_job_id(out)
+
+    @staticmethod
+    def parse_status(stdout: str) -> dict[str, JobStatus]:
+        found = {}
+        for line in stdout.splitlines():
+            parts = line.strip().split("|")
+            if len(parts) != 5:
+                continue
+            job_id, native, reason, node, start = parts
+            state = STATES.get(native, JobState.UNKNOWN)
+            if state is JobState.QUEUED and reason in HELD_REASONS:
+                state = JobState.HELD
+            found[job_id] = JobStatus(
+                state=state, native=native, reason="" if reason == "None" else reason,
+                node=node or None, start_time=None if start in ("N/A", "") else start)
+        return found
+
+    async def status(self, job_ids: list[str]) -> dict[str, JobStatus]:
+        if not job_ids:
+            return {}
+        argv = ["squeue", "-h", "-t", "all", "-j", ",".join(job_ids), "-o", SQUEUE_FORMAT]
+        code, out, err = await self.runner.run(argv, check=False)
+        if code != 0:
+            # All ids purged: "Invalid job id specified" (exit 1).  Anything else is a failed query.
+            if "Invalid job id" in err:
+                return {j: JobStatus(JobState.GONE) for j in job_ids}
+            raise CommandError(argv, code, out, err)
+        found = self.parse_status(out)
+        return {j: found.get(j, JobStatus(JobState.GONE)) for j in job_ids}
+
+    async def cancel(self, job_id: str) -> None:
+        await self.runner.run(["scancel", job_id])

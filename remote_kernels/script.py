@@ -1,0 +1,43 @@
+"""Render the batch script that runs the launcher on a compute node.
+
+The script carries resources, environment and set-up lines, and the launcher
+itself (fed to Python on stdin), so nothing of remote-kernels must be installed
+on the node.  It never contains the kernel's key.
+"""
+
+from __future__ import annotations
+
+import shlex
+from importlib import resources as ilr
+
+from .options import KernelOptions
+from .schedulers import Scheduler
+
+EXIT_SETUP_FAILED = 97
+EXIT_NO_PYTHON = 98
+LAUNCHER_EOF = "RK_LAUNCHER_EOF"
+
+
+def launcher_source() -> str:
+    return ilr.files("remote_kernels").joinpath("launcher.py").read_text()
+
+
+def render(scheduler: Scheduler, opts: KernelOptions, *, session: str, job_name: str, output: str) -> str:
+    """The complete job script for one kernel session."""
+    q = shlex.quote
+    lines = ["#!/bin/bash", *scheduler.header(opts.resources(job_name, output))]
+    lines.append(f"# remote-kernels session {session}: the launcher below starts the kernel")
+    lines += [f"export {k}={q(v)}" for k, v in sorted(opts.env.items())]
+    for line in opts.setup:
+        lines.append(f'{line} || {{ rc=$?; echo "remote-kernels: set-up line failed on $(hostname) '
+                     f'(exit $rc):" {q(line)} >&2; exit {EXIT_SETUP_FAILED}; }}')
+    py = q(opts.python)
+    lines.append(
+        f"command -v {py} >/dev/null 2>&1 || {{ echo \"remote-kernels: Python {opts.python} not found on "
+        f"$(hostname); set the kernel's python to a path that exists on the compute nodes\" >&2; "
+        f"exit {EXIT_NO_PYTHON}; }}")
+    lines.append(f"exec {py} - {q(session)} {opts.grace:g} {q(opts.runtime_base)} <<'{LAUNCHER_EOF}'")
+    src = launcher_source()
+    if LAUNCHER_EOF in src.splitlines():
+        raise RuntimeError("launcher source contains the heredoc terminator")
+    return "\n".join(lines) + "\n" + src.rstrip("\n") + f"\n{LAUNCHER_EOF}\n"

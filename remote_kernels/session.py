@@ -1,0 +1,320 @@
+"""The core: one remote kernel's job, node connection, forwards and launcher.
+
+Both adapters (the jupyter_client provisioner and argv mode) drive this class:
+
+    s = RemoteKernelSession(options, log=...)
+    await s.start_job()                      # submit, wait in the queue, reach the launcher
+    await s.forward(endpoints)               # login-side endpoints -> the kernel's node sockets
+    await s.start_kernel(key, scheme, cwd=..., env=...)   # (re)start ipykernel in the job
+    s.exit_code                              # None while the kernel lives
+    await s.signal(signal.SIGINT)
+    await s.stop_kernel()                    # kernel gone, job kept (restart)
+    await s.close()                          # kernel, launcher and job gone, forwards closed
+
+Every failure raises ``KernelStartError`` with a one-line message; whatever was
+created before the failure (job, connection) is released before it is raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+import time
+from pathlib import Path
+
+import asyncssh
+from jupyter_core.paths import jupyter_data_dir
+
+from . import script
+from .launcher import CHANNELS
+from .options import KernelOptions
+from .schedulers import JobState, JobStatus, get_scheduler
+from .ssh import NodeConnection, NodeConnections
+from .watcher import JobWatcher
+
+# poll() codes when the job, not the kernel, ended (the kernel's own code otherwise).
+JOB_ENDED_CODES = {JobState.CANCELLED: 143, JobState.TIMEOUT: 124, JobState.NODE_FAIL: 135,
+                   JobState.PREEMPTED: 143, JobState.OOM: 137, JobState.FAILED: 1,
+                   JobState.COMPLETED: 0, JobState.GONE: 1, JobState.UNKNOWN: 1}
+
+
+class KernelStartError(RuntimeError):
+    """The kernel could not be started; the message names the cause and the fix."""
+
+
+def job_log_dir() -> Path:
+    d = Path(jupyter_data_dir()) / "remote-kernels" / "jobs"
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return d
+
+
+class RemoteKernelSession:
+    def __init__(self, options: KernelOptions, *, name: str = "remote-kernel", log: logging.Logger | None = None):
+        self.opts = options
+        self.name = name
+        self.log = log or logging.getLogger(__name__)
+        self.scheduler = get_scheduler(options.scheduler)
+        self.watcher = JobWatcher.for_scheduler(self.scheduler, interval=options.poll_interval)
+        self.session_id = secrets.token_hex(8)   # names the node dir; not a secret
+        self.job_id: str | None = None
+        self.node: str | None = None
+        self.node_info: dict = {}
+        self.conn: NodeConnection | None = None
+        self._ctl: tuple[asyncssh.SSHReader, asyncssh.SSHWriter] | None = None
+        self._replies: asyncio.Queue = asyncio.Queue()
+        self._reader_task: asyncio.Task | None = None
+        self._listeners: list = []
+        self.exit_code: int | None = None
+        self.kernel_pid: int | None = None
+        self.ended_reason = ""
+        self.timings: dict[str, float] = {}
+
+    # --- paths ---------------------------------------------------------------
+    @property
+    def node_dir(self) -> str:
+        return f"{self.opts.runtime_base.rstrip('/')}/rk-{self.session_id}"
+
+    @property
+    def log_file(self) -> Path:
+        return job_log_dir() / f"{self.job_id}.log"
+
+    def job_log_tail(self, lines: int = 5) -> str:
+        try:
+            text = self.log_file.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return " | ".join(text[-lines:])
+
+    # --- job -----------------------------------------------------------------
+    async def start_job(self) -> None:
+        """Submit the job, wait until it runs, connect to the node and reach the launcher."""
+        t0 = time.monotonic()
+        try:
+            text = script.render(self.scheduler, self.opts, session=self.session_id,
+                                 job_name=f"rk-{self.name}"[:64], output=str(job_log_dir() / "%j.log"))
+            try:
+                self.job_id = await self.scheduler.submit(text)
+            except Exception as e:
+                raise KernelStartError(f"{self.scheduler.name} refused the job: {e}") from None
+            self.timings["submit"] = time.monotonic() - t0
+            self.log.info("remote kernel %s: submitted %s job %s", self.name, self.scheduler.name, self.job_id)
+            self.watcher.watch(self.job_id)
+            status = await self._wait_running(t0)
+            self.watcher.started(self.job_id)
+            self.node = status.node.split(",")[0]
+            self.timings["queued"] = time.monotonic() - t0 - self.timings["submit"]
+            self.log.info("remote kernel %s: job %s running on %s", self.name, self.job_id, self.node)
+            t1 = time.monotonic()
+            try:
+                self.conn = await NodeConnections.shared().acquire(self.node)
+            except (OSError, asyncssh.Error, asyncio.TimeoutError) as e:
+                raise KernelStartError(f"cannot reach node {self.node} over SSH: {_ssh_reason(e)}") from None
+            self.timings["ssh"] = time.monotonic() - t1
+            await self._connect_launcher()
+            self.timings["launcher"] = time.monotonic() - t1 - self.timings["ssh"]
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _wait_running(self, t0: float) -> JobStatus:
+        last = None
+        while True:
+            status = await self.watcher.wait_update(self.job_id)
+            summary = (status.state, status.reason)
+            if summary != last:
+                last = summary
+                extra = f", estimated start {status.start_time}" if status.state is JobState.QUEUED and status.start_time else ""
+                self.log.info("remote kernel %s: job %s %s%s%s", self.name, self.job_id, status.state.value,
+                              f" ({status.reason})" if status.reason else "", extra)
+            if status.state is JobState.RUNNING and status.node:
+                return status
+            if status.state.finished:
+                tail = self.job_log_tail()
+                raise KernelStartError(
+                    f"job {self.job_id} ended before the kernel started ({status.native or status.state.value}"
+                    f"{', ' + status.reason if status.reason else ''})" + (f": {tail}" if tail else ""))
+            waited = time.monotonic() - t0
+            if self.opts.queue_timeout and waited > self.opts.queue_timeout:
+                raise KernelStartError(
+                    f"job {self.job_id} still {status.state.value} after {waited:.0f}s"
+                    f" (reason: {status.reason or 'none given'}); cancelled it. Raise queue_timeout or "
+                    "choose a less busy partition")
+
+    async def _connect_launcher(self) -> None:
+        """Open the control channel to the launcher's socket once it listens."""
+        deadline = time.monotonic() + self.opts.launch_timeout
+        path = f"{self.node_dir}/ctl"
+        delay = 0.02
+        while True:
+            try:
+                self._ctl = await self.conn.conn.open_unix_connection(path)
+                break
+            except asyncssh.ChannelOpenError:
+                pass
+            st = self.watcher.status.get(self.job_id)
+            if st and st.state.finished:
+                await asyncio.sleep(0.2)   # let the job's output reach the log file
+                tail = self.job_log_tail()
+                raise KernelStartError(
+                    f"job {self.job_id} on {self.node} ended before its launcher started"
+                    f" ({st.native or st.state.value})" + (f": {tail}" if tail else f"; see {self.log_file}"))
+            if time.monotonic() > deadline:
+                raise KernelStartError(
+                    f"launcher of job {self.job_id} did not answer on {self.node} within "
+                    f"{self.opts.launch_timeout:g}s; see {self.log_file}")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.25)
+        self._reader_task = asyncio.get_running_loop().create_task(self._read_events())
+        self.node_info = await self._request({"op": "hello"})
+        self.log.info("remote kernel %s: launcher ready on %s (%s)", self.name,
+                      self.node_info.get("host"), self.node_info.get("python"))
+
+    async def _read_events(self) -> None:
+        reader = self._ctl[0]
+        try:
+            while True:
+                line = await reader.readline()
+                if not line:
+                    break
+                msg = json.loads(line)
+                if msg.get("event") == "exited":
+                    self.exit_code = msg.get("code")
+                    self.log.info("remote kernel %s: kernel exited with code %s", self.name, self.exit_code)
+                else:
+                    self._replies.put_nowait(msg)
+        except (asyncssh.Error, OSError, ValueError):
+            pass
+        finally:
+            self._ctl = None
+            self._replies.put_nowait({"event": "lost"})
+            if self.kernel_pid is not None and self.exit_code is None:
+                await self._explain_lost_launcher()
+
+    async def _explain_lost_launcher(self) -> None:
+        """The control channel closed: find out from the scheduler why, and set exit_code."""
+        if self.job_id is None:
+            return
+        for _ in range(20):
+            st = self.watcher.status.get(self.job_id)
+            if st is None:
+                return
+            if st.state.finished:
+                self.ended_reason = f"job {self.job_id} {st.native or st.state.value}" + (
+                    f" ({st.reason})" if st.reason else "")
+                self.log.warning("remote kernel %s: %s", self.name, self.ended_reason)
+                self.exit_code = JOB_ENDED_CODES.get(st.state, 1)
+                return
+            await self.watcher.wait_update(self.job_id)
+        self.ended_reason = "lost contact with the launcher"
+        self.exit_code = 1
+
+    async def _request(self, msg: dict, timeout: float = 30.0) -> dict:
+        if self._ctl is None:
+            raise KernelStartError(f"no connection to the launcher of job {self.job_id}")
+        writer = self._ctl[1]
+        writer.write((json.dumps(msg) + "\n").encode())
+        reply = await asyncio.wait_for(self._replies.get(), timeout)
+        if reply.get("event") == "lost":
+            raise KernelStartError(f"lost the launcher of job {self.job_id} on {self.node}")
+        return reply
+
+    # --- forwards ------------------------------------------------------------
+    async def forward(self, endpoints: dict[str, str | int]) -> None:
+        """Forward login-side endpoints to the kernel's node sockets.
+
+        ``endpoints`` maps channel (``shell_port``...) to a unix path or a TCP port on 127.0.0.1.
+        Replaces forwards made before (jupyter_client deletes ipc socket files on restart).
+        """
+        self._close_forwards()
+        for channel, local in endpoints.items():
+            remote = f"{self.node_dir}/k-{CHANNELS[channel]}"
+            if isinstance(local, int):
+                listener = await self.conn.conn.forward_local_port_to_path("127.0.0.1", local, remote)
+            else:
+                listener = await self.conn.conn.forward_local_path(local, remote)
+                os.chmod(local, 0o600)
+            self._listeners.append(listener)
+
+    def _close_forwards(self) -> None:
+        for listener in self._listeners:
+            listener.close()
+        self._listeners.clear()
+
+    # --- kernel --------------------------------------------------------------
+    async def start_kernel(self, key: bytes | str, signature_scheme: str = "hmac-sha256", *,
+                           kernel_name: str = "", cwd: str | None = None, env: dict | None = None) -> None:
+        """Start (or restart) the kernel in the job; return once its sockets are bound."""
+        if isinstance(key, bytes):
+            key = key.decode()
+        self.exit_code = None
+        reply = await self._request({"op": "start", "key": key, "signature_scheme": signature_scheme,
+                                     "kernel_name": kernel_name, "cwd": cwd, "env": env or {}}, timeout=120)
+        if reply.get("event") != "started":
+            raise KernelStartError(reply.get("message", f"launcher could not start the kernel: {reply}"))
+        self.kernel_pid = reply["pid"]
+
+    async def signal(self, signum: int) -> None:
+        if self._ctl is not None:
+            await self._request({"op": "signal", "signum": int(signum)})
+
+    async def stop_kernel(self) -> None:
+        """Stop the kernel, keep the job and launcher (for a restart)."""
+        if self._ctl is not None:
+            reply = await self._request({"op": "stop"})
+            if self.exit_code is None:
+                self.exit_code = reply.get("code") if reply.get("code") is not None else -9
+        self.kernel_pid = None
+
+    @property
+    def alive(self) -> bool:
+        return self.kernel_pid is not None and self.exit_code is None
+
+    async def close(self) -> None:
+        """End everything: kernel, launcher, job, forwards, connection.  Idempotent."""
+        said_bye = False
+        if self._ctl is not None:
+            try:
+                said_bye = (await self._request({"op": "shutdown"}, timeout=10)).get("event") == "bye"
+            except (KernelStartError, asyncio.TimeoutError, asyncssh.Error, OSError):
+                pass
+        self._close_forwards()
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+            self._reader_task = None
+        if self.job_id is not None:
+            await self._end_job(said_bye)
+            self.job_id = None
+        if self.conn is not None:
+            conn, self.conn = self.conn, None
+            await NodeConnections.shared().release(conn)
+
+    async def _end_job(self, said_bye: bool) -> None:
+        """After the launcher said bye, wait briefly for the job to end by itself; else cancel it."""
+        job_id, deadline = self.job_id, time.monotonic() + 3.0
+        st = self.watcher.status.get(job_id)
+        while said_bye and st is not None and not st.state.finished \
+                and time.monotonic() < deadline:
+            try:
+                st = await asyncio.wait_for(self.watcher.wait_update(job_id), max(0.1, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                break
+        if st is None or not st.state.finished:
+            try:
+                await self.scheduler.cancel(job_id)
+                self.log.info("remote kernel %s: cancelled job %s", self.name, job_id)
+            except Exception as e:  # the job may have ended meanwhile
+                self.log.debug("cancel of job %s: %s", job_id, e)
+        self.watcher.unwatch(job_id)
+
+
+def _ssh_reason(e: BaseException) -> str:
+    if isinstance(e, asyncssh.HostKeyNotVerifiable):
+        return f"host key not verifiable ({e}); refusing to connect. Check known_hosts for that node"
+    if isinstance(e, asyncssh.PermissionDenied):
+        return f"authentication failed ({e}); make sure your SSH key is accepted on compute nodes"
+    if isinstance(e, asyncio.TimeoutError):
+        return "connection timed out"
+    return str(e) or type(e).__name__
