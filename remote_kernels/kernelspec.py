@@ -40,9 +40,9 @@ def install(name: str, display_name: str, config: dict, *, user: bool = False,
             prefix: str | None = None, replace: bool = False) -> str:
     """Install the spec; return its directory.  FileExistsError if it exists and not replace."""
     ksm = KernelSpecManager()
-    existing = ksm.find_kernel_specs().get(name)
-    if existing and not replace:
-        raise FileExistsError(f"kernelspec {name!r} already exists at {existing}; use --replace to overwrite it")
+    dest = Path(ksm._get_destination_dir(name, user=user, prefix=prefix))
+    if dest.exists() and not replace:
+        raise FileExistsError(f"kernelspec {name!r} already exists at {dest}; use --replace to overwrite it")
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "kernel.json").write_text(json.dumps(kernel_json(name, display_name, config), indent=1) + "\n")
         for logo in _logos():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -33,3 +34,52 @@ def cluster() -> dict:
 def pytest_collection_modifyitems(config, items):
     """Run tests that take the cluster down and up again after all the others."""
     items.sort(key=lambda item: item.get_closest_marker("disruptive") is not None)
+
+
+VENV_BIN = Path(sys.executable).parent
+# Kernelspecs the kernel tests install with the real `remote-kernels install`.
+TEST_SPECS = {
+    "rk-test": ["--display-name", "Python 3 (compute node, test)"],
+    "rk-long": ["--partition", "long", "--time", "00:30:00"],
+    "rk-env": ["--setup", "export RK_FROM_SETUP=set-up-ran", "--env", "RK_FROM_SPEC=spec value"],
+}
+
+
+@pytest.fixture(scope="session")
+def kernelspecs(cluster, tmp_path_factory):
+    """Install the test kernelspecs under a private prefix and put it on JUPYTER_PATH."""
+    prefix = tmp_path_factory.mktemp("specs")
+    for name, args in TEST_SPECS.items():
+        subprocess.run([str(VENV_BIN / "remote-kernels"), "install", name, "--prefix", str(prefix), *args],
+                       check=True, capture_output=True, text=True)
+    old = os.environ.get("JUPYTER_PATH")
+    os.environ["JUPYTER_PATH"] = os.pathsep.join(filter(None, [str(prefix / "share" / "jupyter"), old]))
+    yield prefix / "share" / "jupyter" / "kernels"
+    if old is None:
+        os.environ.pop("JUPYTER_PATH", None)
+    else:
+        os.environ["JUPYTER_PATH"] = old
+
+
+@pytest.fixture
+async def start_kernel(kernelspecs):
+    """start_kernel(name, **kw) -> (km, kc), started and ready; all shut down afterwards."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    started = []
+
+    async def start(name: str = "rk-test", **kw):
+        km = AsyncKernelManager(kernel_name=name)
+        await km.start_kernel(**kw)
+        started.append(km)
+        kc = km.client()
+        kc.start_channels()
+        km._test_client = kc
+        await kc.wait_for_ready(timeout=60)
+        return km, kc
+
+    yield start
+    for km in started:
+        km._test_client.stop_channels()
+        if km.has_kernel or (km.provisioner and km.provisioner.session):
+            await km.shutdown_kernel(now=True)

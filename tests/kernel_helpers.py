@@ -1,0 +1,48 @@
+"""Helpers for driving compute-node kernels the way frontends do."""
+
+from __future__ import annotations
+
+import subprocess
+
+
+async def run_cell(kc, code: str, timeout: float = 60) -> tuple[dict, str]:
+    """Execute code until the kernel reports idle; return (reply content, stdout+stderr text)."""
+    out: list[str] = []
+
+    def hook(msg):
+        if msg["msg_type"] == "stream":
+            out.append(msg["content"]["text"])
+        elif msg["msg_type"] == "error":
+            out.append("\n".join(msg["content"]["traceback"]))
+
+    reply = await kc.execute_interactive(code, output_hook=hook, timeout=timeout)
+    return reply["content"], "".join(out)
+
+
+async def value_of(kc, expr: str) -> str:
+    content, out = await run_cell(kc, f"print({expr})")
+    assert content["status"] == "ok", out
+    return out.strip()
+
+
+def job_in_queue(job_id: str) -> bool:
+    """True while squeue still lists the job as pending/running/completing."""
+    out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True).stdout
+    return bool(out.strip())
+
+
+def processes_mentioning(text: str) -> list[str]:
+    """Command lines of live processes (login side and nodes share /proc) containing text."""
+    from pathlib import Path
+
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmd:
+            found.append(f"{proc.name}: {cmd}")
+    return found

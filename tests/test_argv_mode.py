@@ -1,0 +1,99 @@
+"""Argv mode, driven the way VS Code's local kernel picker does it."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import uuid
+
+import pytest
+from jupyter_client.asynchronous import AsyncKernelClient
+from jupyter_client.connect import write_connection_file
+
+from kernel_helpers import job_in_queue, processes_mentioning, value_of
+from slurm_helpers import wait_until
+
+pytestmark = pytest.mark.cluster
+
+
+async def wait_for_kernel_info(kc, timeout: float) -> None:
+    """What VS Code does: send kernel_info_request until a reply comes (the job may still be
+    queued), and until iopub also carries that request's status (iopub is subscribed)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        msg_id = kc.kernel_info()
+        try:
+            while (await kc.get_shell_msg(timeout=1))["parent_header"].get("msg_id") != msg_id:
+                pass
+            while (await kc.get_iopub_msg(timeout=1))["parent_header"].get("msg_id") != msg_id:
+                pass
+            return
+        except Exception:  # queue.Empty: nothing yet
+            continue
+    raise AssertionError(f"no kernel_info reply within {timeout}s")
+
+
+def _job_of(proc_log: list[str]) -> str | None:
+    for line in proc_log:
+        if "submitted slurm job" in line:
+            return line.rsplit(" ", 1)[1].strip()
+    return None
+
+
+async def test_argv_mode_like_vscode(kernelspecs, tmp_path):
+    key = uuid.uuid4().hex
+    conn_file, _ = write_connection_file(str(tmp_path / "kernel-vscode.json"), ip="127.0.0.1", key=key.encode())
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "remote_kernels", "run", "--kernel", "rk-test", "-f", conn_file,
+        cwd=str(tmp_path), stderr=asyncio.subprocess.PIPE)
+    log: list[str] = []
+
+    async def read_log():
+        async for line in proc.stderr:
+            log.append(line.decode())
+    reader = asyncio.ensure_future(read_log())
+    kc = AsyncKernelClient()
+    kc.load_connection_file(conn_file)
+    kc.start_channels()
+    try:
+        await wait_for_kernel_info(kc, timeout=60)
+        assert await value_of(kc, "__import__('socket').gethostname()") in ("c1", "c2")
+        assert await value_of(kc, "__import__('os').getcwd()") == str(tmp_path)
+        job = _job_of(log)
+        assert job and job_in_queue(job)
+        # SIGINT to the argv process interrupts the running cell.
+        msg_id = kc.execute("import time; time.sleep(60)")
+        while (await kc.get_iopub_msg(timeout=30))["msg_type"] != "execute_input":
+            pass
+        proc.send_signal(signal.SIGINT)
+        reply = await kc.get_shell_msg(timeout=5)
+        assert reply["parent_header"]["msg_id"] == msg_id
+        assert reply["content"]["ename"] == "KeyboardInterrupt"
+        assert proc.returncode is None
+        # The key never shows in any argv.
+        assert processes_mentioning(key) == []
+        # SIGTERM shuts everything down.
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), 20)
+        wait_until(f"job {job} to leave the queue", lambda: not job_in_queue(job), timeout=15)
+    finally:
+        kc.stop_channels()
+        if proc.returncode is None:   # SIGTERM, as a frontend does, so the job is cancelled
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), 20)
+            except asyncio.TimeoutError:
+                proc.kill()
+                await proc.wait()
+        await reader
+
+
+def test_argv_mode_unreadable_connection_file(kernelspecs, tmp_path):
+    res = subprocess.run([sys.executable, "-m", "remote_kernels", "run", "--kernel", "rk-test",
+                          "-f", str(tmp_path / "missing.json")], capture_output=True, text=True, timeout=30)
+    assert res.returncode != 0
+    assert "cannot read connection file" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1

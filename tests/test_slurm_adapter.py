@@ -1,0 +1,79 @@
+"""The SLURM adapter's parsers and script header, against output captured from SLURM 22.05.8
+(the test cluster), plus the rendered batch script."""
+
+from __future__ import annotations
+
+import pytest
+
+from remote_kernels.options import KernelOptions
+from remote_kernels.schedulers import JobState, Resources
+from remote_kernels.schedulers.slurm import Slurm
+from remote_kernels.script import LAUNCHER_EOF, render
+
+
+@pytest.mark.parametrize("stdout, job_id", [
+    ("42\n", "42"),
+    ("42;rkcluster\n", "42"),
+    ("Site banner: maintenance on Friday 12\n1234\n", "1234"),
+    ("77_3\n", "77_3"),
+])
+def test_parse_job_id_variants(stdout, job_id):
+    assert Slurm.parse_job_id(stdout) == job_id
+
+
+@pytest.mark.parametrize("stdout", ["", "Submitted batch job 42\n", "error: something\n"])
+def test_parse_job_id_rejects_non_parsable_output(stdout):
+    with pytest.raises(ValueError):
+        Slurm.parse_job_id(stdout)
+
+
+# squeue -h -t all -j IDS -o '%i|%T|%r|%N|%S' on the test cluster.
+CAPTURED_SQUEUE = """\
+58|PENDING|None||N/A
+59|PENDING|Resources||2026-11-25T11:02:10
+60|RUNNING|None|c1|2026-11-25T10:26:43
+61|CANCELLED|None||2026-11-25T10:26:43
+62|PENDING|JobHeldUser||N/A
+63|TIMEOUT|TimeLimit|c2|2026-11-25T10:20:00
+64|OUT_OF_MEMORY|OutOfMemory|c2|2026-11-25T10:20:00
+"""
+
+
+def test_parse_status_normalises_states_and_reasons():
+    st = Slurm.parse_status(CAPTURED_SQUEUE)
+    assert st["58"].state is JobState.QUEUED and st["58"].reason == "" and st["58"].start_time is None
+    assert st["59"].reason == "Resources" and st["59"].start_time == "2026-11-25T11:02:10"
+    assert st["60"].state is JobState.RUNNING and st["60"].node == "c1"
+    assert st["61"].state is JobState.CANCELLED and st["61"].state.finished
+    assert st["62"].state is JobState.HELD
+    assert st["63"].state is JobState.TIMEOUT
+    assert st["64"].state is JobState.OOM
+
+
+def test_header_maps_resources_to_sbatch_options():
+    res = Resources(partition="long", account="proj1", qos="high", time="01:00:00", cpus=4, mem="8G",
+                    gpus=1, constraint="avx2", reservation="course", job_name="rk-x", output="/o/%j.log",
+                    directives=["--exclusive", "#SBATCH --comment=nb"])
+    header = Slurm().header(res)
+    for line in ["--partition=long", "--account=proj1", "--qos=high", "--time=01:00:00",
+                 "--cpus-per-task=4", "--mem=8G", "--gpus=1", "--constraint=avx2",
+                 "--reservation=course", "--job-name=rk-x", "--output=/o/%j.log"]:
+        assert f"#SBATCH {line}" in header
+    assert "#SBATCH --exclusive" in header and "#SBATCH --comment=nb" in header
+
+
+def test_header_leaves_unset_resources_to_the_site():
+    header = Slurm().header(Resources())
+    assert not any(l.startswith(("#SBATCH --partition", "#SBATCH --time", "#SBATCH --mem")) for l in header)
+
+
+def test_rendered_script_carries_launcher_setup_and_env_but_no_key():
+    opts = KernelOptions(python="/opt/env/bin/python", setup=["module load python/3.11"],
+                         env={"OMP_NUM_THREADS": "4", "NOTE": "it's quoted"}, grace=120)
+    text = render(Slurm(), opts, session="abc123", job_name="rk-t", output="/tmp/%j.log")
+    assert text.startswith("#!/bin/bash\n#SBATCH")
+    assert "export NOTE='it'\"'\"'s quoted'" in text
+    assert "module load python/3.11 || {" in text
+    assert "exec /opt/env/bin/python - abc123 120 /tmp <<'RK_LAUNCHER_EOF'" in text
+    assert text.rstrip().endswith(LAUNCHER_EOF)
+    assert "key" not in text.split("<<'RK_LAUNCHER_EOF'")[0].lower()
