@@ -41,6 +41,13 @@ class KernelOptions(LoggingConfigurable):
     poll_interval = Float(2.0, help="Seconds between the scheduler status queries of a server.").tag(config=True)
     runtime_base = Unicode("/tmp", help="Directory on the node for the kernel's private socket dir.").tag(config=True)
 
+    def __init__(self, **kwargs):
+        unknown = sorted(k for k in kwargs if k not in ("parent", "config") and not self.has_trait(k))
+        if unknown:
+            raise TraitError(f"unknown option {unknown[0]!r} in the kernel's config; "
+                             f"known options: {', '.join(option_names())}")
+        super().__init__(**kwargs)
+
     @validate("time")
     def _valid_time(self, proposal):
         value = proposal["value"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import subprocess
 import sys
@@ -46,9 +47,10 @@ def _job_of(proc_log: list[str]) -> str | None:
 async def test_argv_mode_like_vscode(kernelspecs, tmp_path):
     key = uuid.uuid4().hex
     conn_file, _ = write_connection_file(str(tmp_path / "kernel-vscode.json"), ip="127.0.0.1", key=key.encode())
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "remote_kernels", "run", "--kernel", "rk-test", "-f", conn_file,
-        cwd=str(tmp_path), stderr=asyncio.subprocess.PIPE)
+    # Exactly what VS Code runs: kernel.json's argv with {connection_file} substituted.
+    argv = json.loads((kernelspecs / "rk-test" / "kernel.json").read_text())["argv"]
+    argv = [a.replace("{connection_file}", conn_file) for a in argv]
+    proc = await asyncio.create_subprocess_exec(*argv, cwd=str(tmp_path), stderr=asyncio.subprocess.PIPE)
     log: list[str] = []
 
     async def read_log():

@@ -56,3 +56,27 @@ def test_provisioner_is_registered():
 
     names = [ep.name for ep in KernelProvisionerFactory.instance()._get_all_provisioners()]
     assert "remote-kernels-provisioner" in names
+
+
+def test_example_kernelspecs_are_valid():
+    from pathlib import Path
+
+    from remote_kernels.options import KernelOptions
+
+    examples = sorted((Path(__file__).parent.parent / "kernelspecs").glob("*/kernel.json"))
+    assert examples
+    for path in examples:
+        spec = json.loads(path.read_text())
+        prov = spec["metadata"]["kernel_provisioner"]
+        assert prov["provisioner_name"] == "remote-kernels-provisioner"
+        KernelOptions(**prov["config"])   # raises on a bad field
+        assert spec["argv"][-4:] == ["--kernel", path.parent.name, "-f", "{connection_file}"]
+
+
+def test_unknown_config_field_is_named():
+    from traitlets import TraitError
+
+    from remote_kernels.options import KernelOptions
+
+    with pytest.raises(TraitError, match="unknown option 'partiton'"):
+        KernelOptions(partiton="long")

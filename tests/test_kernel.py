@@ -139,3 +139,12 @@ async def test_kernel_uses_ipc_sockets_on_both_sides(start_kernel):
     listening = [l.split()[1] for l in tcp if l.split()[3] == "0A" and f"socket:[{l.split()[9]}]" in inodes]
     assert len(listening) <= 1
     assert all(addr.startswith("0100007F:") for addr in listening), listening
+
+
+async def test_kernels_on_one_node_share_one_ssh_connection(start_kernel):
+    km1, kc1 = await start_kernel("rk-long")
+    km2, kc2 = await start_kernel("rk-long")
+    s1, s2 = km1.provisioner.session, km2.provisioner.session
+    assert s1.node == s2.node == "c2" and s1.job_id != s2.job_id
+    assert s1.conn is s2.conn and s1.conn.refs == 2
+    assert await value_of(kc1, "1") == await value_of(kc2, "1") == "1"
