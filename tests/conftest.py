@@ -42,6 +42,11 @@ TEST_SPECS = {
     "rk-test": ["--display-name", "Python 3 (compute node, test)"],
     "rk-long": ["--partition", "long", "--time", "00:30:00"],
     "rk-env": ["--setup", "export RK_FROM_SETUP=set-up-ran", "--env", "RK_FROM_SPEC=spec value"],
+    # Specs that must fail with a clear message and leave nothing behind.
+    "rk-bad-partition": ["--partition", "nosuch"],
+    "rk-bad-time": ["--partition", "debug", "--time", "10:00:00"],
+    "rk-bad-python": ["--python", "/nonexistent/bin/python3"],
+    "rk-bad-setup": ["--setup", "module load nosuch"],
 }
 
 
