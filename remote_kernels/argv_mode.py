@@ -58,7 +58,8 @@ async def serve(name: str, options: KernelOptions, info: dict) -> int:
         await asyncio.wait({start, stopper}, return_when=asyncio.FIRST_COMPLETED)
         if not start.done():
             start.cancel()
-            log.info("stopped while starting; cancelling job %s", session.job_id)
+            await asyncio.gather(start, return_exceptions=True)   # its clean-up cancels the job
+            log.info("stopped while starting")
             return 143
         stopper.cancel()
         start.result()

@@ -112,7 +112,14 @@ def cmd_run(args) -> int:
         raise SystemExit(f"remote-kernels run: {e.args[0]}") from None
     except TraitError as e:
         raise SystemExit(f"remote-kernels run: kernelspec {args.kernel}: {e}") from None
-    return asyncio.run(serve(args.kernel, options, info))
+    from .session import KernelStartError
+
+    try:
+        return asyncio.run(serve(args.kernel, options, info))
+    except KernelStartError as e:
+        raise SystemExit(f"remote-kernels run: {e}") from None
+    except OSError as e:   # e.g. the frontend's port is taken
+        raise SystemExit(f"remote-kernels run: cannot serve the connection file's endpoints: {e}") from None
 
 
 def main(argv: list[str] | None = None) -> int:

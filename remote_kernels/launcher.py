@@ -175,12 +175,14 @@ class Launcher:
                     reply = {"event": "stopped", "code": await self.stop_kernel()}
                 elif op == "shutdown":
                     await self.stop_kernel()
-                    writer.write(b'{"event": "bye"}\n')
+                    writer.write((json.dumps({"event": "bye", "id": req.get("id")}) + "\n").encode())
                     await writer.drain()
                     self.done.set()
                     break
                 else:
                     reply = {"event": "error", "message": "unknown op %r" % op}
+                if "id" in req:
+                    reply["id"] = req["id"]
                 writer.write((json.dumps(reply) + "\n").encode())
                 await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):

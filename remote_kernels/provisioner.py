@@ -21,7 +21,7 @@ from traitlets import Enum
 
 from .launcher import CHANNELS
 from .options import KernelOptions
-from .session import RemoteKernelSession
+from .session import KernelStartError, RemoteKernelSession
 
 # Environment variables of the server passed on to the kernel (the rest stays on the login side).
 PASS_ENV_PREFIXES = ("JPY_", "JUPYTER_")
@@ -33,7 +33,7 @@ class RemoteKernelProvisioner(KernelOptions, KernelProvisionerBase):  # type: ig
     login_transport = Enum(["ipc", "tcp"], "ipc", help=(
         "How the login side exposes the kernel to jupyter_client: 'ipc' sockets in a 0700 "
         "directory (only you can connect) or TCP on 127.0.0.1 (any local user can connect; "
-        "the HMAC key still protects messages).")).tag(config=True)
+        "the HMAC key stops forged messages but not reading the output).")).tag(config=True)
 
     session: RemoteKernelSession | None = None
     _login_dir: str | None = None
@@ -55,16 +55,22 @@ class RemoteKernelProvisioner(KernelOptions, KernelProvisionerBase):  # type: ig
         return code
 
     async def send_signal(self, signum: int) -> None:
-        if self.session is not None:
-            await self.session.signal(signum)
+        await self._tell("signal", signum)
 
     async def kill(self, restart: bool = False) -> None:
-        if self.session is not None:
-            await self.session.stop_kernel()
+        await self._tell("stop_kernel")
 
     async def terminate(self, restart: bool = False) -> None:
-        if self.session is not None:
-            await self.session.signal(signal.SIGTERM)
+        await self._tell("signal", signal.SIGTERM)
+
+    async def _tell(self, what: str, *args: Any) -> None:
+        """Forward to the session; log (not raise) failures so shutdown can go on to cleanup()."""
+        if self.session is None:
+            return
+        try:
+            await getattr(self.session, what)(*args)
+        except KernelStartError as e:
+            self.log.warning("remote kernel: %s failed: %s", what, e)
 
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
         km = self.parent
@@ -96,18 +102,22 @@ class RemoteKernelProvisioner(KernelOptions, KernelProvisionerBase):  # type: ig
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
         env = kwargs.get("env") or {}
         kernel_env = {k: v for k, v in env.items() if k.startswith(PASS_ENV_PREFIXES)}
-        if self.session is None:
-            self.session = RemoteKernelSession(self, name=_short_name(self), log=self.log)
-            await self.session.start_job()
+        if self.session is not None and not self.session.usable:
+            self.log.warning("remote kernel: the job of the previous kernel is gone; submitting a new one")
+            await self.session.close()
+            self.session = None
         try:
+            if self.session is None:
+                self.session = RemoteKernelSession(self, name=_short_name(self), log=self.log)
+                await self.session.start_job()
             await self.session.forward(self._endpoints())
+            await self.session.start_kernel(
+                self.connection_info["key"], self.connection_info.get("signature_scheme", "hmac-sha256"),
+                kernel_name=self.connection_info.get("kernel_name", ""), cwd=kwargs.get("cwd"), env=kernel_env)
         except BaseException:
+            # jupyter_client forgets a manager whose start failed: release everything now.
             await self._end_session()
             raise
-        key = self.connection_info["key"]
-        await self.session.start_kernel(key, self.connection_info.get("signature_scheme", "hmac-sha256"),
-                                        kernel_name=self.connection_info.get("kernel_name", ""),
-                                        cwd=kwargs.get("cwd"), env=kernel_env)
         return self.connection_info
 
     async def cleanup(self, restart: bool = False) -> None:

@@ -64,7 +64,8 @@ class RemoteKernelSession:
         self.node_info: dict = {}
         self.conn: NodeConnection | None = None
         self._ctl: tuple[asyncssh.SSHReader, asyncssh.SSHWriter] | None = None
-        self._replies: asyncio.Queue = asyncio.Queue()
+        self._pending: dict[int, asyncio.Future] = {}   # request id -> reply
+        self._next_id = 0
         self._reader_task: asyncio.Task | None = None
         self._listeners: list = []
         self.exit_code: int | None = None
@@ -184,12 +185,17 @@ class RemoteKernelSession:
                     self.exit_code = msg.get("code")
                     self.log.info("remote kernel %s: kernel exited with code %s", self.name, self.exit_code)
                 else:
-                    self._replies.put_nowait(msg)
+                    fut = self._pending.pop(msg.get("id"), None)
+                    if fut is not None and not fut.done():
+                        fut.set_result(msg)
         except (asyncssh.Error, OSError, ValueError):
             pass
         finally:
             self._ctl = None
-            self._replies.put_nowait({"event": "lost"})
+            for fut in self._pending.values():
+                if not fut.done():
+                    fut.set_result({"event": "lost"})
+            self._pending.clear()
             if self.kernel_pid is not None and self.exit_code is None:
                 await self._explain_lost_launcher()
 
@@ -212,11 +218,23 @@ class RemoteKernelSession:
         self.exit_code = 1
 
     async def _request(self, msg: dict, timeout: float = 30.0) -> dict:
+        """Send one control request; its reply (matched by id).  KernelStartError on failure."""
         if self._ctl is None:
             raise KernelStartError(f"no connection to the launcher of job {self.job_id}")
-        writer = self._ctl[1]
-        writer.write((json.dumps(msg) + "\n").encode())
-        reply = await asyncio.wait_for(self._replies.get(), timeout)
+        self._next_id += 1
+        req_id = self._next_id
+        fut = asyncio.get_running_loop().create_future()
+        self._pending[req_id] = fut
+        try:
+            self._ctl[1].write((json.dumps(dict(msg, id=req_id)) + "\n").encode())
+            reply = await asyncio.wait_for(fut, timeout)
+        except asyncio.TimeoutError:
+            raise KernelStartError(f"launcher of job {self.job_id} did not answer {msg['op']!r} "
+                                   f"within {timeout:g}s") from None
+        except (asyncssh.Error, OSError) as e:
+            raise KernelStartError(f"lost the launcher of job {self.job_id} on {self.node}: {e}") from None
+        finally:
+            self._pending.pop(req_id, None)
         if reply.get("event") == "lost":
             raise KernelStartError(f"lost the launcher of job {self.job_id} on {self.node}")
         return reply
@@ -269,8 +287,9 @@ class RemoteKernelSession:
         self.kernel_pid = None
 
     @property
-    def alive(self) -> bool:
-        return self.kernel_pid is not None and self.exit_code is None
+    def usable(self) -> bool:
+        """True while the launcher is reachable (a restart can reuse the allocation)."""
+        return self._ctl is not None
 
     async def close(self) -> None:
         """End everything: kernel, launcher, job, forwards, connection.  Idempotent."""
@@ -278,7 +297,7 @@ class RemoteKernelSession:
         if self._ctl is not None:
             try:
                 said_bye = (await self._request({"op": "shutdown"}, timeout=10)).get("event") == "bye"
-            except (KernelStartError, asyncio.TimeoutError, asyncssh.Error, OSError):
+            except KernelStartError:
                 pass
         self._close_forwards()
         if self._reader_task is not None:
@@ -306,7 +325,7 @@ class RemoteKernelSession:
                 await self.scheduler.cancel(job_id)
                 self.log.info("remote kernel %s: cancelled job %s", self.name, job_id)
             except Exception as e:  # the job may have ended meanwhile
-                self.log.debug("cancel of job %s: %s", job_id, e)
+                self.log.warning("remote kernel %s: cancelling job %s failed: %s", self.name, job_id, e)
         self.watcher.unwatch(job_id)
 
 

@@ -28,7 +28,8 @@ class NodeConnection:
         return self.conn.is_closed()
 
     async def close(self) -> None:
-        self._keeper.close()
+        if self._keeper is not None:
+            self._keeper.close()
         self.conn.close()
         await self.conn.wait_closed()
 
@@ -73,7 +74,14 @@ class NodeConnections:
             asyncssh.connect(host, keepalive_interval=30, keepalive_count_max=4,
                              encryption_algs=_preferred_ciphers()), timeout)
         # A pty session puts sshd in interactive mode (TCP_NODELAY) for the whole connection.
-        keeper = await conn.create_process("cat", term_type="dumb", encoding=None)
+        try:
+            keeper = await asyncio.wait_for(conn.create_process("cat", term_type="dumb", encoding=None), timeout)
+        except (asyncssh.Error, OSError, asyncio.TimeoutError) as e:
+            log.warning("no pty session on %s (%s): forwarded round trips will be slower", host, e)
+            keeper = None
+        except BaseException:
+            conn.close()
+            raise
         return NodeConnection(host, conn, keeper)
 
 

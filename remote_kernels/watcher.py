@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from .runner import CommandError
 from .schedulers import JobState, JobStatus, Scheduler
@@ -14,8 +15,8 @@ log = logging.getLogger(__name__)
 class JobWatcher:
     """Polls ``scheduler.status`` for every watched job in one command.
 
-    It polls every ``interval`` seconds, or every ``fast_interval`` while some job
-    is waiting to start.  A failing query is retried; a job is declared lost
+    It polls every ``interval`` seconds, or every ``fast_interval`` during the first
+    ``fast_period`` seconds of a job's wait to start (most jobs start within it).  A failing query is retried; a job is declared lost
     (state UNKNOWN, reason naming the failure) only after ``max_failures``
     consecutive failed queries.  ``await wait_update(job_id)`` returns the next status.
     """
@@ -23,12 +24,13 @@ class JobWatcher:
     _instances: dict[tuple[int, str], "JobWatcher"] = {}
 
     def __init__(self, scheduler: Scheduler, interval: float = 2.0, fast_interval: float = 0.2,
-                 max_failures: int = 5):
+                 max_failures: int = 5, fast_period: float = 10.0):
         self.scheduler = scheduler
         self.interval, self.fast_interval, self.max_failures = interval, fast_interval, max_failures
+        self.fast_period = fast_period
         self.status: dict[str, JobStatus] = {}
         self._waiters: dict[str, asyncio.Event] = {}
-        self._starting: set[str] = set()
+        self._starting: dict[str, float] = {}   # job id -> when it began waiting
         self._task: asyncio.Task | None = None
         self._wake = asyncio.Event()
         self.failures = 0
@@ -46,17 +48,17 @@ class JobWatcher:
         self.status.setdefault(job_id, JobStatus(JobState.QUEUED, "submitted"))
         self._waiters.setdefault(job_id, asyncio.Event())
         if starting:
-            self._starting.add(job_id)
+            self._starting[job_id] = time.monotonic()
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run())
         self._wake.set()
 
     def started(self, job_id: str) -> None:
-        self._starting.discard(job_id)
+        self._starting.pop(job_id, None)
 
     def unwatch(self, job_id: str) -> None:
         self.status.pop(job_id, None)
-        self._starting.discard(job_id)
+        self._starting.pop(job_id, None)
         ev = self._waiters.pop(job_id, None)
         if ev:
             ev.set()
@@ -88,7 +90,9 @@ class JobWatcher:
         while self.status:
             await self._poll_once()
             self._wake.clear()
-            delay = self.fast_interval if self._starting else self.interval
+            now = time.monotonic()
+            fast = any(now - t < self.fast_period for t in self._starting.values())
+            delay = self.fast_interval if fast else self.interval
             try:
                 await asyncio.wait_for(self._wake.wait(), delay)
             except asyncio.TimeoutError:

@@ -47,6 +47,7 @@ TEST_SPECS = {
     "rk-bad-time": ["--partition", "debug", "--time", "10:00:00"],
     "rk-bad-python": ["--python", "/nonexistent/bin/python3"],
     "rk-bad-setup": ["--setup", "module load nosuch"],
+    "rk-no-ipykernel": ["--python", "/usr/bin/python3"],   # Debian's Python, without ipykernel
 }
 
 

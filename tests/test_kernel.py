@@ -148,3 +148,18 @@ async def test_kernels_on_one_node_share_one_ssh_connection(start_kernel):
     assert s1.node == s2.node == "c2" and s1.job_id != s2.job_id
     assert s1.conn is s2.conn and s1.conn.refs == 2
     assert await value_of(kc1, "1") == await value_of(kc2, "1") == "1"
+
+
+async def test_restart_after_the_job_was_cancelled_submits_a_new_job(start_kernel):
+    km, kc = await start_kernel()
+    old_job = km.provisioner.session.job_id
+    subprocess.run(["scancel", old_job], check=True)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while await km.provisioner.poll() is None:
+        assert loop.time() < deadline
+        await asyncio.sleep(0.1)
+    await km.restart_kernel(now=True)
+    await kc.wait_for_ready(timeout=60)
+    assert km.provisioner.session.job_id != old_job
+    assert await value_of(kc, "__import__('socket').gethostname()") in ("c1", "c2")

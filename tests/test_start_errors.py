@@ -22,6 +22,7 @@ def _my_jobs() -> set[str]:
     ("rk-bad-time", "Requested time limit is invalid"),
     ("rk-bad-python", "Python /nonexistent/bin/python3 not found on c"),
     ("rk-bad-setup", "set-up line failed on c"),
+    ("rk-no-ipykernel", "ipykernel is not installed for /usr/bin/python3 on c"),
 ])
 async def test_bad_spec_fails_with_clear_message(kernelspecs, name, expected):
     before = _my_jobs()
