@@ -90,15 +90,21 @@ async def test_shutdown_leaves_nothing_behind(start_kernel):
     assert km.provisioner.session is None
 
 
-async def test_scancel_is_noticed_by_poll(start_kernel):
-    km, kc = await start_kernel()
+async def scancel_and_wait_for_poll(km, within: float) -> str:
+    """scancel the kernel's job; wait (deadline ``within`` s) until poll() reports it; return the job id."""
     job = km.provisioner.session.job_id
     subprocess.run(["scancel", job], check=True)
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + 5
+    deadline = loop.time() + within
     while await km.provisioner.poll() is None:
-        assert loop.time() < deadline, "poll() did not report the cancelled job within 5 s"
+        assert loop.time() < deadline, f"poll() did not report the cancelled job within {within} s"
         await asyncio.sleep(0.1)
+    return job
+
+
+async def test_scancel_is_noticed_by_poll(start_kernel):
+    km, kc = await start_kernel()
+    await scancel_and_wait_for_poll(km, within=5)
     assert await km.provisioner.poll() != 0
     assert "CANCELLED" in km.provisioner.session.ended_reason
 
@@ -152,13 +158,7 @@ async def test_kernels_on_one_node_share_one_ssh_connection(start_kernel):
 
 async def test_restart_after_the_job_was_cancelled_submits_a_new_job(start_kernel):
     km, kc = await start_kernel()
-    old_job = km.provisioner.session.job_id
-    subprocess.run(["scancel", old_job], check=True)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 10
-    while await km.provisioner.poll() is None:
-        assert loop.time() < deadline
-        await asyncio.sleep(0.1)
+    old_job = await scancel_and_wait_for_poll(km, within=10)
     await km.restart_kernel(now=True)
     await kc.wait_for_ready(timeout=60)
     assert km.provisioner.session.job_id != old_job
