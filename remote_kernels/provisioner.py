@@ -108,7 +108,8 @@ class RemoteKernelProvisioner(KernelOptions, KernelProvisionerBase):  # type: ig
             self.session = None
         try:
             if self.session is None:
-                self.session = RemoteKernelSession(self, name=_short_name(self), log=self.log)
+                self.session = RemoteKernelSession(self, name=_short_name(self), kernel_id=self.kernel_id or "",
+                                                   log=self.log)
                 await self.session.start_job()
             await self.session.forward(self._endpoints())
             await self.session.start_kernel(

@@ -24,11 +24,13 @@ import os
 import secrets
 import time
 from pathlib import Path
+from typing import Callable
 
 import asyncssh
 from jupyter_core.paths import jupyter_data_dir
 
 from . import script
+from .registry import Entry
 from .launcher import CHANNELS
 from .options import KernelOptions
 from .schedulers import JobState, JobStatus, get_scheduler
@@ -52,7 +54,8 @@ def job_log_dir() -> Path:
 
 
 class RemoteKernelSession:
-    def __init__(self, options: KernelOptions, *, name: str = "remote-kernel", log: logging.Logger | None = None):
+    def __init__(self, options: KernelOptions, *, name: str = "remote-kernel", kernel_id: str = "",
+                 log: logging.Logger | None = None):
         self.opts = options
         self.name = name
         self.log = log or logging.getLogger(__name__)
@@ -72,6 +75,10 @@ class RemoteKernelSession:
         self.kernel_pid: int | None = None
         self.ended_reason = ""
         self.timings: dict[str, float] = {}
+        self.kernel_id = kernel_id
+        self.entry: Entry | None = None
+        # Called with (JobStatus, seconds waited) at each poll while the job waits to start.
+        self.on_status: Callable[[JobStatus, float], None] | None = None
 
     # --- paths ---------------------------------------------------------------
     @property
@@ -101,11 +108,16 @@ class RemoteKernelSession:
             except Exception as e:
                 raise KernelStartError(f"{self.scheduler.name} refused the job: {e}") from None
             self.timings["submit"] = time.monotonic() - t0
+            self.entry = Entry(session_id=self.session_id, spec=self.name, scheduler=self.scheduler.name,
+                               job_id=self.job_id, kernel_id=self.kernel_id)
+            self.entry.save()
             self.log.info("remote kernel %s: submitted %s job %s", self.name, self.scheduler.name, self.job_id)
             self.watcher.watch(self.job_id)
             status = await self._wait_running(t0)
             self.watcher.started(self.job_id)
             self.node = status.node.split(",")[0]
+            self.entry.node = self.node
+            self.entry.save()
             self.timings["queued"] = time.monotonic() - t0 - self.timings["submit"]
             self.log.info("remote kernel %s: job %s running on %s", self.name, self.job_id, self.node)
             t1 = time.monotonic()
@@ -124,6 +136,8 @@ class RemoteKernelSession:
         last = None
         while True:
             status = await self.watcher.wait_update(self.job_id)
+            if self.on_status is not None:
+                self.on_status(status, time.monotonic() - t0)
             summary = (status.state, status.reason)
             if summary != last:
                 last = summary
@@ -306,6 +320,9 @@ class RemoteKernelSession:
         if self.job_id is not None:
             await self._end_job(said_bye)
             self.job_id = None
+        if self.entry is not None:
+            self.entry.remove()
+            self.entry = None
         if self.conn is not None:
             conn, self.conn = self.conn, None
             await NodeConnections.shared().release(conn)

@@ -1,0 +1,72 @@
+"""This user's live remote kernels, one small JSON file each, for `ps` and `cancel --orphans`.
+
+Files live in ``$JUPYTER_RUNTIME_DIR/remote-kernels/`` (0700), named by session id,
+written 0600.  They hold no secret: job id, scheduler, node, spec name, and the pid
+and host of the process that owns the kernel (so orphans can be recognised).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from jupyter_core.paths import jupyter_runtime_dir
+
+
+def registry_dir() -> Path:
+    d = Path(jupyter_runtime_dir()) / "remote-kernels"
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return d
+
+
+@dataclass
+class Entry:
+    session_id: str
+    spec: str
+    scheduler: str
+    job_id: str
+    kernel_id: str = ""
+    node: str = ""
+    owner_pid: int = field(default_factory=os.getpid)
+    owner_host: str = field(default_factory=socket.gethostname)
+    started: float = field(default_factory=time.time)
+
+    @property
+    def path(self) -> Path:
+        return registry_dir() / f"{self.session_id}.json"
+
+    def save(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(asdict(self), f)
+        tmp.replace(self.path)
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+    def owner_alive(self) -> bool:
+        """False only when the owner ran on this host and its pid is gone."""
+        if self.owner_host != socket.gethostname():
+            return True
+        try:
+            os.kill(self.owner_pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+        return True
+
+
+def entries() -> list[Entry]:
+    found = []
+    for path in sorted(registry_dir().glob("*.json")):
+        try:
+            found.append(Entry(**json.loads(path.read_text())))
+        except (OSError, ValueError, TypeError):
+            continue
+    return found
