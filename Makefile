@@ -9,11 +9,12 @@ STAMP := $(VENV)/.installed
 APT_PKGS := slurm-wlm munge openssh-server python3.11-venv iproute2 util-linux passwd
 CLUSTER := /usr/bin/python3 tests/cluster/cluster.py
 
-.PHONY: help deps venv cluster cluster-down cluster-status demo test
+.PHONY: help deps venv cluster cluster-down cluster-status demo test docs
 
 help:
 	@echo "make demo            set up everything, run a cell on a compute node"
 	@echo "make test            set up everything, run the test suite"
+	@echo "make docs            build the documentation (warnings are errors)"
 	@echo "make cluster         bring up (or repair) the test cluster"
 	@echo "make cluster-down    stop and remove the test cluster"
 	@echo "make cluster-status  show the test cluster's daemons and nodes"
@@ -47,5 +48,9 @@ cluster-status:
 demo: venv cluster
 	$(VPY) -m remote_kernels.demo
 
-test: venv cluster
+# Warnings are errors: a broken link, toctree entry or cross-reference fails the build.
+docs: venv
+	$(VPY) -m sphinx -W --keep-going -b html docs docs/_build/html
+
+test: venv cluster docs
 	$(VPY) -m pytest tests

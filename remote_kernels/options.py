@@ -52,7 +52,7 @@ class KernelOptions(LoggingConfigurable):
     def _valid_time(self, proposal):
         value = proposal["value"]
         if value and not TIME_RE.match(value):
-            raise TraitError(f"time {value!r} is not a wall-time; use [D-]HH:MM:SS, HH:MM or minutes")
+            raise TraitError(f"time {value!r} is not a wall-time; use [D-]HH:MM:SS or minutes")
         return value
 
     @validate("mem")
