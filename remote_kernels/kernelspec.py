@@ -47,7 +47,7 @@ def install(name: str, display_name: str, config: dict, *, user: bool = False,
         (Path(tmp) / "kernel.json").write_text(json.dumps(kernel_json(name, display_name, config), indent=1) + "\n")
         for logo in _logos():
             shutil.copy(logo, tmp)
-        return ksm.install_kernel_spec(tmp, name, user=user, prefix=prefix, replace=True)
+        return ksm.install_kernel_spec(tmp, name, user=user, prefix=prefix)
 
 
 def remote_specs() -> dict[str, dict]:

@@ -89,3 +89,18 @@ async def start_kernel(kernelspecs):
         km._test_client.stop_channels()
         if km.has_kernel or (km.provisioner and km.provisioner.session):
             await km.shutdown_kernel(now=True)
+
+
+@pytest.fixture
+def make_spec(kernelspecs):
+    """make_spec(name, **config): install a compute-node spec with exactly this provisioner config."""
+    from remote_kernels.kernelspec import install
+
+    prefix = kernelspecs.parent.parent.parent
+
+    def make(name: str, **config) -> str:
+        config.setdefault("python", sys.executable)
+        install(name, f"Python 3 ({name})", config, prefix=str(prefix), replace=True)
+        return name
+
+    return make

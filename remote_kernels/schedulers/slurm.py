@@ -33,7 +33,8 @@ class Slurm(Scheduler):
                 ("qos", res.qos), ("time", res.time), ("cpus-per-task", res.cpus or ""),
                 ("mem", res.mem), ("gpus", res.gpus or ""), ("constraint", res.constraint),
                 ("reservation", res.reservation), ("output", res.output)]
-        lines = ["#SBATCH --nodes=1", "#SBATCH --ntasks=1"]
+        # A requeued kernel job would start a launcher nobody talks to: never requeue.
+        lines = ["#SBATCH --nodes=1", "#SBATCH --ntasks=1", "#SBATCH --no-requeue"]
         lines += [f"#SBATCH --{k}={v}" for k, v in opts if v != ""]
         lines += [d if d.startswith("#SBATCH") else f"#SBATCH {d}" for d in res.directives]
         return lines

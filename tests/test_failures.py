@@ -1,0 +1,85 @@
+"""Nothing lost, nothing leaked: queue waits, dead servers, jobs ended by the scheduler."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from jupyter_client.manager import AsyncKernelManager
+
+from kernel_helpers import job_in_queue, value_of
+from remote_kernels.session import KernelStartError
+from slurm_helpers import wait_until
+
+pytestmark = pytest.mark.cluster
+
+NOT_BEFORE_AN_HOUR = ["--begin=now+1hour"]   # SLURM keeps the job PENDING (reason BeginTime)
+
+
+async def test_queue_timeout_cancels_the_job_and_says_why(make_spec):
+    make_spec("rk-queue-timeout", directives=NOT_BEFORE_AN_HOUR, queue_timeout=2)
+    km = AsyncKernelManager(kernel_name="rk-queue-timeout")
+    with pytest.raises(KernelStartError) as err:
+        await km.start_kernel()
+    message = str(err.value)
+    assert "still queued after" in message and "BeginTime" in message and "cancelled" in message
+    job = message.split()[1]
+    wait_until(f"job {job} to leave the queue", lambda: not job_in_queue(job), timeout=10)
+
+
+async def test_start_abandoned_while_pending_cancels_the_job(make_spec):
+    make_spec("rk-pending", directives=NOT_BEFORE_AN_HOUR)
+    km = AsyncKernelManager(kernel_name="rk-pending")
+    start = asyncio.ensure_future(km.start_kernel())
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 15
+    while not (km.provisioner and km.provisioner.session and km.provisioner.session.job_id):
+        assert loop.time() < deadline, "job was never submitted"
+        await asyncio.sleep(0.05)
+    job = km.provisioner.session.job_id
+    assert job_in_queue(job)
+    start.cancel()   # what a server does when the user deletes a pending kernel
+    with pytest.raises(asyncio.CancelledError):
+        await start
+    wait_until(f"job {job} to leave the queue", lambda: not job_in_queue(job), timeout=10)
+
+
+SERVER = textwrap.dedent("""
+    import asyncio, sys
+    from jupyter_client.manager import AsyncKernelManager
+    async def main():
+        km = AsyncKernelManager(kernel_name=sys.argv[1])
+        await km.start_kernel()
+        print(km.provisioner.session.job_id, flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    asyncio.run(main())
+""")
+
+
+def test_dead_man_switch_ends_the_job_of_a_killed_server(make_spec):
+    make_spec("rk-short-grace", grace=3)
+    server = subprocess.Popen([sys.executable, "-c", SERVER, "rk-short-grace"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        job = server.stdout.readline().strip()
+        assert job and job_in_queue(job)
+        server.kill()   # SIGKILL: no clean-up runs on the login side
+        server.wait(timeout=10)
+        # grace (3 s) + the launcher's check interval + SLURM noticing the batch step ended
+        wait_until(f"job {job} to end by itself", lambda: not job_in_queue(job), timeout=20)
+    finally:
+        if server.poll() is None:
+            server.kill()
+
+
+async def test_idle_kernel_outlives_the_grace_period(make_spec, start_kernel):
+    make_spec("rk-idle", grace=2)
+    km, kc = await start_kernel("rk-idle")
+    job = km.provisioner.session.job_id
+    await value_of(kc, "1")
+    await asyncio.sleep(6)   # the scenario itself: idle for three grace periods
+    assert await value_of(kc, "'still here'") == "still here"
+    assert km.provisioner.session.job_id == job and job_in_queue(job)
