@@ -1,0 +1,96 @@
+"""Other users and bad SSH set-ups: sockets private to their owner, SSH failures named clearly."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from jupyter_client.manager import AsyncKernelManager
+
+from kernel_helpers import value_of
+from remote_kernels.session import KernelStartError
+from slurm_helpers import wait_until
+
+pytestmark = pytest.mark.cluster
+
+CONNECT_AS = "import socket, sys; s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); print('connected')"
+
+
+def _as_user(user: str, *argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["runuser", "-u", user, "--", *argv], capture_output=True, text=True, timeout=30)
+
+
+async def test_other_users_cannot_reach_the_kernel(cluster, start_kernel):
+    km, kc = await start_kernel()
+    other = cluster["test_user"]
+    session = km.provisioner.session
+    login_socket = f"{km.provisioner._login_dir}/k-2"        # iopub, login side
+    node_socket = f"{session.node_dir}/k-2"                  # iopub, on the node
+    assert Path(login_socket).is_socket() and Path(node_socket).is_socket()
+    for path in (login_socket, node_socket):
+        res = _as_user(other, "/usr/bin/python3", "-c", CONNECT_AS, path)
+        assert res.returncode != 0 and "PermissionError" in res.stderr, (path, res.stdout, res.stderr)
+    for path in (km.connection_file, f"{session.node_dir}/kernel.json"):
+        res = _as_user(other, "cat", path)
+        assert res.returncode != 0 and "Permission denied" in res.stderr
+    # The owner still talks to it.
+    assert await value_of(kc, "'mine'") == "mine"
+
+
+def _ssh_home(tmp_path, cluster, *, known_hosts: str, identity: str, port: int = 22) -> Path:
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True, mode=0o700)
+    lines = []
+    for node, addr in cluster["nodes"].items():
+        lines += [f"Host {node}", f"    HostName {addr}", f"    Port {port}", f"    UserKnownHostsFile {known_hosts}",
+                  f"    IdentityFile {identity}", "    IdentitiesOnly yes", ""]
+    (home / ".ssh" / "config").write_text("\n".join(lines))
+    return home
+
+
+def _swapped_known_hosts(cluster, tmp_path) -> str:
+    lines = Path(cluster["known_hosts"]).read_text().split("\n")
+    c1 = next(l for l in lines if l.startswith("c1,"))
+    c2 = next(l for l in lines if l.startswith("c2,"))
+    path = tmp_path / "known_hosts"
+    path.write_text(f"{c1.split()[0]} {' '.join(c2.split()[1:])}\n{c2.split()[0]} {' '.join(c1.split()[1:])}\n")
+    return str(path)
+
+
+def _new_key(tmp_path) -> str:
+    key = tmp_path / "stranger_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    return str(key)
+
+
+ROOT_KEY = str(Path("~root/.ssh/id_ed25519").expanduser())
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("wrong_host_key", "host key not verifiable"),
+    ("unknown_user_key", "authentication failed"),
+    ("nothing_listening", "cannot reach node"),
+])
+async def test_ssh_failures_are_named_and_leave_no_job(cluster, kernelspecs, tmp_path, monkeypatch, case, expected):
+    if case == "wrong_host_key":
+        home = _ssh_home(tmp_path, cluster, known_hosts=_swapped_known_hosts(cluster, tmp_path), identity=ROOT_KEY)
+    elif case == "unknown_user_key":
+        home = _ssh_home(tmp_path, cluster, known_hosts=cluster["known_hosts"], identity=_new_key(tmp_path))
+    else:
+        home = _ssh_home(tmp_path, cluster, known_hosts=cluster["known_hosts"], identity=ROOT_KEY, port=1)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    km = AsyncKernelManager(kernel_name="rk-test")
+    with pytest.raises(KernelStartError) as err:
+        await km.start_kernel()
+    message = str(err.value)
+    assert expected in message and "\n" not in message
+    entries = list((home / ".local" / "share" / "jupyter" / "runtime" / "remote-kernels").glob("*.json"))
+    assert entries == []
+
+    def no_live_job() -> bool:
+        out = subprocess.run(["squeue", "-h", "-n", "rk-rk-test", "-t", "PENDING,RUNNING", "-o", "%i"],
+                             capture_output=True, text=True).stdout
+        return out.strip() == ""
+    wait_until("the failed kernel's job to be gone", no_live_job, timeout=10)
