@@ -79,6 +79,9 @@ class RemoteKernelSession:
         self.entry: Entry | None = None
         # Called with (JobStatus, seconds waited) at each poll while the job waits to start.
         self.on_status: Callable[[JobStatus, float], None] | None = None
+        self._endpoints: dict[str, str | int] = {}
+        self._closing = False
+        self.reconnects = 0
 
     # --- paths ---------------------------------------------------------------
     @property
@@ -158,9 +161,10 @@ class RemoteKernelSession:
                     f" (reason: {status.reason or 'none given'}); cancelled it. Raise queue_timeout or "
                     "choose a less busy partition")
 
-    async def _connect_launcher(self) -> None:
+    async def _connect_launcher(self, timeout: float | None = None) -> None:
         """Open the control channel to the launcher's socket once it listens."""
-        deadline = time.monotonic() + self.opts.launch_timeout
+        timeout = self.opts.launch_timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
         path = f"{self.node_dir}/ctl"
         delay = 0.02
         while True:
@@ -179,7 +183,7 @@ class RemoteKernelSession:
             if time.monotonic() > deadline:
                 raise KernelStartError(
                     f"launcher of job {self.job_id} did not answer on {self.node} within "
-                    f"{self.opts.launch_timeout:g}s; see {self.log_file}")
+                    f"{timeout:g}s; see {self.log_file}")
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.25)
         self._reader_task = asyncio.get_running_loop().create_task(self._read_events())
@@ -210,8 +214,46 @@ class RemoteKernelSession:
                 if not fut.done():
                     fut.set_result({"event": "lost"})
             self._pending.clear()
-            if self.kernel_pid is not None and self.exit_code is None:
+            if not self._closing and self.kernel_pid is not None and self.exit_code is None:
+                if self.conn is not None and self.conn.closed and await self._reconnect():
+                    return
                 await self._explain_lost_launcher()
+
+    async def _reconnect(self) -> bool:
+        """The SSH connection dropped: reconnect with backoff, reopen control and forwards.
+
+        Gives up (False) when the job has ended or after grace minus a margin, when the
+        launcher's dead-man switch would end the job anyway.  The kernel is untouched.
+        """
+        pool, old = NodeConnections.shared(), self.conn
+        deadline = time.monotonic() + max(5.0, self.opts.grace - 5.0)
+        delay = 0.25
+        self.log.warning("remote kernel %s: SSH connection to %s dropped; reconnecting", self.name, self.node)
+        while not self._closing and time.monotonic() < deadline:
+            st = self.watcher.status.get(self.job_id)
+            if st is None or st.state.finished:
+                return False
+            try:
+                new = await pool.acquire(self.node)
+            except (OSError, asyncssh.Error, asyncio.TimeoutError) as e:
+                self.log.info("remote kernel %s: reconnect to %s failed (%s); retrying in %.1fs",
+                              self.name, self.node, _ssh_reason(e), delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+                continue
+            if old is not None:
+                await pool.release(old)
+                old = None
+            self.conn = new
+            try:
+                await self._connect_launcher(timeout=max(1.0, deadline - time.monotonic()))
+                await self.forward(self._endpoints)
+            except (KernelStartError, OSError, asyncssh.Error):
+                return False
+            self.reconnects += 1
+            self.log.warning("remote kernel %s: reconnected to %s; forwards restored", self.name, self.node)
+            return True
+        return False
 
     async def _explain_lost_launcher(self) -> None:
         """The control channel closed: find out from the scheduler why, and set exit_code."""
@@ -261,6 +303,7 @@ class RemoteKernelSession:
         Replaces forwards made before (jupyter_client deletes ipc socket files on restart).
         """
         self._close_forwards()
+        self._endpoints = dict(endpoints)
         for channel, local in endpoints.items():
             remote = f"{self.node_dir}/k-{CHANNELS[channel]}"
             if isinstance(local, int):
@@ -307,6 +350,7 @@ class RemoteKernelSession:
 
     async def close(self) -> None:
         """End everything: kernel, launcher, job, forwards, connection.  Idempotent."""
+        self._closing = True
         said_bye = False
         if self._ctl is not None:
             try:

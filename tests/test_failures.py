@@ -10,7 +10,7 @@ import textwrap
 import pytest
 from jupyter_client.manager import AsyncKernelManager
 
-from kernel_helpers import job_in_queue, value_of
+from kernel_helpers import job_in_queue, run_cell, value_of
 from remote_kernels.session import KernelStartError
 from slurm_helpers import wait_until
 
@@ -83,3 +83,40 @@ async def test_idle_kernel_outlives_the_grace_period(make_spec, start_kernel):
     await asyncio.sleep(6)   # the scenario itself: idle for three grace periods
     assert await value_of(kc, "'still here'") == "still here"
     assert km.provisioner.session.job_id == job and job_in_queue(job)
+
+
+def _sshd_sessions(cluster, node: str) -> list[int]:
+    """sshd processes serving connections on node (not its listener)."""
+    from pathlib import Path
+
+    listener = int(Path(cluster["state"], "nodes", node, "sshd.pid").read_text())
+    pids = subprocess.run(["ip", "netns", "pids", node], capture_output=True, text=True).stdout.split()
+    found = []
+    for pid in map(int, pids):
+        try:
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+        except OSError:
+            continue
+        if comm == "sshd" and pid != listener:
+            found.append(pid)
+    return found
+
+
+async def test_dropped_ssh_connection_heals_and_the_kernel_keeps_its_state(cluster, start_kernel):
+    km, kc = await start_kernel()
+    session = km.provisioner.session
+    await run_cell(kc, "x = 42")
+    sessions = _sshd_sessions(cluster, session.node)
+    assert sessions, "no sshd session serving the kernel's connection"
+    for pid in sessions:
+        subprocess.run(["kill", "-9", str(pid)], check=False)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 20
+    while session.reconnects == 0:
+        assert loop.time() < deadline, "the session did not reconnect"
+        assert await km.provisioner.poll() is None, "the kernel was reported dead during the drop"
+        await asyncio.sleep(0.1)
+    # The frontend keeps using the same client; its sockets reconnect through the new forwards.
+    # (A message in flight at the moment of the drop is lost, as on any broken link.)
+    assert await value_of(kc, "x") == "42"
+    assert await km.provisioner.poll() is None
