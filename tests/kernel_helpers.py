@@ -46,3 +46,16 @@ def processes_mentioning(text: str) -> list[str]:
         if text in cmd:
             found.append(f"{proc.name}: {cmd}")
     return found
+
+
+async def until(what: str, cond, timeout: float = 30, interval: float = 0.1):
+    """Async twin of slurm_helpers.wait_until for use inside the event loop (never blocks it)."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not (value := cond()):
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(interval)
+    return value

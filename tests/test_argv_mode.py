@@ -13,8 +13,7 @@ import pytest
 from jupyter_client.asynchronous import AsyncKernelClient
 from jupyter_client.connect import write_connection_file
 
-from kernel_helpers import job_in_queue, processes_mentioning, value_of
-from slurm_helpers import wait_until
+from kernel_helpers import job_in_queue, processes_mentioning, until, value_of
 
 pytestmark = pytest.mark.cluster
 
@@ -80,7 +79,7 @@ async def test_argv_mode_like_vscode(kernelspecs, tmp_path):
         # SIGTERM shuts everything down.
         proc.send_signal(signal.SIGTERM)
         await asyncio.wait_for(proc.wait(), 20)
-        wait_until(f"job {job} to leave the queue", lambda: not job_in_queue(job), timeout=15)
+        await until(f"job {job} to leave the queue", lambda: not job_in_queue(job), timeout=15)
     finally:
         kc.stop_channels()
         if proc.returncode is None:   # SIGTERM, as a frontend does, so the job is cancelled

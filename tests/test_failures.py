@@ -10,7 +10,7 @@ import textwrap
 import pytest
 from jupyter_client.manager import AsyncKernelManager
 
-from kernel_helpers import job_in_queue, run_cell, value_of
+from kernel_helpers import job_in_queue, run_cell, until, value_of
 from remote_kernels.session import KernelStartError
 from slurm_helpers import wait_until
 
@@ -27,7 +27,7 @@ async def test_queue_timeout_cancels_the_job_and_says_why(make_spec):
     message = str(err.value)
     assert "still queued after" in message and "BeginTime" in message and "cancelled" in message
     job = message.split()[1]
-    wait_until(f"job {job} to leave the queue", lambda: not job_in_queue(job), timeout=10)
+    await until(f"job {job} to leave the queue", lambda: not job_in_queue(job), timeout=10)
 
 
 async def test_start_abandoned_while_pending_cancels_the_job(make_spec):
@@ -44,7 +44,7 @@ async def test_start_abandoned_while_pending_cancels_the_job(make_spec):
     start.cancel()   # what a server does when the user deletes a pending kernel
     with pytest.raises(asyncio.CancelledError):
         await start
-    wait_until(f"job {job} to leave the queue", lambda: not job_in_queue(job), timeout=10)
+    await until(f"job {job} to leave the queue", lambda: not job_in_queue(job), timeout=10)
 
 
 SERVER = textwrap.dedent("""

@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 from jupyter_client.manager import AsyncKernelManager
 
-from kernel_helpers import value_of
+from kernel_helpers import until, value_of
 from remote_kernels.session import KernelStartError
-from slurm_helpers import wait_until
 
 pytestmark = pytest.mark.cluster
 
@@ -93,4 +92,4 @@ async def test_ssh_failures_are_named_and_leave_no_job(cluster, kernelspecs, tmp
         out = subprocess.run(["squeue", "-h", "-n", "rk-rk-test", "-t", "PENDING,RUNNING", "-o", "%i"],
                              capture_output=True, text=True).stdout
         return out.strip() == ""
-    wait_until("the failed kernel's job to be gone", no_live_job, timeout=10)
+    await until("the failed kernel's job to be gone", no_live_job, timeout=10)

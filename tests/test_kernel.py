@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from kernel_helpers import job_in_queue, processes_mentioning, run_cell, value_of
-from slurm_helpers import wait_until
+from kernel_helpers import job_in_queue, processes_mentioning, run_cell, until, value_of
 
 pytestmark = pytest.mark.cluster
 
@@ -83,8 +82,8 @@ async def test_shutdown_leaves_nothing_behind(start_kernel):
     login_dir = km.provisioner._login_dir
     assert processes_mentioning(sid), "the launcher should be running while the kernel lives"
     await km.shutdown_kernel()
-    wait_until(f"job {job} to leave the queue", lambda: not job_in_queue(job), timeout=15)
-    wait_until("launcher and kernel processes to end", lambda: not processes_mentioning(sid), timeout=10)
+    await until(f"job {job} to leave the queue", lambda: not job_in_queue(job), timeout=15)
+    await until("launcher and kernel processes to end", lambda: not processes_mentioning(sid), timeout=10)
     assert not Path(login_dir).exists()
     assert not Path(f"/tmp/rk-{sid}").exists()
     assert km.provisioner.session is None

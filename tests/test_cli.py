@@ -1,0 +1,171 @@
+"""`remote-kernels check`, `ps` and `cancel` against the test cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from kernel_helpers import job_in_queue
+from slurm_helpers import wait_until
+
+pytestmark = pytest.mark.cluster
+
+OWNER = Path(__file__).parent / "kernel_owner.py"
+PHASES = ["submit", "queue wait", "job start -> launcher ready", "kernel ready", "first execute", "shutdown", "total"]
+
+
+@pytest.fixture
+def cli(cluster, tmp_path):
+    """cli(*args, **env) -> CompletedProcess, with a private spec prefix (on JUPYTER_PATH) and registry."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RK_")}
+    env.update(JUPYTER_PATH=str(tmp_path / "share" / "jupyter"), JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"))
+
+    def run(*args: str, **extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "remote_kernels", *args], capture_output=True, text=True,
+                              env=dict(env, **extra), timeout=120)
+
+    def install(name: str, *args: str) -> str:
+        res = run("install", name, "--prefix", str(tmp_path), *args)
+        assert res.returncode == 0, res.stderr
+        return name
+
+    run.install, run.env = install, env
+    return run
+
+
+@pytest.fixture
+def owners(cli):
+    """owner(spec) -> (process, ids): a separate server process holding a kernel; all ended afterwards."""
+    procs = []
+
+    def start(spec: str):
+        proc = subprocess.Popen([sys.executable, str(OWNER), spec], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                text=True, env=cli.env)
+        procs.append(proc)
+        ready, _, _ = select.select([proc.stdout], [], [], 60)
+        line = proc.stdout.readline() if ready else ""
+        assert line, f"the owner process did not start a kernel of {spec} (exit code {proc.poll()})"
+        return proc, json.loads(line)
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.stdin.close()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def jobs_named(name: str) -> set[str]:
+    out = subprocess.run(["squeue", "-h", "-t", "all", "-n", name, "-o", "%i"], capture_output=True, text=True,
+                         check=True).stdout
+    return set(out.split())
+
+
+def ps(cli) -> dict[str, dict]:
+    res = cli("ps", "--json")
+    assert res.returncode == 0, res.stderr
+    return {e["job_id"]: e for e in json.loads(res.stdout)}
+
+
+def test_check_good_spec_reports_node_and_timings(cli):
+    cli.install("rkc-good", "--time", "00:10:00")
+    res = cli("check", "rkc-good")
+    assert res.returncode == 0, res.stdout + res.stderr
+    m = re.search(r"^Kernel ran on node (c[12]) \(job (\d+)\)\.$", res.stdout, re.M)
+    assert m, res.stdout
+    node, job = m.groups()
+    assert f"\n{node}\n" in res.stdout   # the cell's output: the kernel's hostname
+    table = {line.rsplit(None, 1)[0]: line.rsplit(None, 1)[1] for line in res.stdout.splitlines()
+             if line.startswith(tuple(PHASES))}
+    assert list(table) == PHASES
+    assert all(float(v) >= 0 for v in table.values())
+    assert float(table["total"]) >= sum(float(table[p]) for p in PHASES[:-1]) - 0.05
+    wait_until(f"job {job} to leave the queue", lambda: not job_in_queue(job), timeout=15)
+
+
+def test_check_unknown_partition_fails_fast_with_slurms_message(cli):
+    cli.install("rkc-nopart", "--partition", "nosuch")
+    before = jobs_named("rk-rkc-nopart")
+    t0 = time.monotonic()
+    res = cli("check", "rkc-nopart")
+    elapsed = time.monotonic() - t0
+    assert res.returncode == 1
+    assert elapsed < 5, f"took {elapsed:.1f}s"
+    assert res.stderr.startswith("FAILED at submit: ") and "Invalid partition name specified" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert jobs_named("rk-rkc-nopart") == before
+
+
+def test_check_names_the_phase_that_failed(cli):
+    cli.install("rkc-nopy", "--python", "/nonexistent/bin/python3")
+    res = cli("check", "rkc-nopy")
+    assert res.returncode == 1
+    assert res.stderr.startswith("FAILED at job start -> launcher ready: job ")
+    assert "Python /nonexistent/bin/python3 not found on c" in res.stderr
+
+
+def test_rk_override_applies_at_launch(cli):
+    cli.install("rkc-debug", "--partition", "debug", "--time", "00:10:00")
+    res = cli("check", "rkc-debug", RK_PARTITION="long")   # only c2 is in partition long
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "Kernel ran on node c2 " in res.stdout
+
+
+def test_ps_lists_a_kernel_of_another_server(cli, owners):
+    cli.install("rkc-ps", "--time", "00:10:00")
+    proc, ids = owners("rkc-ps")
+    entry = ps(cli)[ids["job_id"]]
+    assert entry["kernel_id"] == ids["kernel_id"] and entry["spec"] == "rkc-ps" and entry["node"] == ids["node"]
+    assert entry["state"] == "running" and entry["owner"] == "alive" and entry["owner_pid"] == proc.pid
+    assert re.fullmatch(r"\d+:\d\d", entry["time_left"]), entry["time_left"]
+    row = next(l for l in cli("ps").stdout.splitlines() if l.startswith(ids["kernel_id"]))
+    assert row.split()[1:5] == ["rkc-ps", ids["job_id"], ids["node"], "running"]
+    assert row.split()[-2:] == [str(proc.pid), "alive"]
+
+    proc.stdin.close()   # the server shuts its kernel down
+    assert proc.wait(timeout=30) == 0
+    assert ids["job_id"] not in ps(cli)
+    wait_until(f"job {ids['job_id']} to leave the queue", lambda: not job_in_queue(ids["job_id"]), timeout=15)
+
+
+def test_cancel_orphans_ends_only_the_jobs_of_dead_servers(cli, owners):
+    cli.install("rkc-orphan", "--time", "00:10:00")
+    dead, orphan = owners("rkc-orphan")
+    alive, kept = owners("rkc-orphan")
+    dead.send_signal(signal.SIGKILL)   # no clean-up runs: its registry entry and job remain
+    dead.wait(timeout=10)
+    assert ps(cli)[orphan["job_id"]]["owner"] == "dead"
+    assert job_in_queue(orphan["job_id"])
+
+    res = cli("cancel", "--orphans")
+    assert res.returncode == 0, res.stderr
+    assert f"job {orphan['job_id']} of kernel {orphan['kernel_id']} (spec rkc-orphan) cancelled" in res.stdout
+    assert kept["job_id"] not in res.stdout
+    wait_until(f"job {orphan['job_id']} to leave the queue", lambda: not job_in_queue(orphan["job_id"]), timeout=15)
+    assert set(ps(cli)) == {kept["job_id"]}
+    assert job_in_queue(kept["job_id"])
+    assert "No orphaned remote kernels" in cli("cancel", "--orphans").stdout
+
+    res = cli("cancel", kept["job_id"])   # by job id; the live server's kernel ends with its job
+    assert res.returncode == 0, res.stderr
+    assert f"job {kept['job_id']} of kernel {kept['kernel_id']} (spec rkc-orphan) cancelled" in res.stdout
+    wait_until(f"job {kept['job_id']} to leave the queue", lambda: not job_in_queue(kept["job_id"]), timeout=15)
+    assert ps(cli) == {}
+
+
+def test_cancel_unknown_id_is_refused(cli):
+    res = cli("cancel", "no-such-kernel")
+    assert res.returncode == 1
+    assert res.stderr == ("remote-kernels cancel: no remote kernel with kernel, session or job id "
+                          "'no-such-kernel'; see `remote-kernels ps`\n")

@@ -1,0 +1,102 @@
+"""Many kernels from one server: one batched status query per interval, no collisions, no leftovers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from jupyter_client.manager import AsyncKernelManager
+
+from kernel_helpers import processes_mentioning, until, value_of
+
+pytestmark = pytest.mark.cluster
+
+SQUEUE_SHIM = """#!/bin/sh
+# Counts the provisioner's status queries; fails them while $RK_SQUEUE_FAIL exists.
+echo "$*" >> "$RK_SQUEUE_LOG"
+if [ -e "$RK_SQUEUE_FAIL" ]; then
+    echo "slurm_load_jobs error: Socket timed out on send/recv operation" >&2
+    exit 1
+fi
+exec /usr/bin/squeue "$@"
+"""
+
+
+@pytest.fixture
+def counted_squeue(tmp_path, monkeypatch):
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    (shim / "squeue").write_text(SQUEUE_SHIM)
+    (shim / "squeue").chmod(0o755)
+    log, fail = tmp_path / "squeue.log", tmp_path / "fail"
+    monkeypatch.setenv("PATH", f"{shim}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("RK_SQUEUE_LOG", str(log))
+    monkeypatch.setenv("RK_SQUEUE_FAIL", str(fail))
+    log.touch()
+    return log, fail
+
+
+async def _start_all(name: str, n: int):
+    managers = [AsyncKernelManager(kernel_name=name) for _ in range(n)]
+    await asyncio.gather(*(km.start_kernel() for km in managers))
+    clients = [km.client() for km in managers]
+    for kc in clients:
+        kc.start_channels()
+    await asyncio.gather(*(kc.wait_for_ready(timeout=120) for kc in clients))
+    return managers, clients
+
+
+async def _stop_all(managers, clients):
+    for kc in clients:
+        kc.stop_channels()
+    await asyncio.gather(*(km.shutdown_kernel() for km in managers), return_exceptions=True)
+
+
+async def test_eight_kernels_share_one_status_query_per_interval(make_spec, counted_squeue):
+    log, fail = counted_squeue
+    make_spec("rk-poll", poll_interval=0.5)
+    managers, clients = await _start_all("rk-poll", 8)
+    try:
+        jobs = {km.provisioner.session.job_id for km in managers}
+        assert len(jobs) == 8
+        log.write_text("")
+        await asyncio.sleep(3.0)   # the scenario: an idle server for six poll intervals
+        queries = log.read_text().splitlines()
+        assert 4 <= len(queries) <= 8, queries
+        for q in queries:   # every query asks about all eight jobs at once
+            assert set(q.split("-j ")[1].split()[0].split(",")) == jobs
+        # A status query failing for a while (10 failures in a row) ends no kernel: the
+        # launchers are reachable, and a failed query is not a job that left the queue.
+        fail.touch()
+        await until("ten failed queries", lambda: len(log.read_text().splitlines()) >= len(queries) + 10, 15)
+        fail.unlink()
+        for km, kc in zip(managers, clients):
+            assert await km.provisioner.poll() is None
+        assert await value_of(clients[0], "'alive'") == "alive"
+    finally:
+        await _stop_all(managers, clients)
+
+
+async def test_sixteen_kernels_at_once_then_nothing_left(kernelspecs):
+    managers, clients = await _start_all("rk-test", 16)
+    sessions = [km.provisioner.session for km in managers]
+    jobs = [s.job_id for s in sessions]
+    try:
+        hosts = await asyncio.gather(*(value_of(kc, "__import__('socket').gethostname()") for kc in clients))
+        assert set(hosts) <= {"c1", "c2"}
+        assert len({km.connection_file for km in managers}) == 16
+        assert len({km.provisioner._login_dir for km in managers}) == 16
+        assert len({s.node_dir for s in sessions}) == 16
+    finally:
+        await _stop_all(managers, clients)
+
+    def none_left() -> bool:
+        out = subprocess.run(["squeue", "-h", "-j", ",".join(jobs), "-o", "%i"], capture_output=True, text=True)
+        return out.stdout.strip() == ""
+    await until("all 16 jobs to leave the queue", none_left, timeout=30)
+    for s in sessions:
+        assert processes_mentioning(s.session_id) == []
+        assert not Path(s.node_dir).exists()
