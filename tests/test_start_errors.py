@@ -34,3 +34,20 @@ async def test_bad_spec_fails_with_clear_message(kernelspecs, name, expected):
     assert "\n" not in message
     await km.provisioner.cleanup()
     assert _my_jobs() - before == set()
+
+
+@pytest.mark.parametrize("config, expected", [
+    ({"partiton": "long"}, "unknown option 'partiton'"),
+    ({"time": "soon"}, "time 'soon' is not a wall-time"),
+    ({"cpus": "many"}, "cpus"),
+])
+async def test_malformed_kernel_json_config_names_the_field(make_spec, config, expected):
+    from traitlets import TraitError
+
+    make_spec("rk-malformed", **config)
+    before = _my_jobs()
+    km = AsyncKernelManager(kernel_name="rk-malformed")
+    with pytest.raises(TraitError) as err:
+        await km.start_kernel()
+    assert expected in str(err.value)
+    assert _my_jobs() - before == set()
