@@ -14,8 +14,22 @@ from . import __version__
 EXAMPLES = """\
 examples:
   remote-kernels install slurm-py --display-name "Python 3 (compute node)" --time 01:00:00 --mem 4G
-  remote-kernels install gpu --partition gpu --gpus 1 --setup "module load cuda" --user
+  remote-kernels install gpu --from kernelspecs/slurm-gpu --partition gpu --user
+  remote-kernels check slurm-py          # submit, run a cell, time each phase, shut down
+  RK_TIME=04:00:00 remote-kernels show slurm-py
+  remote-kernels ps
+  remote-kernels cancel --orphans
 """
+
+OVERRIDES = """\
+per-launch overrides: RK_PARTITION, RK_ACCOUNT, RK_QOS, RK_TIME, RK_CPUS, RK_MEM, RK_GPUS,
+RK_CONSTRAINT and RK_RESERVATION in the environment of the Jupyter server (or of
+`remote-kernels run`/`check`/`show`) override the spec's value of that option.
+"""
+
+# install's options that are kernel options (argparse dest == option name).
+INSTALL_FIELDS = ("scheduler", "partition", "account", "qos", "time", "cpus", "mem", "gpus", "constraint",
+                  "reservation", "directives", "python", "setup", "env", "grace", "queue_timeout")
 
 
 def _env_pair(text: str) -> tuple[str, str]:
@@ -23,6 +37,89 @@ def _env_pair(text: str) -> tuple[str, str]:
     if not sep or not key.isidentifier():
         raise argparse.ArgumentTypeError(f"--env {text!r} is not KEY=VALUE")
     return key, value
+
+
+def _add_install(sub) -> None:
+    p = sub.add_parser("install", help="install a compute-node kernelspec",
+                       description="Install a kernelspec whose kernel runs in a batch job on a compute node.\n"
+                                   "Options not given are left out (the scheduler's defaults apply) or, with\n"
+                                   "--from, taken from that spec; a list option given replaces the spec's list.\n"
+                                   "Bad values are refused before anything is written.",
+                       epilog=OVERRIDES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("name", help="kernelspec name (letters, digits, -, _, .)")
+    p.add_argument("--from", dest="from_dir", metavar="DIR",
+                   help="start from the kernelspec in DIR (e.g. kernelspecs/slurm-python3); "
+                        "options given here override its values")
+    p.add_argument("--scheduler", metavar="NAME", help="batch scheduler (default: slurm)")
+    p.add_argument("--display-name", metavar="TEXT", help="name shown in the kernel picker (default: --from's, or 'Python 3 (NAME)')")
+    res = p.add_argument_group("resources (unset: the scheduler's defaults)")
+    res.add_argument("--partition", metavar="NAME", help="partition (queue)")
+    res.add_argument("--account", metavar="NAME", help="account to charge")
+    res.add_argument("--qos", metavar="NAME", help="quality of service")
+    res.add_argument("--time", metavar="LIMIT", help="wall-time, [D-]HH:MM:SS or minutes")
+    res.add_argument("--cpus", type=int, metavar="N", help="CPUs for the kernel")
+    res.add_argument("--mem", metavar="SIZE", help="memory, e.g. 4G")
+    res.add_argument("--gpus", type=int, metavar="N", help="GPUs for the kernel")
+    res.add_argument("--constraint", metavar="EXPR", help="node features the job needs")
+    res.add_argument("--reservation", metavar="NAME", help="reservation to run in")
+    res.add_argument("--directive", action="append", dest="directives", metavar="TEXT",
+                     help="extra scheduler directive, e.g. --directive=--exclusive (repeatable)")
+    env = p.add_argument_group("environment on the node")
+    env.add_argument("--python", metavar="PATH", help=f"Python with ipykernel on the compute nodes "
+                                      f"(default: --from's, or this Python, {sys.executable})")
+    env.add_argument("--setup", action="append", metavar="LINE", help="shell line run before the kernel (repeatable)")
+    env.add_argument("--env", action="append", type=_env_pair, metavar="KEY=VALUE",
+                     help="environment variable for the kernel (repeatable)")
+    life = p.add_argument_group("lifetime")
+    life.add_argument("--grace", type=float, metavar="SECONDS",
+                      help="dead-man switch: the job ends after SECONDS without a login-side client (default: 300)")
+    life.add_argument("--queue-timeout", type=float, metavar="SECONDS",
+                      help="give up and cancel the job after SECONDS queued (default: 0, wait forever)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--user", action="store_true", help="install for this user only")
+    where.add_argument("--sys-prefix", action="store_true", help="install into sys.prefix (this env)")
+    where.add_argument("--prefix", metavar="DIR", help="install under DIR/share/jupyter/kernels")
+    p.add_argument("--replace", action="store_true", help="overwrite an existing kernelspec of that name")
+
+
+def _add_spec_commands(sub) -> None:
+    p = sub.add_parser("list", help="list the compute-node kernelspecs",
+                       description="List the installed kernelspecs that run on compute nodes, with their "
+                                   "scheduler and resources ('-': the scheduler's default).")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p = sub.add_parser("show", help="show a spec's effective options and its batch script",
+                       description="Show the options of compute-node kernelspec NAME after the RK_* "
+                                   "environment overrides, where each came from, and the exact batch script a "
+                                   "start would submit (which never contains the kernel's key).",
+                       epilog=OVERRIDES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("name", help="compute-node kernelspec name")
+    p = sub.add_parser("remove", help="remove a compute-node kernelspec",
+                       description="Delete compute-node kernelspec NAME (the first found on the Jupyter path), "
+                                   "without asking. Other kernelspecs are refused.")
+    p.add_argument("name", help="compute-node kernelspec name")
+    p = sub.add_parser("check", help="end-to-end test of a spec: start, run a cell, time it, shut down",
+                       description="Start a kernel of NAME as a Jupyter server would, show the job's progress "
+                                   "while it is queued, run a cell printing the node's hostname, print a "
+                                   "timing table per phase and shut the kernel down. Exit status 0 only if "
+                                   "every step worked; otherwise the failed phase and the error are printed.",
+                       epilog=OVERRIDES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("name", help="compute-node kernelspec name")
+
+
+def _add_job_commands(sub) -> None:
+    p = sub.add_parser("ps", help="list your running remote kernels",
+                       description="List this user's remote kernels (started by any server process on this "
+                                   "machine): kernel id, spec, job, node, job state, age, time left in the "
+                                   "allocation, and the owning process and whether it is alive.")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p = sub.add_parser("cancel", help="cancel a remote kernel's job, or those of orphans",
+                       description="Cancel the batch job of one remote kernel (by kernel id, session id or job "
+                                   "id, as `remote-kernels ps` shows them; a unique id prefix is enough) and "
+                                   "forget it; or, with --orphans, of every kernel whose owning process is gone.")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("id", nargs="?", metavar="KERNEL_OR_JOB_ID", help="kernel id, session id or job id")
+    what.add_argument("--orphans", action="store_true",
+                      help="cancel the jobs of kernels whose server process died")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,36 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"remote-kernels {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    p = sub.add_parser("install", help="install a compute-node kernelspec",
-                       description="Install a kernelspec whose kernel runs in a batch job on a compute node.")
-    p.add_argument("name", help="kernelspec name (letters, digits, -, _, .)")
-    p.add_argument("--scheduler", default="slurm", help="batch scheduler (default: slurm)")
-    p.add_argument("--display-name", help="name shown in the kernel picker (default: 'Python 3 (NAME)')")
-    res = p.add_argument_group("resources (empty: the scheduler's defaults)")
-    res.add_argument("--partition", default="")
-    res.add_argument("--account", default="")
-    res.add_argument("--qos", default="")
-    res.add_argument("--time", default="", help="wall-time, [D-]HH:MM:SS")
-    res.add_argument("--cpus", type=int, default=0)
-    res.add_argument("--mem", default="", help="memory, e.g. 4G")
-    res.add_argument("--gpus", type=int, default=0)
-    res.add_argument("--constraint", default="")
-    res.add_argument("--reservation", default="")
-    res.add_argument("--directive", action="append", default=[], dest="directives",
-                     help="extra scheduler directive, e.g. --directive=--exclusive (repeatable)")
-    env = p.add_argument_group("environment on the node")
-    env.add_argument("--python", default=sys.executable,
-                     help="Python with ipykernel on the compute nodes (default: this Python, %(default)s)")
-    env.add_argument("--setup", action="append", default=[], help="shell line run before the kernel (repeatable)")
-    env.add_argument("--env", action="append", default=[], type=_env_pair, metavar="KEY=VALUE",
-                     help="environment variable for the kernel (repeatable)")
-    where = p.add_mutually_exclusive_group()
-    where.add_argument("--user", action="store_true", help="install for this user only")
-    where.add_argument("--sys-prefix", action="store_true", help="install into sys.prefix (this env)")
-    where.add_argument("--prefix", help="install under PREFIX/share/jupyter/kernels")
-    p.add_argument("--replace", action="store_true", help="overwrite an existing kernelspec of that name")
-
+    _add_install(sub)
+    _add_spec_commands(sub)
+    _add_job_commands(sub)
     r = sub.add_parser("run", help="argv mode: run a kernel for a frontend that launches kernel.json's argv",
                        description="Run a compute-node kernel serving the endpoints of CONNECTION_FILE "
                                    "(what VS Code's local kernel picker does with kernel.json's argv).")
@@ -73,30 +143,44 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_install(args) -> int:
-    from .kernelspec import install
-    from .options import KernelOptions
+    from .commands.install import install_spec
 
-    config = {
-        "scheduler": args.scheduler, "partition": args.partition, "account": args.account, "qos": args.qos,
-        "time": args.time, "cpus": args.cpus, "mem": args.mem, "gpus": args.gpus,
-        "constraint": args.constraint, "reservation": args.reservation, "directives": args.directives,
-        "python": args.python, "setup": args.setup, "env": dict(args.env),
-    }
-    config = {k: v for k, v in config.items() if v not in ("", 0, [], {})}
-    try:
-        KernelOptions(**config)
-        from .schedulers import get_scheduler
-        get_scheduler(config.get("scheduler", "slurm"))
-    except (TraitError, ValueError) as e:
-        raise SystemExit(f"remote-kernels install: {e}") from None
-    display = args.display_name or f"Python 3 ({args.name})"
-    prefix = sys.prefix if args.sys_prefix else args.prefix
-    try:
-        dest = install(args.name, display, config, user=args.user, prefix=prefix, replace=args.replace)
-    except FileExistsError as e:
-        raise SystemExit(f"remote-kernels install: {e}") from None
-    print(f"Installed kernelspec {args.name} ({display}) in {dest}")
+    given = {f: getattr(args, f) for f in INSTALL_FIELDS if getattr(args, f) is not None}
+    if "env" in given:
+        given["env"] = dict(given["env"])
+    install_spec(args.name, given, from_dir=args.from_dir, display_name=args.display_name, user=args.user,
+                 prefix=sys.prefix if args.sys_prefix else args.prefix, replace=args.replace)
     return 0
+
+
+def cmd_list(args) -> int:
+    from .commands.specs import list_specs
+    return list_specs(args.json)
+
+
+def cmd_show(args) -> int:
+    from .commands.specs import show
+    return show(args.name)
+
+
+def cmd_remove(args) -> int:
+    from .commands.specs import remove
+    return remove(args.name)
+
+
+def cmd_check(args) -> int:
+    from .commands.check import check
+    return asyncio.run(check(args.name))
+
+
+def cmd_ps(args) -> int:
+    from .commands.jobs import ps
+    return asyncio.run(ps(args.json))
+
+
+def cmd_cancel(args) -> int:
+    from .commands.jobs import cancel, cancel_orphans
+    return asyncio.run(cancel_orphans() if args.orphans else cancel(args.id))
 
 
 def cmd_run(args) -> int:
@@ -128,7 +212,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    return {"install": cmd_install, "run": cmd_run}[args.command](args)
+    from .commands import CommandFailed
+
+    commands = {"install": cmd_install, "list": cmd_list, "show": cmd_show, "remove": cmd_remove,
+                "check": cmd_check, "ps": cmd_ps, "cancel": cmd_cancel, "run": cmd_run}
+    try:
+        return commands[args.command](args)
+    except CommandFailed as e:
+        print(f"remote-kernels {args.command}: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"remote-kernels {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

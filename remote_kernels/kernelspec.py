@@ -64,9 +64,14 @@ def remote_specs() -> dict[str, dict]:
     return found
 
 
-def spec_config(name: str) -> dict:
-    """The provisioner config of installed kernelspec ``name`` (KeyError if it is not ours)."""
+def remote_spec(name: str) -> dict:
+    """kernel.json (plus ``resource_dir``) of compute-node kernelspec ``name``; KeyError if none."""
     specs = remote_specs()
     if name not in specs:
         raise KeyError(f"no compute-node kernelspec named {name!r}; see `remote-kernels list`")
-    return specs[name]["metadata"]["kernel_provisioner"].get("config", {})
+    return specs[name]
+
+
+def spec_config(name: str) -> dict:
+    """The provisioner config of installed kernelspec ``name`` (KeyError if it is not ours)."""
+    return remote_spec(name)["metadata"]["kernel_provisioner"].get("config", {})

@@ -2,12 +2,15 @@
 
 The provisioner inherits these traits (so ``c.RemoteKernelProvisioner.time = ...``
 in a Jupyter config file works too); argv mode builds a ``KernelOptions`` from the
-same kernel.json stanza.
+same kernel.json stanza.  Per-launch overrides: ``RK_<OPTION>`` environment variables
+(``RK_PARTITION``, ``RK_TIME``...) of the starting process win over the spec's values.
 """
 
 from __future__ import annotations
 
+import os
 import re
+from typing import Mapping
 
 from traitlets import Dict, Float, Int, List, TraitError, Unicode, validate
 from traitlets.config import LoggingConfigurable
@@ -16,6 +19,9 @@ from .schedulers import Resources
 
 TIME_RE = re.compile(r"^(?:(\d+)-)?(?:(\d+):)?(\d+)(?::(\d+))?$")
 MEM_RE = re.compile(r"^\d+[KMGT]?$", re.IGNORECASE)
+ENV_PREFIX = "RK_"
+# Options a launch may override from the environment (RK_ + the upper-case name).
+ENV_OPTIONS = ("partition", "account", "qos", "time", "cpus", "mem", "gpus", "constraint", "reservation")
 
 
 class KernelOptions(LoggingConfigurable):
@@ -41,12 +47,30 @@ class KernelOptions(LoggingConfigurable):
     poll_interval = Float(2.0, help="Seconds between the scheduler status queries of a server.").tag(config=True)
     runtime_base = Unicode("/tmp", help="Directory on the node for the kernel's private socket dir.").tag(config=True)
 
-    def __init__(self, **kwargs):
+    def __init__(self, *, environ: Mapping[str, str] | None = None, **kwargs):
+        """Options from kwargs (the spec's config), then RK_* overrides from ``environ``
+        (default ``os.environ``; pass ``{}`` for none)."""
         unknown = sorted(k for k in kwargs if k not in ("parent", "config") and not self.has_trait(k))
         if unknown:
             raise TraitError(f"unknown option {unknown[0]!r} in the kernel's config; "
                              f"known options: {', '.join(option_names())}")
         super().__init__(**kwargs)
+        self.from_environment: dict[str, str] = {}   # option -> the variable that set it
+        self._apply_environment(os.environ if environ is None else environ)
+
+    def _apply_environment(self, environ: Mapping[str, str]) -> None:
+        for name in ENV_OPTIONS:
+            var = ENV_PREFIX + name.upper()
+            text = environ.get(var, "")
+            if not text:
+                continue
+            try:
+                setattr(self, name, int(text) if isinstance(self.traits()[name], Int) else text)
+            except ValueError:
+                raise TraitError(f"environment variable {var}={text!r}: {name} must be a whole number") from None
+            except TraitError as e:
+                raise TraitError(f"environment variable {var}: {e}") from None
+            self.from_environment[name] = var
 
     @validate("time")
     def _valid_time(self, proposal):
@@ -60,6 +84,21 @@ class KernelOptions(LoggingConfigurable):
         value = proposal["value"]
         if value and not MEM_RE.match(value):
             raise TraitError(f"mem {value!r} is not a size; use a number with K, M, G or T, e.g. 4G")
+        return value
+
+    @validate("cpus", "gpus")
+    def _valid_count(self, proposal):
+        value = proposal["value"]
+        if value < 0:
+            raise TraitError(f"{proposal['trait'].name} {value} is negative; use a whole number (0: the scheduler's default)")
+        return value
+
+    @validate("grace", "queue_timeout")
+    def _valid_seconds(self, proposal):
+        name, value = proposal["trait"].name, proposal["value"]
+        if value < 0 or (value == 0 and name == "grace"):
+            allowed = "a positive number of seconds" + (", or 0 to wait forever" if name == "queue_timeout" else "")
+            raise TraitError(f"{name} {value:g} is out of range; use {allowed}")
         return value
 
     def resources(self, job_name: str, output: str) -> Resources:

@@ -4,6 +4,9 @@ A thin translation of jupyter_client's provisioner calls onto RemoteKernelSessio
 The job lives from the first launch_kernel() until cleanup(restart=False):
 jupyter_client calls kill()/terminate() with restart=False even while restarting
 (jupyter_client#1061), so those only stop the kernel, never the job.
+
+Launch keyword ``on_status``: ``km.start_kernel(on_status=callback)`` has the session
+call ``callback(JobStatus, seconds_waited)`` at each poll while the job waits to start.
 """
 
 from __future__ import annotations
@@ -110,6 +113,7 @@ class RemoteKernelProvisioner(KernelOptions, KernelProvisionerBase):  # type: ig
             if self.session is None:
                 self.session = RemoteKernelSession(self, name=_short_name(self), kernel_id=self.kernel_id or "",
                                                    log=self.log)
+                self.session.on_status = kwargs.get("on_status")
                 await self.session.start_job()
             await self.session.forward(self._endpoints())
             await self.session.start_kernel(

@@ -43,6 +43,7 @@ class JobStatus:
     node: str | None = None
     start_time: str | None = None   # estimated or actual, as the scheduler prints it
     native: str = ""                # the scheduler's own state word
+    time_left: str = ""             # of the allocation, as the scheduler prints it (time_left() only)
 
 
 @dataclass
@@ -81,6 +82,10 @@ class Scheduler:
 
     async def status(self, job_ids: list[str]) -> dict[str, JobStatus]:
         """One command for all job_ids; a job the scheduler no longer knows is GONE."""
+        raise NotImplementedError
+
+    async def time_left(self, job_ids: list[str]) -> dict[str, JobStatus]:
+        """State and time left (``JobStatus.time_left``) of job_ids, in one command."""
         raise NotImplementedError
 
     async def cancel(self, job_id: str) -> None:

@@ -1,4 +1,4 @@
-"""SLURM: sbatch --parsable, one squeue for all jobs, scancel."""
+"""SLURM: sbatch --parsable, one squeue for all jobs (status or time left), scancel."""
 
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ HELD_REASONS = ("JobHeldUser", "JobHeldAdmin")
 # `sbatch --parsable` prints "JOBID" or "JOBID;CLUSTER" alone on its last line.
 JOB_ID = re.compile(r"^(?P<id>\d+(?:_\d+)?)(?:;(?P<cluster>[\w.-]+))?$")
 SQUEUE_FORMAT = "%i|%T|%r|%N|%S"
+TIME_LEFT_FORMAT = "%i|%T|%L"
+NO_TIME_LEFT = ("INVALID", "NOT_SET", "N/A")
 
 
 class Slurm(Scheduler):
@@ -68,16 +70,35 @@ class Slurm(Scheduler):
         return found
 
     async def status(self, job_ids: list[str]) -> dict[str, JobStatus]:
+        return await self._squeue(["-t", "all"], SQUEUE_FORMAT, self.parse_status, job_ids)
+
+    @staticmethod
+    def parse_time_left(stdout: str) -> dict[str, JobStatus]:
+        found = {}
+        for line in stdout.splitlines():
+            parts = line.strip().split("|")
+            if len(parts) != 3:
+                continue
+            job_id, native, left = parts
+            found[job_id] = JobStatus(state=STATES.get(native, JobState.UNKNOWN), native=native,
+                                      time_left="" if left in NO_TIME_LEFT else left)
+        return found
+
+    async def time_left(self, job_ids: list[str]) -> dict[str, JobStatus]:
+        return await self._squeue([], TIME_LEFT_FORMAT, self.parse_time_left, job_ids)
+
+    async def _squeue(self, args: list[str], fmt: str, parse, job_ids: list[str]) -> dict[str, JobStatus]:
+        """One squeue for all job_ids, parsed; a job squeue does not list is GONE."""
         if not job_ids:
             return {}
-        argv = ["squeue", "-h", "-t", "all", "-j", ",".join(job_ids), "-o", SQUEUE_FORMAT]
+        argv = ["squeue", "-h", *args, "-j", ",".join(job_ids), "-o", fmt]
         code, out, err = await self.runner.run(argv, check=False)
         if code != 0:
             # All ids purged: "Invalid job id specified" (exit 1).  Anything else is a failed query.
             if "Invalid job id" in err:
                 return {j: JobStatus(JobState.GONE) for j in job_ids}
             raise CommandError(argv, code, out, err)
-        found = self.parse_status(out)
+        found = parse(out)
         return {j: found.get(j, JobStatus(JobState.GONE)) for j in job_ids}
 
     async def cancel(self, job_id: str) -> None:

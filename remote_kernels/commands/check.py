@@ -1,0 +1,134 @@
+"""``remote-kernels check NAME``: start a kernel of a spec as a Jupyter server would, run a cell,
+time each phase, shut it down.  Exit 0 only if everything worked."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+from jupyter_client.manager import AsyncKernelManager
+
+from ..schedulers import JobState, JobStatus
+from . import table
+from .specs import find_spec
+
+CELL = "import socket; print(socket.gethostname())"
+READY_TIMEOUT = 60.0
+EXECUTE_TIMEOUT = 60.0
+# session.timings keys, in order, and the phase that ends with each.
+START_PHASES = (("submit", "submit"), ("queued", "queue wait"), ("launcher", "job start -> launcher ready"))
+# States that show the job got past the queue (it ran, even if it ended at once).
+RAN = (JobState.RUNNING, JobState.COMPLETED, JobState.FAILED, JobState.TIMEOUT, JobState.OOM, JobState.NODE_FAIL)
+
+
+class Progress:
+    """The kernel's ``on_status`` callback: one updating line on a TTY, a line per change otherwise."""
+
+    def __init__(self, km: AsyncKernelManager, out: TextIO):
+        self.km, self.out, self.tty = km, out, out.isatty()
+        self.session = None   # the kernel's RemoteKernelSession, kept to report a failed start
+        self.ran = False      # the job was seen running (or ended after running)
+        self._last: tuple | None = None
+        self._open_line = False
+
+    def __call__(self, status: JobStatus, waited: float) -> None:
+        if self.session is None:
+            self.session = self.km.provisioner.session
+        text = f"job {self.session.job_id} {status.state.value}" + (f" ({status.reason})" if status.reason else "")
+        if status.state is JobState.QUEUED and status.start_time:
+            text += f", estimated start {status.start_time}"
+        if self.tty:
+            self.out.write(f"\r\x1b[K{text}: {waited:.0f}s")
+            self.out.flush()
+            self._open_line = True
+        elif (status.state, status.reason) != self._last:
+            print(f"{text} after {waited:.1f}s", file=self.out, flush=True)
+        self._last = (status.state, status.reason)
+        self.ran = self.ran or status.state in RAN
+
+    def end_line(self) -> None:
+        if self._open_line:
+            self.out.write("\n")
+            self._open_line = False
+
+
+def _failed_start_phase(km: AsyncKernelManager, progress: Progress) -> str:
+    if km.provisioner is None:
+        return "configuration"
+    if progress.session is None:   # never polled: the submission failed
+        return "submit"
+    timings = progress.session.timings
+    if "queued" not in timings and progress.ran:
+        return START_PHASES[2][1]
+    return next((label for key, label in START_PHASES if key not in timings), "kernel ready")
+
+
+async def _run_cell(kc) -> tuple[str, str]:
+    out: list[str] = []
+
+    def hook(msg):
+        if msg["msg_type"] == "stream":
+            out.append(msg["content"]["text"])
+        elif msg["msg_type"] == "error":
+            out.append(f"{msg['content']['ename']}: {msg['content']['evalue']}")
+
+    reply = await kc.execute_interactive(CELL, output_hook=hook, timeout=EXECUTE_TIMEOUT)
+    return reply["content"]["status"], "".join(out).strip()
+
+
+async def check(name: str, out: TextIO = sys.stdout) -> int:
+    """The end-to-end test of kernelspec ``name``; prints progress, node and timings."""
+    find_spec(name)
+    km = AsyncKernelManager(kernel_name=name)
+    progress = Progress(km, out)
+    kc = None
+    phase, rows = "start", []
+    print(f"Checking kernelspec {name}: starting a kernel as a Jupyter server would", file=out, flush=True)
+    t0 = time.monotonic()
+    try:
+        try:
+            await km.start_kernel(on_status=progress)
+        finally:
+            progress.end_line()
+        session = km.provisioner.session
+        node, job = session.node, session.job_id
+        t = session.timings
+        print(f"job {job} running on {node}; launcher ready ({session.node_info.get('python', '?')})",
+              file=out, flush=True)
+        rows += [["submit", t["submit"]], ["queue wait", t["queued"]],
+                 ["job start -> launcher ready", t["ssh"] + t["launcher"]]]
+        phase = "kernel ready"
+        kc = km.client()
+        kc.start_channels()
+        await kc.wait_for_ready(timeout=READY_TIMEOUT)
+        t_ready = time.monotonic()
+        rows.append(["kernel ready", t_ready - t0 - sum(r[1] for r in rows)])
+        phase = "first execute"
+        status, output = await _run_cell(kc)
+        if status != "ok":
+            raise RuntimeError(f"the cell failed: {output or status}")
+        rows.append(["first execute", time.monotonic() - t_ready])
+        print(f">>> {CELL}\n{output}", file=out)
+        phase = "shutdown"
+        t_down = time.monotonic()
+        kc.stop_channels()
+        kc = None
+        await km.shutdown_kernel()
+        rows.append(["shutdown", time.monotonic() - t_down])
+    except Exception as e:
+        if phase == "start":
+            phase = _failed_start_phase(km, progress)
+        message = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        print(f"FAILED at {phase}: {message}", file=sys.stderr)
+        return 1
+    finally:
+        if kc is not None:
+            kc.stop_channels()
+        if km.has_kernel:
+            await km.shutdown_kernel(now=True)
+    rows.append(["total", time.monotonic() - t0])
+    print(f"\nKernel ran on node {node} (job {job}).\n", file=out)
+    print(table(["phase", "seconds"], [[p, f"{s:.2f}"] for p, s in rows]), file=out)
+    print(f"\nOK: {name} works", file=out)
+    return 0

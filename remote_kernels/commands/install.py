@@ -1,0 +1,51 @@
+"""``remote-kernels install``: write a compute-node kernelspec, optionally starting from one."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from traitlets import TraitError
+
+from ..kernelspec import PROVISIONER, install
+from ..options import KernelOptions
+from ..schedulers import get_scheduler
+from . import CommandFailed
+
+
+def load_spec_dir(path: str) -> tuple[dict, str]:
+    """(provisioner config, display name) of the compute-node kernelspec in directory ``path``."""
+    file = Path(path) / "kernel.json"
+    try:
+        spec = json.loads(file.read_text())
+    except OSError as e:
+        raise CommandFailed(f"--from {path}: cannot read {file}: {e.strerror}") from None
+    except ValueError as e:
+        raise CommandFailed(f"--from {path}: {file} is not valid JSON ({e})") from None
+    prov = spec.get("metadata", {}).get("kernel_provisioner", {}) if isinstance(spec, dict) else {}
+    if prov.get("provisioner_name") != PROVISIONER:
+        raise CommandFailed(f"--from {path}: not a compute-node kernelspec (no {PROVISIONER} in {file})")
+    return dict(prov.get("config", {})), spec.get("display_name", "")
+
+
+def install_spec(name: str, given: dict, *, from_dir: str | None = None, display_name: str | None = None,
+                 user: bool = False, prefix: str | None = None, replace: bool = False) -> str:
+    """Validate, then install; ``given`` (options set on the command line) overrides ``from_dir``'s."""
+    config, from_display = load_spec_dir(from_dir) if from_dir else ({}, "")
+    config.update(given)
+    config.setdefault("scheduler", "slurm")
+    config.setdefault("python", sys.executable)
+    try:
+        KernelOptions(environ={}, **config)   # the spec is validated as written, without RK_* overrides
+        get_scheduler(config["scheduler"])
+    except (TraitError, ValueError) as e:
+        raise CommandFailed(str(e)) from None
+    config = {k: v for k, v in config.items() if v not in ("", 0, [], {})}   # unset: the defaults apply
+    display = display_name or from_display or f"Python 3 ({name})"
+    try:
+        dest = install(name, display, config, user=user, prefix=prefix, replace=replace)
+    except (ValueError, OSError) as e:   # existing spec, invalid name, no write access
+        raise CommandFailed(str(e)) from None
+    print(f"Installed kernelspec {name} ({display}) in {dest}")
+    return dest
