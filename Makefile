@@ -9,11 +9,12 @@ STAMP := $(VENV)/.installed
 APT_PKGS := slurm-wlm munge openssh-server python3.11-venv iproute2 util-linux passwd
 CLUSTER := /usr/bin/python3 tests/cluster/cluster.py
 
-.PHONY: help deps venv cluster cluster-down cluster-status demo test docs
+.PHONY: help deps venv cluster cluster-down cluster-status demo test docs bench
 
 help:
 	@echo "make demo            set up everything, run a cell on a compute node"
 	@echo "make test            set up everything, run the test suite"
+	@echo "make bench           benchmark a compute-node kernel against a local one (~5 min)"
 	@echo "make docs            build the documentation (warnings are errors)"
 	@echo "make cluster         bring up (or repair) the test cluster"
 	@echo "make cluster-down    stop and remove the test cluster"
@@ -54,3 +55,9 @@ docs: venv
 
 test: venv cluster docs
 	$(VPY) -m pytest tests
+
+# The benchmark's kernelspec lives in the venv; --replace keeps it current.
+bench: venv cluster
+	$(VPY) -m pip install -q -e '.[bench]'
+	$(VPY) -m remote_kernels install rk-bench --display-name "Python 3 (compute node, bench)" --sys-prefix --replace >/dev/null
+	$(VPY) benchmarks/bench.py $(BENCH_ARGS)
