@@ -120,3 +120,54 @@ async def test_dropped_ssh_connection_heals_and_the_kernel_keeps_its_state(clust
     # (A message in flight at the moment of the drop is lost, as on any broken link.)
     assert await value_of(kc, "x") == "42"
     assert await km.provisioner.poll() is None
+
+
+async def _wait_for_death(km, within: float) -> int:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while (code := await km.provisioner.poll()) is None:
+        assert loop.time() < deadline, f"poll() did not report the job's end within {within} s"
+        await asyncio.sleep(0.1)
+    return code
+
+
+def _node_state(node: str) -> str:
+    out = subprocess.run(["sinfo", "-h", "-N", "-n", node, "-o", "%t"], capture_output=True, text=True).stdout
+    return (out.split() or [""])[0]   # one line per partition the node is in
+
+
+async def test_node_failure_is_reported(make_spec, start_kernel):
+    make_spec("rk-on-c1", directives=["--nodelist=c1"])
+    km, kc = await start_kernel("rk-on-c1")
+    try:
+        subprocess.run(["scontrol", "update", "nodename=c1", "state=down", "reason=rk-test"], check=True)
+        code = await _wait_for_death(km, within=5)
+    finally:
+        # ReturnToService=2 may already have brought it back (then resume is refused).
+        subprocess.run(["scontrol", "update", "nodename=c1", "state=resume"], capture_output=True)
+        await until("c1 to be back", lambda: _node_state("c1") in ("idle", "mix", "alloc"), 30)
+    assert code == 135
+    assert "NODE_FAIL" in km.provisioner.session.ended_reason
+
+
+async def test_preemption_is_reported(make_spec, start_kernel, tmp_path):
+    make_spec("rk-preemptable", directives=["--nodelist=c2", "--exclusive"])
+    km, kc = await start_kernel("rk-preemptable")
+    urgent = subprocess.run(["sbatch", "--parsable", "-p", "urgent", "-w", "c2", "--exclusive",
+                             f"--output={tmp_path}/urgent.out", "--wrap", "sleep 60"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        code = await _wait_for_death(km, within=10)
+    finally:
+        subprocess.run(["scancel", urgent], check=False)
+    assert code == 143
+    assert "PREEMPTED" in km.provisioner.session.ended_reason
+
+
+async def test_wall_time_limit_is_reported(make_spec, start_kernel):
+    make_spec("rk-one-minute", time="1")
+    km, kc = await start_kernel("rk-one-minute")
+    # SLURM checks time limits about every 30 s: allow the limit plus two checks.
+    code = await _wait_for_death(km, within=130)
+    assert code == 124
+    assert "TIMEOUT" in km.provisioner.session.ended_reason

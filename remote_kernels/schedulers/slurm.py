@@ -11,7 +11,8 @@ from . import JobState, JobStatus, Resources, Scheduler
 STATES = {
     "PENDING": JobState.QUEUED, "CONFIGURING": JobState.QUEUED, "REQUEUED": JobState.QUEUED,
     "REQUEUE_FED": JobState.QUEUED, "REQUEUE_HOLD": JobState.HELD, "RESV_DEL_HOLD": JobState.HELD,
-    "RUNNING": JobState.RUNNING, "COMPLETING": JobState.COMPLETED, "STAGE_OUT": JobState.RUNNING,
+    # COMPLETING is not final: the job's end state (COMPLETED, CANCELLED, TIMEOUT...) follows.
+    "RUNNING": JobState.RUNNING, "COMPLETING": JobState.RUNNING, "STAGE_OUT": JobState.RUNNING,
     "SIGNALING": JobState.RUNNING, "RESIZING": JobState.RUNNING,
     "SUSPENDED": JobState.SUSPENDED, "STOPPED": JobState.SUSPENDED,
     "COMPLETED": JobState.COMPLETED, "FAILED": JobState.FAILED, "BOOT_FAIL": JobState.NODE_FAIL,

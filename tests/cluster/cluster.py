@@ -177,6 +177,8 @@ SelectTypeParameters=CR_CPU_Memory
 DefMemPerCPU=256
 SlurmdParameters=config_overrides
 SchedulerType=sched/backfill
+PreemptType=preempt/partition_prio
+PreemptMode=CANCEL
 EnforcePartLimits=ALL
 ReturnToService=2
 MinJobAge=30
@@ -187,6 +189,8 @@ SlurmdTimeout=30
 {node_lines}
 PartitionName=debug Nodes={",".join(NODES)} Default=YES DefaultTime=01:00:00 MaxTime=04:00:00 State=UP
 PartitionName=long Nodes=c2 DefaultTime=04:00:00 MaxTime=7-00:00:00 State=UP
+# Jobs here preempt (cancel) jobs of the other partitions: lets tests see PREEMPTED.
+PartitionName=urgent Nodes={",".join(NODES)} PriorityTier=10 DefaultTime=00:10:00 MaxTime=01:00:00 State=UP
 """
 
 
