@@ -108,6 +108,19 @@ async def measure_kernel(name: str, runs: int, round_trips: int, stream_mb: int)
     return out
 
 
+async def measure_round_trips_without_pty(round_trips: int) -> list[float]:
+    """The same round trip with ``interactive_ssh=False``: what the pty session buys."""
+    from remote_kernels.kernelspec import install
+
+    install("rk-bench-nopty", "Python 3 (compute node, no pty)",
+            {"python": sys.executable, "interactive_ssh": False}, prefix=sys.prefix, replace=True)
+    km, kc, _ = await start("rk-bench-nopty")
+    await until_idle(kc, "1")
+    times = [await until_idle(kc, "1") for _ in range(round_trips)]
+    await stop(km, kc)
+    return times
+
+
 async def measure_detection(name: str, runs: int) -> list[float]:
     """scancel -> poll() reporting the kernel dead."""
     found = []
@@ -179,6 +192,10 @@ def report(res: dict) -> str:
              row("interrupt → reply", "interrupt", "ms", 1000)]
     p99r, p99l = summary(rem["round_trip"])["p99"], summary(loc["round_trip"])["p99"]
     lines.append(f"| round trip p99 | {p99r*1000:.3g} ms | {p99l*1000:.3g} ms | {p99r / p99l:.2f}× |")
+    npt = summary(res["round_trip_no_pty"])
+    lines.append(f"| round trip, no pty on the SSH connection | {npt['median']*1000:.3g} ms "
+                 f"({npt['min']*1000:.3g}–{npt['max']*1000:.3g}) | | "
+                 f"{npt['median'] / summary(loc['round_trip'])['median']:.2f}× |")
     tr, tl = rem["throughput_mb_s"], loc["throughput_mb_s"]
     lines.append(f"| iopub throughput | {tr:.3g} MB/s | {tl:.3g} MB/s | {tr / tl:.2f}× |")
     det = summary(res["detection"])
@@ -220,13 +237,14 @@ async def main(args) -> int:
         shim_log = _squeue_shim(Path(tmp))
         local = await measure_kernel(args.local, args.runs, args.round_trips, args.stream_mb)
         remote = await measure_kernel(args.remote, args.runs, args.round_trips, args.stream_mb)
+        nopty = await measure_round_trips_without_pty(min(args.round_trips, 200))
         detection = await measure_detection(args.remote, args.runs)
         scale = await measure_scale(args.remote, args.scale, args.idle, shim_log)
     phases = {k: statistics.median(p[k] for p in remote["phases"]) for k in remote["phases"][0]}
     dispatch = phases.get("submit", 0) + phases.get("queued", 0)
     overhead = phases["total"] - dispatch - statistics.median(local["start"])
     res = {"when": time.strftime("%Y-%m-%d %H:%M"), "host": platform.node(), "args": vars(args),
-           "local": local, "remote": remote, "detection": detection, "scale": scale,
+           "local": local, "remote": remote, "round_trip_no_pty": nopty, "detection": detection, "scale": scale,
            "phases": phases, "overhead_s": overhead}
     (RESULTS / "latest.json").write_text(json.dumps(res, indent=1))
     table = report(res)

@@ -125,7 +125,7 @@ class RemoteKernelSession:
             self.log.info("remote kernel %s: job %s running on %s", self.name, self.job_id, self.node)
             t1 = time.monotonic()
             try:
-                self.conn = await NodeConnections.shared().acquire(self.node)
+                self.conn = await NodeConnections.shared().acquire(self.node, interactive=self.opts.interactive_ssh)
             except (OSError, asyncssh.Error, asyncio.TimeoutError) as e:
                 raise KernelStartError(f"cannot reach node {self.node} over SSH: {_ssh_reason(e)}") from None
             self.timings["ssh"] = time.monotonic() - t1
@@ -234,7 +234,7 @@ class RemoteKernelSession:
             if st is None or st.state.finished:
                 return False
             try:
-                new = await pool.acquire(self.node)
+                new = await pool.acquire(self.node, interactive=self.opts.interactive_ssh)
             except (OSError, asyncssh.Error, asyncio.TimeoutError) as e:
                 self.log.info("remote kernel %s: reconnect to %s failed (%s); retrying in %.1fs",
                               self.name, self.node, _ssh_reason(e), delay)

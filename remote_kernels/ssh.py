@@ -22,6 +22,7 @@ class NodeConnection:
     def __init__(self, host: str, conn: asyncssh.SSHClientConnection, keeper):
         self.host, self.conn, self._keeper = host, conn, keeper
         self.refs = 0
+        self.key: tuple[str, bool] = (host, keeper is not None)
 
     @property
     def closed(self) -> bool:
@@ -40,8 +41,8 @@ class NodeConnections:
     _pools: dict[int, "NodeConnections"] = {}
 
     def __init__(self):
-        self._conns: dict[str, NodeConnection] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._conns: dict[tuple[str, bool], NodeConnection] = {}
+        self._locks: dict[tuple[str, bool], asyncio.Lock] = {}
 
     @classmethod
     def shared(cls) -> "NodeConnections":
@@ -50,30 +51,38 @@ class NodeConnections:
             cls._pools[key] = cls()
         return cls._pools[key]
 
-    async def acquire(self, host: str, connect_timeout: float = 30.0) -> NodeConnection:
-        """The pool's connection to host, opened if needed.  Release it with release()."""
-        lock = self._locks.setdefault(host, asyncio.Lock())
+    async def acquire(self, host: str, connect_timeout: float = 30.0, interactive: bool = True) -> NodeConnection:
+        """The pool's connection to host, opened if needed.  Release it with release().
+
+        ``interactive``: keep a pty session on the connection (see the module docstring).
+        """
+        key = (host, interactive)
+        lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
-            nc = self._conns.get(host)
+            nc = self._conns.get(key)
             if nc is None or nc.closed:
-                nc = await self._open(host, connect_timeout)
-                self._conns[host] = nc
+                nc = await self._open(host, connect_timeout, interactive)
+                nc.key = key
+                self._conns[key] = nc
             nc.refs += 1
             return nc
 
     async def release(self, nc: NodeConnection) -> None:
         nc.refs -= 1
-        if nc.refs <= 0 and self._conns.get(nc.host) is nc:
-            del self._conns[nc.host]
+        if nc.refs <= 0:
+            if self._conns.get(nc.key) is nc:
+                del self._conns[nc.key]
             await nc.close()
 
     @staticmethod
-    async def _open(host: str, timeout: float) -> NodeConnection:
+    async def _open(host: str, timeout: float, interactive: bool) -> NodeConnection:
         log.debug("opening SSH connection to %s", host)
         conn = await asyncio.wait_for(
             asyncssh.connect(host, keepalive_interval=30, keepalive_count_max=4,
                              encryption_algs=_preferred_ciphers()), timeout)
         # A pty session puts sshd in interactive mode (TCP_NODELAY) for the whole connection.
+        if not interactive:
+            return NodeConnection(host, conn, None)
         try:
             keeper = await asyncio.wait_for(conn.create_process("cat", term_type="dumb", encoding=None), timeout)
         except (asyncssh.Error, OSError, asyncio.TimeoutError) as e:

@@ -117,7 +117,15 @@ async def test_dropped_ssh_connection_heals_and_the_kernel_keeps_its_state(clust
         assert await km.provisioner.poll() is None, "the kernel was reported dead during the drop"
         await asyncio.sleep(0.1)
     # The frontend keeps using the same client; its sockets reconnect through the new forwards.
-    # (A message in flight at the moment of the drop is lost, as on any broken link.)
+    # A message in flight at the moment of the drop can be lost, as on any broken link: probe
+    # with kernel_info (as frontends do) until the link answers, then check the state.
+    while True:
+        assert loop.time() < deadline + 20, "the kernel did not answer after the reconnect"
+        try:
+            await kc.kernel_info(reply=True, timeout=2)
+            break
+        except TimeoutError:
+            continue
     assert await value_of(kc, "x") == "42"
     assert await km.provisioner.poll() is None
 
