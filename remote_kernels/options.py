@@ -45,6 +45,9 @@ class KernelOptions(LoggingConfigurable):
     launch_timeout = Float(120, help="Seconds from job start until the launcher must answer.").tag(config=True)
     grace = Float(300, help="Dead-man switch: the job ends when the login side is silent this long (s).").tag(config=True)
     poll_interval = Float(2.0, help="Seconds between the scheduler status queries of a server.").tag(config=True)
+    login_host = Unicode("", help=(
+        "For a Jupyter server off the cluster (a laptop): run scheduler commands over SSH on this "
+        "login host and reach compute nodes through it. Nothing of remote-kernels is needed there.")).tag(config=True)
     interactive_ssh = Bool(True, help=(
         "Keep a pty session open on each node connection: sshd disables Nagle's algorithm only "
         "for connections with a pty, which makes forwarded round trips several times faster.")).tag(config=True)

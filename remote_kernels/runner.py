@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shlex
 from dataclasses import dataclass
 
 
@@ -22,6 +23,7 @@ class CommandRunner:
     """Runs argv lists locally.  ``timeout`` bounds every command."""
 
     timeout: float = 30.0
+    where = "local"
 
     async def run(self, argv: list[str], *, stdin: str | None = None, check: bool = True) -> tuple[int, str, str]:
         """Run argv; return (exit code, stdout, stderr).  Raise CommandError on failure if check."""
@@ -50,3 +52,61 @@ class CommandRunner:
         if check and proc.returncode != 0:
             raise CommandError(argv, proc.returncode, stdout, stderr)
         return proc.returncode, stdout, stderr
+
+
+class SSHCommandRunner(CommandRunner):
+    """Runs argv lists on a login host over SSH (for a Jupyter server off the cluster).
+
+    Nothing of remote-kernels is needed on that host: each argv is quoted word by word
+    into the one command line SSH carries.  The connection (the user's ~/.ssh/config,
+    host keys verified) is opened on first use and shared.
+    """
+
+    def __init__(self, host: str, timeout: float = 30.0):
+        super().__init__(timeout)
+        self.host = host
+        self.where = host
+        self._conn = None
+        self._lock = asyncio.Lock()
+
+    async def connection(self):
+        """The shared asyncssh connection to the login host."""
+        import asyncssh
+
+        async with self._lock:
+            if self._conn is None or self._conn.is_closed():
+                self._conn = await asyncio.wait_for(
+                    asyncssh.connect(self.host, keepalive_interval=30, keepalive_count_max=4), self.timeout)
+            return self._conn
+
+    async def run(self, argv: list[str], *, stdin: str | None = None, check: bool = True) -> tuple[int, str, str]:
+        import asyncssh
+
+        command = "LC_ALL=C " + shlex.join(argv)
+        try:
+            conn = await self.connection()
+            result = await conn.run(command, input=stdin, check=False, timeout=self.timeout)
+        except asyncssh.TimeoutError:
+            raise CommandError(argv, None, "", f"no answer from {self.host} within {self.timeout:g}s") from None
+        except (OSError, asyncssh.Error, asyncio.TimeoutError) as e:
+            raise CommandError(argv, 255, "", f"cannot run it on {self.host} over SSH: {e}") from None
+        stdout, stderr = str(result.stdout or ""), str(result.stderr or "")
+        code = result.exit_status if result.exit_status is not None else 255
+        if code == 127 and not stderr:
+            stderr = f"{argv[0]}: command not found on {self.host}"
+        if check and code != 0:
+            raise CommandError(argv, code, stdout, stderr)
+        return code, stdout, stderr
+
+
+_login_runners: dict[tuple[int, str], SSHCommandRunner] = {}
+
+
+def runner_for(login_host: str) -> CommandRunner:
+    """A local runner, or the event loop's shared SSH runner for login_host."""
+    if not login_host:
+        return CommandRunner()
+    key = (id(asyncio.get_running_loop()), login_host)
+    if key not in _login_runners:
+        _login_runners[key] = SSHCommandRunner(login_host)
+    return _login_runners[key]

@@ -33,6 +33,7 @@ from . import script
 from .registry import Entry
 from .launcher import CHANNELS
 from .options import KernelOptions
+from .runner import SSHCommandRunner, runner_for
 from .schedulers import JobState, JobStatus, get_scheduler
 from .ssh import NodeConnection, NodeConnections
 from .watcher import JobWatcher
@@ -41,6 +42,10 @@ from .watcher import JobWatcher
 JOB_ENDED_CODES = {JobState.CANCELLED: 143, JobState.TIMEOUT: 124, JobState.NODE_FAIL: 135,
                    JobState.PREEMPTED: 143, JobState.OOM: 137, JobState.FAILED: 1,
                    JobState.COMPLETED: 0, JobState.GONE: 1, JobState.UNKNOWN: 1}
+
+
+# Where jobs write their output when the server is off the cluster (relative to the login home).
+REMOTE_JOB_DIR = ".remote-kernels/jobs"
 
 
 class KernelStartError(RuntimeError):
@@ -59,7 +64,8 @@ class RemoteKernelSession:
         self.opts = options
         self.name = name
         self.log = log or logging.getLogger(__name__)
-        self.scheduler = get_scheduler(options.scheduler)
+        self.runner = runner_for(options.login_host)
+        self.scheduler = get_scheduler(options.scheduler, self.runner)
         self.watcher = JobWatcher.for_scheduler(self.scheduler, interval=options.poll_interval)
         self.session_id = secrets.token_hex(8)   # names the node dir; not a secret
         self.job_id: str | None = None
@@ -89,15 +95,27 @@ class RemoteKernelSession:
         return f"{self.opts.runtime_base.rstrip('/')}/rk-{self.session_id}"
 
     @property
-    def log_file(self) -> Path:
-        return job_log_dir() / f"{self.job_id}.log"
+    def log_file(self) -> str:
+        """The job's output file: local, or relative to the home on the login host."""
+        return f"{self._log_dir()}/{self.job_id}.log"
 
-    def job_log_tail(self, lines: int = 5) -> str:
-        try:
-            text = self.log_file.read_text(errors="replace").strip().splitlines()
-        except OSError:
-            return ""
-        return " | ".join(text[-lines:])
+    def _log_dir(self) -> str:
+        return REMOTE_JOB_DIR if self.opts.login_host else str(job_log_dir())
+
+    async def job_log_tail(self, lines: int = 5) -> str:
+        """The last lines of the job's output, joined with ' | ' ('' if unreadable)."""
+        if self.opts.login_host:
+            code, out, _ = await self.runner.run(["tail", "-n", str(lines), self.log_file], check=False)
+            text = out.strip().splitlines() if code == 0 else []
+        else:
+            try:
+                text = Path(self.log_file).read_text(errors="replace").strip().splitlines()[-lines:]
+            except OSError:
+                text = []
+        return " | ".join(text)
+
+    def _via(self) -> SSHCommandRunner | None:
+        return self.runner if isinstance(self.runner, SSHCommandRunner) else None
 
     # --- job -----------------------------------------------------------------
     async def start_job(self) -> None:
@@ -105,8 +123,10 @@ class RemoteKernelSession:
         t0 = time.monotonic()
         try:
             text = script.render(self.scheduler, self.opts, session=self.session_id,
-                                 job_name=f"rk-{self.name}"[:64], output=str(job_log_dir() / "%j.log"))
+                                 job_name=f"rk-{self.name}"[:64], output=f"{self._log_dir()}/%j.log")
             try:
+                if self.opts.login_host:
+                    await self.runner.run(["mkdir", "-p", "-m", "700", REMOTE_JOB_DIR])
                 self.job_id = await self.scheduler.submit(text)
             except Exception as e:
                 raise KernelStartError(f"{self.scheduler.name} refused the job: {e}") from None
@@ -125,7 +145,8 @@ class RemoteKernelSession:
             self.log.info("remote kernel %s: job %s running on %s", self.name, self.job_id, self.node)
             t1 = time.monotonic()
             try:
-                self.conn = await NodeConnections.shared().acquire(self.node, interactive=self.opts.interactive_ssh)
+                self.conn = await NodeConnections.shared().acquire(
+                    self.node, interactive=self.opts.interactive_ssh, via=self._via())
             except (OSError, asyncssh.Error, asyncio.TimeoutError) as e:
                 raise KernelStartError(f"cannot reach node {self.node} over SSH: {_ssh_reason(e)}") from None
             self.timings["ssh"] = time.monotonic() - t1
@@ -150,7 +171,7 @@ class RemoteKernelSession:
             if status.state is JobState.RUNNING and status.node:
                 return status
             if status.state.finished:
-                tail = self.job_log_tail()
+                tail = await self.job_log_tail()
                 raise KernelStartError(
                     f"job {self.job_id} ended before the kernel started ({status.native or status.state.value}"
                     f"{', ' + status.reason if status.reason else ''})" + (f": {tail}" if tail else ""))
@@ -176,7 +197,7 @@ class RemoteKernelSession:
             st = self.watcher.status.get(self.job_id)
             if st and st.state.finished:
                 await asyncio.sleep(0.2)   # let the job's output reach the log file
-                tail = self.job_log_tail()
+                tail = await self.job_log_tail()
                 raise KernelStartError(
                     f"job {self.job_id} on {self.node} ended before its launcher started"
                     f" ({st.native or st.state.value})" + (f": {tail}" if tail else f"; see {self.log_file}"))
@@ -234,7 +255,7 @@ class RemoteKernelSession:
             if st is None or st.state.finished:
                 return False
             try:
-                new = await pool.acquire(self.node, interactive=self.opts.interactive_ssh)
+                new = await pool.acquire(self.node, interactive=self.opts.interactive_ssh, via=self._via())
             except (OSError, asyncssh.Error, asyncio.TimeoutError) as e:
                 self.log.info("remote kernel %s: reconnect to %s failed (%s); retrying in %.1fs",
                               self.name, self.node, _ssh_reason(e), delay)

@@ -22,7 +22,7 @@ class NodeConnection:
     def __init__(self, host: str, conn: asyncssh.SSHClientConnection, keeper):
         self.host, self.conn, self._keeper = host, conn, keeper
         self.refs = 0
-        self.key: tuple[str, bool] = (host, keeper is not None)
+        self.key: tuple[str, bool, str] = (host, keeper is not None, "")
 
     @property
     def closed(self) -> bool:
@@ -41,8 +41,8 @@ class NodeConnections:
     _pools: dict[int, "NodeConnections"] = {}
 
     def __init__(self):
-        self._conns: dict[tuple[str, bool], NodeConnection] = {}
-        self._locks: dict[tuple[str, bool], asyncio.Lock] = {}
+        self._conns: dict[tuple[str, bool, str], NodeConnection] = {}
+        self._locks: dict[tuple[str, bool, str], asyncio.Lock] = {}
 
     @classmethod
     def shared(cls) -> "NodeConnections":
@@ -51,17 +51,20 @@ class NodeConnections:
             cls._pools[key] = cls()
         return cls._pools[key]
 
-    async def acquire(self, host: str, connect_timeout: float = 30.0, interactive: bool = True) -> NodeConnection:
+    async def acquire(self, host: str, connect_timeout: float = 30.0, interactive: bool = True,
+                      via=None) -> NodeConnection:
         """The pool's connection to host, opened if needed.  Release it with release().
 
         ``interactive``: keep a pty session on the connection (see the module docstring).
+        ``via``: an SSHCommandRunner whose login-host connection to tunnel through.
         """
-        key = (host, interactive)
+        key = (host, interactive, via.host if via is not None else "")
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
             nc = self._conns.get(key)
             if nc is None or nc.closed:
-                nc = await self._open(host, connect_timeout, interactive)
+                tunnel = await via.connection() if via is not None else None
+                nc = await self._open(host, connect_timeout, interactive, tunnel)
                 nc.key = key
                 self._conns[key] = nc
             nc.refs += 1
@@ -75,11 +78,12 @@ class NodeConnections:
             await nc.close()
 
     @staticmethod
-    async def _open(host: str, timeout: float, interactive: bool) -> NodeConnection:
+    async def _open(host: str, timeout: float, interactive: bool, tunnel) -> NodeConnection:
         log.debug("opening SSH connection to %s", host)
+        extra = {"tunnel": tunnel} if tunnel is not None else {}
         conn = await asyncio.wait_for(
             asyncssh.connect(host, keepalive_interval=30, keepalive_count_max=4,
-                             encryption_algs=_preferred_ciphers()), timeout)
+                             encryption_algs=_preferred_ciphers(), **extra), timeout)
         # A pty session puts sshd in interactive mode (TCP_NODELAY) for the whole connection.
         if not interactive:
             return NodeConnection(host, conn, None)

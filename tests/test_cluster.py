@@ -159,7 +159,7 @@ def _leftovers(cluster) -> list[str]:
         if comm in ("slurmctld", "slurmd", "slurmstepd", "munged") or (comm == "sshd" and cluster["state"] in cmd):
             found.append(f"{proc.name} {cmd}")
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    found += [f"netns {n}" for n in cluster["nodes"] if n in netns.split()]
+    found += [f"netns {n}" for n in [*cluster["nodes"], cluster["laptop"]["netns"]] if n in netns.split()]
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
     found += [f"link {l.split(':')[1].strip()}" for l in links.splitlines() if "rk-" in l or cluster["bridge"] in l]
     return found

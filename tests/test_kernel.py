@@ -120,7 +120,7 @@ async def test_key_is_never_in_argv_script_or_readable_files(start_kernel):
     assert key not in script
     show = subprocess.run(["scontrol", "show", "job", session.job_id], capture_output=True, text=True).stdout
     assert key not in show
-    assert key not in session.log_file.read_text()
+    assert key not in Path(session.log_file).read_text()
     node_dir = Path(session.node_dir)
     assert stat.S_IMODE(node_dir.stat().st_mode) == 0o700
     assert stat.S_IMODE((node_dir / "kernel.json").stat().st_mode) == 0o600

@@ -7,14 +7,17 @@ import subprocess
 import pytest
 from jupyter_client.manager import AsyncKernelManager
 
+from kernel_helpers import until
 from remote_kernels.session import KernelStartError
 
 pytestmark = pytest.mark.cluster
 
 
-def _my_jobs() -> set[str]:
-    out = subprocess.run(["squeue", "-h", "-o", "%i|%j"], capture_output=True, text=True, check=True).stdout
-    return {line for line in out.splitlines()}
+def _live_jobs(spec: str) -> set[str]:
+    """Pending or running jobs of kernels started from ``spec`` (job name rk-SPEC)."""
+    out = subprocess.run(["squeue", "-h", "-n", f"rk-{spec}", "-t", "PENDING,RUNNING", "-o", "%i"],
+                         capture_output=True, text=True, check=True).stdout
+    return set(out.split())
 
 
 @pytest.mark.parametrize("name, expected", [
@@ -25,7 +28,6 @@ def _my_jobs() -> set[str]:
     ("rk-no-ipykernel", "ipykernel is not installed for /usr/bin/python3 on c"),
 ])
 async def test_bad_spec_fails_with_clear_message(kernelspecs, name, expected):
-    before = _my_jobs()
     km = AsyncKernelManager(kernel_name=name)
     with pytest.raises(KernelStartError) as err:
         await km.start_kernel()
@@ -33,7 +35,7 @@ async def test_bad_spec_fails_with_clear_message(kernelspecs, name, expected):
     assert expected in message
     assert "\n" not in message
     await km.provisioner.cleanup()
-    assert _my_jobs() - before == set()
+    await until("no job left", lambda: not _live_jobs(name), timeout=10)
 
 
 @pytest.mark.parametrize("config, expected", [
@@ -45,9 +47,8 @@ async def test_malformed_kernel_json_config_names_the_field(make_spec, config, e
     from traitlets import TraitError
 
     make_spec("rk-malformed", **config)
-    before = _my_jobs()
     km = AsyncKernelManager(kernel_name="rk-malformed")
     with pytest.raises(TraitError) as err:
         await km.start_kernel()
     assert expected in str(err.value)
-    assert _my_jobs() - before == set()
+    assert _live_jobs("rk-malformed") == set()

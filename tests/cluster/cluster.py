@@ -33,6 +33,10 @@ BRIDGE = "rkbr0"
 SUBNET = "10.199.0"
 LOGIN_ADDR = f"{SUBNET}.1"
 NODES = {"c1": f"{SUBNET}.11", "c2": f"{SUBNET}.12"}
+# A "laptop" off the cluster: its own namespace on a point-to-point link to the login
+# side (an sshd there), with no route to the compute nodes.
+LAPTOP = "laptop"
+LAPTOP_LINK = ("10.199.1.1", "10.199.1.2")   # login side, laptop side
 NODE_CPUS = 8
 NODE_MEM_MB = 4096
 SLURM_CONF = Path("/etc/slurm/slurm.conf")
@@ -197,8 +201,8 @@ PartitionName=urgent Nodes={",".join(NODES)} PriorityTier=10 DefaultTime=00:10:0
 def sshd_config(node: str) -> str:
     d = STATE / "nodes" / node
     return f"""\
-# sshd of test-cluster node {node}; written by remote-kernels tests/cluster/cluster.py
-ListenAddress {NODES[node]}
+# sshd of test-cluster host {node}; written by remote-kernels tests/cluster/cluster.py
+ListenAddress {NODES.get(node) or LAPTOP_LINK[0]}
 Port 22
 HostKey {d}/ssh_host_ed25519_key
 PidFile {d}/sshd.pid
@@ -220,7 +224,7 @@ Subsystem sftp /usr/lib/openssh/sftp-server
 
 def ssh_client_config() -> str:
     blocks = [f"# ssh client config for the remote-kernels test cluster (written by cluster.py)"]
-    for node, addr in NODES.items():
+    for node, addr in {**NODES, "login": LAPTOP_LINK[0]}.items():
         blocks.append(
             f"Host {node}\n"
             f"    HostName {addr}\n"
@@ -323,7 +327,7 @@ def ensure_ssh_material() -> None:
     """Node host keys, known_hosts, client config, and login keys for root and TEST_USER."""
     (STATE / "ssh").mkdir(parents=True, exist_ok=True)
     known = []
-    for node, addr in NODES.items():
+    for node, addr in {**NODES, "login": LAPTOP_LINK[0]}.items():
         d = STATE / "nodes" / node
         d.mkdir(parents=True, exist_ok=True)
         key = d / "ssh_host_ed25519_key"
@@ -381,11 +385,36 @@ def ensure_user_ssh(user: str) -> None:
 
 
 def ensure_sshd(node: str) -> None:
+    """sshd of a compute node (in its namespace) or of the login side ("login", on the host)."""
     d = STATE / "nodes" / node
     if pid_alive(d / "sshd.pid", "sshd"):
         return
     log(f"starting sshd on {node}")
-    run(in_node(node, ["/usr/sbin/sshd", "-f", str(d / "sshd_config"), "-E", str(STATE / "log" / f"sshd-{node}.log")]))
+    argv = ["/usr/sbin/sshd", "-f", str(d / "sshd_config"), "-E", str(STATE / "log" / f"sshd-{node}.log")]
+    run(argv if node == "login" else in_node(node, argv))
+
+
+def laptop_net_ok() -> bool:
+    if not ns_path(LAPTOP).exists():
+        return False
+    host = run(["ip", "-j", "addr", "show", "rk-laptop"], check=False)
+    inner = run(["ip", "-n", LAPTOP, "-j", "addr", "show", "eth0"], check=False)
+    return (host.returncode == 0 and inner.returncode == 0 and f'"{LAPTOP_LINK[0]}"' in host.stdout
+            and f'"{LAPTOP_LINK[1]}"' in inner.stdout and "LOWER_UP" in inner.stdout)
+
+
+def ensure_laptop_net() -> None:
+    if laptop_net_ok():
+        return
+    log(f"creating network namespace {LAPTOP} ({LAPTOP_LINK[1]}, reaches only the login side)")
+    remove_node_net(LAPTOP)
+    run(["ip", "netns", "add", LAPTOP])
+    run(["ip", "link", "add", "rk-laptop", "type", "veth", "peer", "name", "eth0", "netns", LAPTOP])
+    run(["ip", "addr", "add", f"{LAPTOP_LINK[0]}/24", "dev", "rk-laptop"])
+    run(["ip", "link", "set", "rk-laptop", "up"])
+    run(["ip", "-n", LAPTOP, "addr", "add", f"{LAPTOP_LINK[1]}/24", "dev", "eth0"])
+    run(["ip", "-n", LAPTOP, "link", "set", "eth0", "up"])
+    run(["ip", "-n", LAPTOP, "link", "set", "lo", "up"])
 
 
 def ensure_slurm_conf() -> bool:
@@ -462,6 +491,7 @@ def write_cluster_json() -> None:
         "known_hosts": str(STATE / "ssh" / "known_hosts"),
         "test_user": TEST_USER,
         "state": str(STATE),
+        "laptop": {"netns": LAPTOP, "addr": LAPTOP_LINK[1], "login_host": "login", "login_addr": LAPTOP_LINK[0]},
     }
     write_if_changed(STATE / "cluster.json", json.dumps(info, indent=2) + "\n")
 
@@ -477,9 +507,10 @@ def up() -> None:
     ensure_bridge()
     for node in NODES:
         ensure_node_net(node)
+    ensure_laptop_net()
     ensure_hosts_file()
     ensure_ssh_material()
-    for node in NODES:
+    for node in [*NODES, "login"]:
         ensure_sshd(node)
     changed = ensure_slurm_conf()
     ensure_slurmctld(changed)
@@ -493,8 +524,11 @@ def up() -> None:
 
 
 def down() -> None:
-    for node in NODES:
+    for node in [*NODES, LAPTOP]:
         remove_node_net(node)   # kills slurmd, sshd, jobs: everything in the namespace
+    login_sshd = pid_alive(STATE / "nodes" / "login" / "sshd.pid", "sshd")
+    if login_sshd:
+        kill_pids([login_sshd])
     kill_pids(pids_named("slurmctld"))
     kill_pids(pids_named("munged"))
     if run(["ip", "link", "show", BRIDGE], check=False).returncode == 0:
@@ -512,6 +546,8 @@ def status() -> int:
         rows.append((f"slurmd {node}", pid_alive(STATE / "run" / f"slurmd-{node}.pid", "slurmd")))
         rows.append((f"sshd {node}", pid_alive(STATE / "nodes" / node / "sshd.pid", "sshd")))
         rows.append((f"netns {node}", node_net_ok(node)))
+    rows.append(("sshd login", pid_alive(STATE / "nodes" / "login" / "sshd.pid", "sshd")))
+    rows.append((f"netns {LAPTOP}", laptop_net_ok()))
     for name, alive in rows:
         print(f"{name:<14} {'up' if alive else 'DOWN'}")
         ok = ok and bool(alive)
