@@ -23,7 +23,7 @@ copyright = "remote-kernels developers"
 extensions = ["myst_parser"]
 source_suffix = {".md": "markdown"}
 root_doc = "index"
-exclude_patterns = ["_build", "Thumbs.db", ".DS_Store"]
+exclude_patterns = ["_build", "Thumbs.db", ".DS_Store", "bench-latest.md"]  # included by benchmarks.md
 
 # MyST: anchors for headings so pages can link to a section (`page.md#section`).
 myst_heading_anchors = 3

@@ -29,7 +29,8 @@ RK_CONSTRAINT and RK_RESERVATION in the environment of the Jupyter server (or of
 
 # install's options that are kernel options (argparse dest == option name).
 INSTALL_FIELDS = ("scheduler", "partition", "account", "qos", "time", "cpus", "mem", "gpus", "constraint",
-                  "reservation", "directives", "python", "setup", "env", "grace", "queue_timeout")
+                  "reservation", "directives", "python", "setup", "env", "grace", "queue_timeout",
+                  "login_host")
 
 
 def _env_pair(text: str) -> tuple[str, str]:
@@ -70,6 +71,9 @@ def _add_install(sub) -> None:
     env.add_argument("--setup", action="append", metavar="LINE", help="shell line run before the kernel (repeatable)")
     env.add_argument("--env", action="append", type=_env_pair, metavar="KEY=VALUE",
                      help="environment variable for the kernel (repeatable)")
+    env.add_argument("--login-host", metavar="HOST",
+                     help="for a server off the cluster: run scheduler commands over SSH on HOST and "
+                          "reach nodes through it (HOST as named in your ~/.ssh/config)")
     life = p.add_argument_group("lifetime")
     life.add_argument("--grace", type=float, metavar="SECONDS",
                       help="dead-man switch: the job ends after SECONDS without a login-side client (default: 300)")
