@@ -127,7 +127,7 @@ class RemoteKernelSession:
             try:
                 if self.opts.login_host:
                     await self.runner.run(["mkdir", "-p", "-m", "700", REMOTE_JOB_DIR])
-                self.job_id = await self.scheduler.submit(text)
+                self.job_id = await self._submit(text)
             except Exception as e:
                 raise KernelStartError(f"{self.scheduler.name} refused the job: {e}") from None
             self.timings["submit"] = time.monotonic() - t0
@@ -154,6 +154,20 @@ class RemoteKernelSession:
             self.timings["launcher"] = time.monotonic() - t1 - self.timings["ssh"]
         except BaseException:
             await self.close()
+            raise
+
+    async def _submit(self, text: str) -> str:
+        """Submit; if cancelled meanwhile, let the submission finish and cancel what it made,
+        so a start abandoned at that moment leaves no job nobody knows of."""
+        submit = asyncio.ensure_future(self.scheduler.submit(text))
+        try:
+            return await asyncio.shield(submit)
+        except asyncio.CancelledError:
+            try:
+                job_id = await asyncio.wait_for(submit, self.runner.timeout)
+                await self.scheduler.cancel(job_id)
+            except Exception as e:
+                self.log.warning("remote kernel %s: a job may be left from an abandoned submit: %s", self.name, e)
             raise
 
     async def _wait_running(self, t0: float) -> JobStatus:
@@ -192,8 +206,12 @@ class RemoteKernelSession:
             try:
                 self._ctl = await self.conn.conn.open_unix_connection(path)
                 break
-            except asyncssh.ChannelOpenError:
-                pass
+            except asyncssh.ChannelOpenError as e:
+                if e.code == asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED:
+                    raise KernelStartError(
+                        f"sshd on {self.node} refuses unix-socket forwarding ({e.reason}); the site must "
+                        "allow it (AllowStreamLocalForwarding yes)") from None
+                # OPEN_CONNECT_FAILED: the launcher does not listen yet
             st = self.watcher.status.get(self.job_id)
             if st and st.state.finished:
                 await asyncio.sleep(0.2)   # let the job's output reach the log file
