@@ -77,3 +77,19 @@ def test_rendered_script_carries_launcher_setup_and_env_but_no_key():
     assert "exec /opt/env/bin/python - abc123 120 /tmp <<'RK_LAUNCHER_EOF'" in text
     assert text.rstrip().endswith(LAUNCHER_EOF)
     assert "key" not in text.split("<<'RK_LAUNCHER_EOF'")[0].lower()
+
+
+@pytest.mark.cluster
+async def test_a_job_that_left_the_queue_is_not_a_failed_query(cluster, tmp_path, monkeypatch):
+    from remote_kernels.runner import CommandError
+
+    slurm = Slurm()
+    # A job id SLURM never had (or has purged): squeue says "Invalid job id" -> GONE.
+    assert (await slurm.status(["999999"]))["999999"].state is JobState.GONE
+    # squeue itself failing (controller unreachable) is an error, not a verdict on the job.
+    shim = tmp_path / "squeue"
+    shim.write_text("#!/bin/sh\necho 'slurm_load_jobs error: Unable to contact slurm controller' >&2\nexit 1\n")
+    shim.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{__import__('os').environ['PATH']}")
+    with pytest.raises(CommandError, match="Unable to contact slurm controller"):
+        await slurm.status(["999999"])
