@@ -44,6 +44,7 @@ class KernelOptions(LoggingConfigurable):
     queue_timeout = Float(0, help="Give up (and cancel the job) after this many seconds queued; 0: wait forever.").tag(config=True)
     launch_timeout = Float(120, help="Seconds from job start until the launcher must answer.").tag(config=True)
     grace = Float(300, help="Dead-man switch: the job ends when the login side is silent this long (s).").tag(config=True)
+    command_timeout = Float(30.0, help="Seconds a scheduler command may take before it counts as failed.").tag(config=True)
     poll_interval = Float(2.0, help="Seconds between the scheduler status queries of a server.").tag(config=True)
     login_host = Unicode("", help=(
         "For a Jupyter server off the cluster (a laptop): run scheduler commands over SSH on this "

@@ -102,11 +102,11 @@ class SSHCommandRunner(CommandRunner):
 _login_runners: dict[tuple[int, str], SSHCommandRunner] = {}
 
 
-def runner_for(login_host: str) -> CommandRunner:
+def runner_for(login_host: str, timeout: float = 30.0) -> CommandRunner:
     """A local runner, or the event loop's shared SSH runner for login_host."""
     if not login_host:
-        return CommandRunner()
+        return CommandRunner(timeout)
     key = (id(asyncio.get_running_loop()), login_host)
     if key not in _login_runners:
-        _login_runners[key] = SSHCommandRunner(login_host)
+        _login_runners[key] = SSHCommandRunner(login_host, timeout)
     return _login_runners[key]

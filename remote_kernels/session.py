@@ -64,7 +64,7 @@ class RemoteKernelSession:
         self.opts = options
         self.name = name
         self.log = log or logging.getLogger(__name__)
-        self.runner = runner_for(options.login_host)
+        self.runner = runner_for(options.login_host, options.command_timeout)
         self.scheduler = get_scheduler(options.scheduler, self.runner)
         self.watcher = JobWatcher.for_scheduler(self.scheduler, interval=options.poll_interval)
         self.session_id = secrets.token_hex(8)   # names the node dir; not a secret

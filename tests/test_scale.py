@@ -17,6 +17,9 @@ pytestmark = pytest.mark.cluster
 SQUEUE_SHIM = """#!/bin/sh
 # Counts the provisioner's status queries; fails them while $RK_SQUEUE_FAIL exists.
 echo "$*" >> "$RK_SQUEUE_LOG"
+if [ -e "$RK_SQUEUE_FAIL.hang" ]; then
+    exec sleep 60
+fi
 if [ -e "$RK_SQUEUE_FAIL" ]; then
     echo "slurm_load_jobs error: Socket timed out on send/recv operation" >&2
     exit 1
@@ -57,7 +60,7 @@ async def _stop_all(managers, clients):
 
 async def test_eight_kernels_share_one_status_query_per_interval(make_spec, counted_squeue):
     log, fail = counted_squeue
-    make_spec("rk-poll", poll_interval=0.5)
+    make_spec("rk-poll", poll_interval=0.5, command_timeout=1)
     managers, clients = await _start_all("rk-poll", 8)
     try:
         jobs = {km.provisioner.session.job_id for km in managers}
@@ -68,11 +71,17 @@ async def test_eight_kernels_share_one_status_query_per_interval(make_spec, coun
         assert 4 <= len(queries) <= 8, queries
         for q in queries:   # every query asks about all eight jobs at once
             assert set(q.split("-j ")[1].split()[0].split(",")) == jobs
-        # A status query failing for a while (10 failures in a row) ends no kernel: the
+        # A status query failing for a while (13 failures in a row) ends no kernel: the
         # launchers are reachable, and a failed query is not a job that left the queue.
         fail.touch()
         await until("ten failed queries", lambda: len(log.read_text().splitlines()) >= len(queries) + 10, 15)
         fail.unlink()
+        # A hanging one is killed after command_timeout and counts as failed, too.
+        hang = fail.with_name(fail.name + ".hang")
+        hang.touch()
+        hung_before = len(log.read_text().splitlines())
+        await until("three hung queries", lambda: len(log.read_text().splitlines()) >= hung_before + 3, 15)
+        hang.unlink()
         for km, kc in zip(managers, clients):
             assert await km.provisioner.poll() is None
         assert await value_of(clients[0], "'alive'") == "alive"
