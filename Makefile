@@ -6,8 +6,10 @@ PYTHON ?= /usr/bin/python3.11
 VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-APT_PKGS := slurm-wlm munge openssh-server python3.11-venv iproute2 util-linux passwd
+APT_PKGS := slurm-wlm munge openssh-server python3.11-venv iproute2 util-linux passwd chromium chromium-driver \
+	gridengine-master gridengine-exec gridengine-client
 CLUSTER := /usr/bin/python3 tests/cluster/cluster.py
+SGE := /usr/bin/python3 tests/cluster/sge.py
 
 .PHONY: help deps venv cluster cluster-down cluster-status demo test docs bench
 
@@ -39,12 +41,14 @@ venv: deps $(STAMP)
 
 cluster: deps
 	$(CLUSTER) up
+	$(SGE) up
 
 cluster-down:
+	-$(SGE) down
 	$(CLUSTER) down
 
 cluster-status:
-	@$(CLUSTER) status
+	@$(CLUSTER) status; $(SGE) status
 
 demo: venv cluster
 	$(VPY) -m remote_kernels.demo

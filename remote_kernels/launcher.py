@@ -81,6 +81,8 @@ class Launcher:
         argv = [a.replace("{connection_file}", conn_file) for a in argv]
         env = dict(os.environ)
         env.update(req.get("env") or {})
+        # ipykernel exits when its parent changes: if the launcher is SIGKILLed, so is the kernel.
+        env["JPY_PARENT_PID"] = str(os.getpid())
         cwd = req.get("cwd")
         if not cwd or not os.path.isdir(cwd):
             if cwd:

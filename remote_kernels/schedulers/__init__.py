@@ -94,9 +94,16 @@ class Scheduler:
 
 def get_scheduler(name: str, runner: CommandRunner | None = None) -> Scheduler:
     """The adapter called ``name``; ValueError naming the known ones otherwise."""
+    from .flux import Flux
+    from .htcondor import HTCondor
+    from .lsf import LSF
+    from .pbs import PBSPro
+    from .sge import SGE
     from .slurm import Slurm
+    from .ssh import SSH
+    from .torque import Torque
 
-    adapters = {Slurm.name: Slurm}
+    adapters = {a.name: a for a in (Slurm, PBSPro, Torque, LSF, HTCondor, Flux, SGE, SSH)}
     try:
         return adapters[name](runner)
     except KeyError:

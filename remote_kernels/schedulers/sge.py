@@ -1,0 +1,83 @@
+"""Grid Engine (SGE, Son of Grid Engine, Open Cluster Scheduler): ``qsub -terse``, one
+``qstat -xml`` (all of the user's jobs; finished jobs leave it), qdel."""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+
+from . import JobState, JobStatus, Resources
+from ._common import StatusOnly, directive_lines, first_host, hms, last_match, megabytes, output_path, query, seconds
+
+# State letters combine (qstat(1)): d(eletion) E(rror) h(old) r(unning) R(estarted)
+# s/S/T (suspended by user/subordination/threshold) t(ransferring) w(aiting) q(ueued).
+# The first rule whose letters appear wins.
+STATE_RULES = [
+    ("E", JobState.HELD, "error state; `qstat -j ID` says why"),
+    ("h", JobState.HELD, "on hold"),
+    ("sST", JobState.SUSPENDED, ""),
+    ("rt", JobState.RUNNING, ""),       # dr: still running while being deleted
+    ("d", JobState.CANCELLED, "deleted"),
+    ("qw", JobState.QUEUED, ""),
+]
+# qsub -terse prints the id alone; "123.1-10:1" for an array job.
+JOB_ID = re.compile(r"(?P<id>\d+)(?:\.\d+-\d+:\d+)?")
+NEVER = re.compile(r"(?!)")   # qstat -xml lists what exists; any stderr line is a failure
+# The parallel environment kernels with several CPUs ask for (a site's own name may differ:
+# use a directive, e.g. "-pe threads 4", and leave cpus unset).
+PE = "smp"
+
+
+def sge_state(letters: str) -> tuple[JobState, str]:
+    for chars, state, reason in STATE_RULES:
+        if any(c in letters for c in chars):
+            return state, reason
+    return JobState.UNKNOWN, ""
+
+
+class SGE(StatusOnly):
+    name = "sge"
+
+    def header(self, res: Resources) -> list[str]:
+        opts = [f"-N {res.job_name}"] if res.job_name else []
+        opts += [f"-q {res.partition}"] if res.partition else []
+        opts += [f"-A {res.account}"] if res.account else []
+        opts += [f"-l h_rt={hms(seconds(res.time))}"] if res.time else []
+        opts += [f"-pe {PE} {res.cpus}"] if res.cpus else []
+        # h_vmem is per slot: the kernel's memory divided among its CPUs.
+        opts += [f"-l h_vmem={max(1, megabytes(res.mem) // max(1, res.cpus))}M"] if res.mem else []
+        opts += [f"-l gpu={res.gpus}"] if res.gpus else []
+        opts += ["-S /bin/bash", "-r n", "-j y"]
+        opts += [f"-o {output_path(res.output, '$JOB_ID')}"] if res.output else []
+        return directive_lines("#$", opts, res.directives)
+
+    @staticmethod
+    def parse_job_id(stdout: str) -> str:
+        return last_match(stdout, JOB_ID, "qsub -terse")
+
+    async def submit(self, script: str) -> str:
+        _, out, _ = await self.runner.run(["qsub", "-terse"], stdin=script)
+        return self.parse_job_id(out)
+
+    @staticmethod
+    def parse_status(stdout: str) -> dict[str, JobStatus]:
+        """``qstat -xml``: <job_list> elements under queue_info (running) and job_info (pending)."""
+        try:
+            root = ET.fromstring(stdout)
+        except ET.ParseError as e:
+            raise ValueError(str(e)) from None
+        found = {}
+        for job in root.iter("job_list"):
+            letters = (job.findtext("state") or "").strip()
+            state, reason = sge_state(letters)
+            start = job.findtext("JAT_start_time") or None
+            found[(job.findtext("JB_job_number") or "").strip()] = JobStatus(
+                state=state, native=letters, reason=reason, node=first_host(job.findtext("queue_name") or ""),
+                start_time=start)
+        return found
+
+    async def status(self, job_ids: list[str]) -> dict[str, JobStatus]:
+        return await query(self.runner, ["qstat", "-xml"], self.parse_status, job_ids, NEVER)
+
+    async def cancel(self, job_id: str) -> None:
+        await self.runner.run(["qdel", job_id])

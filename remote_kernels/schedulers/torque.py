@@ -1,0 +1,63 @@
+"""Torque: qsub (id on stdout), one ``qstat -x IDS`` (XML), qdel.  Header as PBS, nodes=1:ppn=N."""
+
+from __future__ import annotations
+
+import datetime
+import xml.etree.ElementTree as ET
+
+from . import JobState, JobStatus, Resources
+from ._common import first_host, hms, megabytes
+from .pbs import STATES, PBSFamily, exit_state, left
+
+# Torque's job states: PBS's, plus C (completed, kept for keep_completed seconds).
+TORQUE_FINISHED = ("C",)
+# exit_status values Torque sets when it kills a job (JOB_EXEC_OVERLIMIT_*), and 256 + signal.
+TORQUE_EXIT_STATES = {-11: JobState.TIMEOUT, -10: JobState.OOM,
+                      256 + 15: JobState.CANCELLED, 256 + 9: JobState.CANCELLED}
+
+
+def _text(job: ET.Element, path: str) -> str:
+    return (job.findtext(path) or "").strip()
+
+
+class Torque(PBSFamily):
+    name = "torque"
+    exit_states = TORQUE_EXIT_STATES
+
+    def resource_lines(self, res: Resources) -> list[str]:
+        nodes = "nodes=1" + (f":ppn={res.cpus}" if res.cpus else "") + (f":gpus={res.gpus}" if res.gpus else "")
+        lines = [f"-l {nodes}"] if res.cpus or res.gpus else []
+        return lines + ([f"-l mem={megabytes(res.mem)}mb"] if res.mem else [])
+
+    @staticmethod
+    def status_argv(job_ids: list[str]) -> list[str]:
+        return ["qstat", "-x", *job_ids]
+
+    @classmethod
+    def parse_status(cls, stdout: str) -> dict[str, JobStatus]:
+        """``qstat -x`` output: <Data><Job><Job_Id/><job_state/>...</Job>...</Data>."""
+        if not stdout.strip():
+            return {}
+        try:
+            root = ET.fromstring(stdout)
+        except ET.ParseError as e:
+            raise ValueError(str(e)) from None
+        found = {}
+        for job in root.iter("Job"):
+            native = _text(job, "job_state")
+            comment = _text(job, "comment")
+            if native in TORQUE_FINISHED:
+                code = _text(job, "exit_status")
+                state = exit_state(int(code) if code.lstrip("-").isdigit() else None, cls.exit_states, comment)
+            else:
+                state = STATES.get(native, JobState.UNKNOWN)
+            remaining = _text(job, "Walltime/Remaining")
+            time_left = hms(int(remaining)) if remaining.isdigit() else left(
+                _text(job, "Resource_List/walltime"), _text(job, "resources_used/walltime"))
+            start = _text(job, "start_time")
+            found[_text(job, "Job_Id")] = JobStatus(
+                state=state, native=native, reason="" if state is JobState.RUNNING else comment,
+                node=first_host(_text(job, "exec_host")),
+                start_time=datetime.datetime.fromtimestamp(int(start)).isoformat() if start.isdigit() else None,
+                time_left=time_left if state is JobState.RUNNING else "")
+        return found

@@ -1,0 +1,194 @@
+"""One kernel per scheduler through jupyter_client, end to end on the test cluster.
+
+slurm is the real SLURM; sge the real Grid Engine of tests/cluster/sge.py (when it is
+up); ssh starts the launcher over SSH on c1 with no scheduler; pbs, torque, lsf,
+htcondor and flux are the fake commands of tests/fake_schedulers/, which speak those
+schedulers' command lines and hand the job to SLURM, so it really runs on a node.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import _missing as missing
+
+from kernel_helpers import processes_mentioning, run_cell, until, value_of
+from remote_kernels.cli import main as cli_main
+from remote_kernels.schedulers import get_scheduler
+from remote_kernels.schedulers._common import seconds
+
+pytestmark = pytest.mark.cluster
+
+FAKES = Path(__file__).parent / "fake_schedulers"
+SGE_SCRIPT = Path(__file__).parent / "cluster" / "sge.py"
+FAKE_FLAVOURS = ("pbs", "torque", "lsf", "htcondor", "flux")
+SCHEDULERS = ("slurm", "sge", "ssh", *FAKE_FLAVOURS)
+# The variable each scheduler sets in the job to the id its adapter parsed from the submit output.
+JOB_ID_VARIABLE = {"slurm": "SLURM_JOB_ID", "sge": "JOB_ID", "pbs": "PBS_JOBID", "torque": "PBS_JOBID",
+                   "lsf": "LSB_JOBID", "htcondor": "RK_JOB_ID", "flux": "FLUX_JOB_ID"}
+TIME_LIMIT = "00:10:00"
+
+
+@pytest.fixture
+def scheduler_env(request, monkeypatch, tmp_path, cluster):
+    """Make scheduler ``request.param`` reachable: fakes first on PATH, or the real SGE checked."""
+    name = request.param
+    if name in FAKE_FLAVOURS:
+        monkeypatch.setenv("PATH", f"{FAKES / name}:{os.environ['PATH']}")
+        monkeypatch.setenv("RK_FAKE_SCHEDULER_STATE", str(tmp_path / "fake-state"))
+    elif name == "sge":
+        status = subprocess.run([sys.executable, str(SGE_SCRIPT), "status"], capture_output=True, text=True)
+        if status.returncode != 0:
+            missing(f"real SGE not up ({status.stdout.strip()}); run `{SGE_SCRIPT} up`")   # fails under CI
+    return name
+
+
+def spec_config(name: str) -> dict:
+    config = {"scheduler": name, "time": TIME_LIMIT, "cpus": 1, "poll_interval": 0.5}
+    if name == "ssh":
+        config["partition"] = "c1"   # the host to run on
+    return config
+
+
+def underlying_time_limit(name: str, job: str, tmp_path: Path) -> int | None:
+    """Seconds of the time limit the job really got, from the scheduler running it (None: no limit)."""
+    if name == "ssh":
+        return None
+    if name == "sge":
+        out = subprocess.run(["qstat", "-j", job], capture_output=True, text=True).stdout
+        m = re.search(r"h_rt=(\d+)", out)
+        return int(m.group(1)) if m else 0
+    slurm_id = job
+    if name in FAKE_FLAVOURS:
+        state = json.loads((tmp_path / "fake-state" / "state.json").read_text())
+        slurm_id = state["jobs"][job]["slurm"]
+    out = subprocess.run(["scontrol", "show", "job", slurm_id], capture_output=True, text=True).stdout
+    m = re.search(r"TimeLimit=(\S+)", out)
+    return seconds(m.group(1)) if m else 0
+
+
+@pytest.mark.parametrize("scheduler_env", SCHEDULERS, indirect=True)
+async def test_kernel_lifecycle(scheduler_env, make_spec, start_kernel, tmp_path):
+    name = scheduler_env
+    spec = make_spec(f"rk-e2e-{name}", **spec_config(name))
+    km, kc = await start_kernel(spec)
+    session = km.provisioner.session
+    job, sid = session.job_id, session.session_id
+
+    # It runs on a compute node, in the job the adapter submitted, with the resources asked for.
+    host = await value_of(kc, "__import__('socket').gethostname()")
+    assert host in ("c1", "c2") and host == session.node
+    if name == "ssh":
+        assert host == "c1" and job.startswith("c1:")
+        assert await value_of(kc, "__import__('os').environ['RK_SSH_HOST']") == "c1"
+    else:
+        assert await value_of(kc, f"__import__('os').environ['{JOB_ID_VARIABLE[name]}']") == job
+    assert Path(session.log_file).exists(), f"job output not at {session.log_file}"
+    limit = underlying_time_limit(name, job, tmp_path)
+    assert limit in (None, seconds(TIME_LIMIT)), f"time limit {limit!r}"
+    st = (await get_scheduler(name).status([job]))[job]
+    assert st.state.value == "running" and st.node == host
+
+    # Interrupting a sleeping cell.
+    msg_id = kc.execute("import time; time.sleep(60)")
+    while True:
+        msg = await kc.get_iopub_msg(timeout=30)
+        if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "execute_input":
+            break
+    await km.interrupt_kernel()
+    reply = await kc.get_shell_msg(timeout=5)
+    assert reply["content"]["ename"] == "KeyboardInterrupt"
+
+    # Restart keeps the job.
+    await run_cell(kc, "x = 1")
+    await km.restart_kernel()
+    await kc.wait_for_ready(timeout=60)
+    assert km.provisioner.session.job_id == job
+    content, _ = await run_cell(kc, "x")
+    assert content["ename"] == "NameError"
+
+    # Shutdown leaves no job (as the scheduler itself sees it) and no launcher.
+    assert processes_mentioning(sid)
+    await km.shutdown_kernel()
+    adapter = get_scheduler(name)
+
+    async def job_left():
+        return (await adapter.status([job]))[job].state.finished
+
+    await until_async(f"{name} job {job} to end", job_left, timeout=20)
+    await until("launcher and kernel processes to end", lambda: not processes_mentioning(sid), timeout=10)
+
+
+@pytest.mark.parametrize("scheduler_env", SCHEDULERS, indirect=True)
+async def test_job_cancelled_from_outside_is_noticed(scheduler_env, make_spec, start_kernel):
+    """The adapter's cancel (qdel, bkill, condor_rm, flux cancel, kill) ends the job and the kernel;
+    poll() reports it from the scheduler's own status, and no launcher or kernel is left."""
+    name = scheduler_env
+    km, kc = await start_kernel(make_spec(f"rk-e2e-{name}", **spec_config(name)))
+    session = km.provisioner.session
+    job, sid = session.job_id, session.session_id
+    assert await value_of(kc, "1 + 1") == "2"
+    await get_scheduler(name).cancel(job)
+
+    async def polled():
+        return await km.provisioner.poll() is not None
+
+    await until_async(f"poll() to report {name} job {job} ended", polled, timeout=20)
+    code = await km.provisioner.poll()
+    assert code != 0 and session.ended_reason, f"poll() {code}, ended_reason {session.ended_reason!r}"
+    await until("launcher and kernel processes to end", lambda: not processes_mentioning(sid), timeout=15)
+
+
+LAPTOP_SERVER = """
+import asyncio, sys
+from jupyter_client.manager import AsyncKernelManager
+async def main():
+    km = AsyncKernelManager(kernel_name=sys.argv[1])
+    await km.start_kernel()
+    kc = km.client(); kc.start_channels()
+    await kc.wait_for_ready(timeout=60)
+    out = []
+    reply = await kc.execute_interactive("import socket, os; print(socket.gethostname(), os.environ['RK_SSH_HOST'])",
+                                         output_hook=lambda m: out.append(m["content"].get("text", "")), timeout=60)
+    print("RESULT", "".join(out).strip(), km.provisioner.session.job_id, reply["content"]["status"], flush=True)
+    kc.stop_channels()
+    await km.shutdown_kernel()
+asyncio.run(main())
+"""
+
+
+async def test_ssh_hosts_through_a_login_host(cluster, make_spec):
+    """A server off the cluster (the laptop namespace reaches only the login host) starts an
+    ssh-"scheduled" kernel on c1: the adapter's SSH connections jump through the login host."""
+    make_spec("rk-e2e-ssh-laptop", **spec_config("ssh"), login_host=cluster["laptop"]["login_host"])
+    res = subprocess.run(["nsenter", f"--net=/run/netns/{cluster['laptop']['netns']}", sys.executable, "-c",
+                          LAPTOP_SERVER, "rk-e2e-ssh-laptop"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    _, host, ssh_host, job, status = next(l for l in res.stdout.splitlines() if l.startswith("RESULT")).split()
+    assert (host, ssh_host, status) == ("c1", "c1", "ok") and job.startswith("c1:")
+    assert (await get_scheduler("ssh").status([job]))[job].state.finished
+
+
+async def until_async(what: str, cond, timeout: float, interval: float = 0.2):
+    """kernel_helpers.until for a coroutine condition."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await cond():
+        assert loop.time() < deadline, f"timed out after {timeout}s waiting for {what}"
+        await asyncio.sleep(interval)
+
+
+@pytest.mark.parametrize("name", SCHEDULERS)
+def test_install_accepts_every_scheduler(name, tmp_path, capsys):
+    assert cli_main(["install", f"rk-{name}", "--scheduler", name, "--prefix", str(tmp_path)]) == 0
+    spec = json.loads((tmp_path / "share" / "jupyter" / "kernels" / f"rk-{name}" / "kernel.json").read_text())
+    assert spec["metadata"]["kernel_provisioner"]["config"]["scheduler"] == name
