@@ -1,0 +1,216 @@
+"""Every frontend, for real: each test fails unless that frontend runs code on a compute node.
+
+jupyter_server's REST API and kernel websocket (what JupyterLab and Notebook 7 use),
+`jupyter console`, `jupyter nbconvert --execute` and papermill, each as a subprocess
+with the test kernelspecs on JUPYTER_PATH.  The browser test is tests/test_jupyterlab_browser.py.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import threading
+
+import nbformat
+import pexpect
+import pytest
+
+from jupyter_helpers import VENV_BIN, JupyterServer, ensure_jobs_gone, frontend_env, submitted_jobs
+from kernel_helpers import job_in_queue
+from slurm_helpers import wait_until
+
+pytestmark = pytest.mark.cluster
+
+NODES = ("c1", "c2")
+WHERE = "import os, socket; print(socket.gethostname(), os.environ['SLURM_JOB_ID'])"
+
+
+@pytest.fixture(scope="module")
+def server(kernelspecs, tmp_path_factory):
+    with JupyterServer(tmp_path_factory.mktemp("jupyter-server"), app="server") as srv:
+        yield srv
+
+
+def test_server_rest_and_websocket(server):
+    status, kernel = server.request("POST", "/api/kernels", {"name": "rk-test"})
+    assert status == 201, kernel
+    kid = kernel["id"]
+    try:
+        with server.channels(kid) as ws:
+            ws.wait_ready()
+            reply, out = ws.execute(WHERE + "; marker = 'before restart'")
+            assert reply["status"] == "ok", out
+            node, job = out.split()
+            assert node in NODES
+            assert job_in_queue(job)
+            assert server.jobs() == [job]
+
+            # Interrupt over REST while a cell sleeps.
+            reply, out = ws.execute(
+                "import time; time.sleep(60)", timeout=30,
+                on_started=lambda: threading.Thread(
+                    target=server.request, args=("POST", f"/api/kernels/{kid}/interrupt")).start())
+            assert reply["status"] == "error" and reply["ename"] == "KeyboardInterrupt", out
+
+        # Restart over REST: a fresh interpreter in the same job.
+        status, body = server.request("POST", f"/api/kernels/{kid}/restart")
+        assert status == 200, body
+        with server.channels(kid) as ws:
+            ws.wait_ready()
+            reply, out = ws.execute(WHERE + "; print('marker' in globals())")
+            assert reply["status"] == "ok", out
+            assert out.split() == [node, job, "False"]
+        assert server.jobs() == [job], "restart submitted another job"
+
+        # Delete over REST: the job ends.
+        status, body = server.request("DELETE", f"/api/kernels/{kid}")
+        assert status == 204, body
+        wait_until(f"job {job} to leave the queue", lambda: not job_in_queue(job), timeout=20)
+        assert server.kernels() == []
+    finally:
+        if any(k["id"] == kid for k in server.kernels()):
+            server.request("DELETE", f"/api/kernels/{kid}")
+
+
+# A server stopped while a kernel's job waits in the queue exits without cancelling the job:
+# the start in progress is not a kernel jupyter_server knows yet, so nothing closes its session.
+# The job stays queued; when it starts, the launcher idles until the dead-man switch (grace).
+# Strict: once the job is cancelled this XPASSes and fails, to drop the marker.
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="remote_kernels: stopping the server leaves a queued kernel's job in the queue")
+def test_server_stopped_while_a_job_is_queued_cancels_it(kernelspecs, make_spec, tmp_path):
+    make_spec("rk-held", directives=["--begin=now+1hour"])
+    srv = JupyterServer(tmp_path, app="server").start()
+    held = []
+    try:
+        # POST /api/kernels answers only once the kernel runs: send it and let it hang.
+        threading.Thread(target=lambda: _ignore_errors(srv.request, "POST", "/api/kernels", {"name": "rk-held"}),
+                         daemon=True).start()
+        held = wait_until("the held kernel's job to be submitted", srv.jobs)
+        wait_until(f"job {held[0]} to be queued", lambda: job_in_queue(held[0]))
+        srv.proc.send_signal(signal.SIGTERM)   # what Ctrl-C (twice) or a logout does
+        wait_until("the server to exit", lambda: srv.proc.poll() is not None, timeout=20)
+        wait_until(f"job {held[0]} of the stopped server to be cancelled", lambda: not job_in_queue(held[0]), timeout=10)
+    finally:
+        if held:
+            subprocess.run(["scancel", *held], capture_output=True)
+        srv.stop()
+
+
+def _ignore_errors(fn, *args):
+    try:
+        fn(*args)
+    except OSError:
+        pass
+
+
+def _run(argv, tmp_path, timeout=120, **kw):
+    res = subprocess.run(argv, cwd=tmp_path, env=frontend_env(tmp_path / "home"), capture_output=True,
+                         text=True, timeout=timeout, **kw)
+    return res, submitted_jobs(res.stdout + res.stderr)
+
+
+# jupyter console uses jupyter_client's synchronous KernelManager/BlockingKernelClient.  The
+# provisioner's SSH forwards are asyncio tasks on the loop the kernel was started on, which a
+# synchronous client runs only in short bursts (and jupyter console not at all once its
+# asyncio.run() prompt loop starts), so the cell's request never reaches the node.  Strict:
+# once remote_kernels serves synchronous clients this XPASSes and fails, to drop the marker.
+@pytest.mark.xfail(strict=True, raises=pexpect.TIMEOUT,
+                   reason="remote_kernels: forwards stall under synchronous jupyter_client users")
+def test_jupyter_console(kernelspecs, tmp_path):
+    """`jupyter console` typed into on a terminal (a pty; piped stdin leaves it waiting forever)."""
+    console = pexpect.spawn(
+        str(VENV_BIN / "jupyter"),
+        ["console", "--kernel", "rk-test", "--simple-prompt", "--Application.log_level=INFO",
+         "--ZMQTerminalInteractiveShell.kernel_timeout=60"],
+        cwd=str(tmp_path), env=frontend_env(tmp_path / "home"), encoding="utf-8", timeout=60,
+        dimensions=(50, 200))
+    transcript: list[str] = []
+    console.logfile_read = _Collect(transcript)
+    try:
+        console.expect(r"In \[1\]: ")
+        console.sendline(WHERE)
+        console.expect(r"In \[2\]: ", timeout=10)
+        printed = [line.split() for line in console.before.splitlines()]
+        printed = [words for words in printed if len(words) == 2 and words[0] in NODES]
+        assert len(printed) == 1, console.before
+        node, job = printed[0]
+        assert job_in_queue(job)
+        assert submitted_jobs("".join(transcript)) == [job]
+        console.sendline("exit")
+        console.expect(pexpect.EOF)
+        console.close()
+        assert console.exitstatus == 0, "".join(transcript)
+        wait_until(f"job {job} to leave the queue", lambda: not job_in_queue(job), timeout=20)
+    finally:
+        if console.isalive():
+            console.terminate(force=True)
+        # A console that failed cannot end its job: cancel it now rather than wait for the grace.
+        left = [j for j in submitted_jobs("".join(transcript)) if job_in_queue(j)]
+        if left:
+            subprocess.run(["scancel", *left], capture_output=True)
+        ensure_jobs_gone(left, "jupyter console")
+
+
+class _Collect:
+    """A file-like logfile for pexpect that keeps everything the console printed."""
+
+    def __init__(self, into: list):
+        self.into = into
+
+    def write(self, text: str) -> None:
+        self.into.append(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def _notebook(*cells) -> nbformat.NotebookNode:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = list(cells)
+    nb.metadata["kernelspec"] = {"name": "rk-test", "display_name": "Python 3 (compute node, test)",
+                                 "language": "python"}
+    return nb
+
+
+def _stdout(cell) -> str:
+    return "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream")
+
+
+def test_nbconvert_execute(kernelspecs, tmp_path):
+    nb_path = tmp_path / "where.ipynb"
+    nbformat.write(_notebook(nbformat.v4.new_code_cell(WHERE)), nb_path)
+    argv = [str(VENV_BIN / "jupyter"), "nbconvert", "--to", "notebook", "--execute",
+            "--ExecutePreprocessor.kernel_name=rk-test", "--ExecutePreprocessor.timeout=60",
+            "--Application.log_level=INFO", "--output", "executed.ipynb", str(nb_path)]
+    res, jobs = _run(argv, tmp_path)
+    try:
+        assert res.returncode == 0, res.stderr
+        out = nbformat.read(tmp_path / "executed.ipynb", as_version=4)
+        node, job = _stdout(out.cells[0]).split()
+        assert node in NODES
+        assert jobs == [job], res.stderr
+    finally:
+        ensure_jobs_gone(jobs, "nbconvert --execute")
+
+
+def test_papermill_parameters(kernelspecs, tmp_path):
+    params = nbformat.v4.new_code_cell("value = 0")
+    params.metadata["tags"] = ["parameters"]
+    nbformat.write(_notebook(params, nbformat.v4.new_code_cell(WHERE + "; print(f'value={value}')")),
+                   tmp_path / "params.ipynb")
+    argv = [str(VENV_BIN / "papermill"), "params.ipynb", "out.ipynb", "-k", "rk-test", "-p", "value", "7",
+            "--log-level", "INFO"]
+    res, jobs = _run(argv, tmp_path)
+    try:
+        assert res.returncode == 0, res.stderr
+        out = nbformat.read(tmp_path / "out.ipynb", as_version=4)
+        injected = [c for c in out.cells if "injected-parameters" in c.metadata.get("tags", [])]
+        assert len(injected) == 1 and "value = 7" in injected[0].source
+        node, job, value = _stdout(out.cells[-1]).split()
+        assert node in NODES
+        assert value == "value=7"
+        assert out.metadata["papermill"]["parameters"] == {"value": 7}
+        assert jobs == [job], res.stderr
+    finally:
+        ensure_jobs_gone(jobs, "papermill")

@@ -1,0 +1,282 @@
+"""JupyterLab in a real browser (headless Debian Chromium, driven by Selenium).
+
+A user's path: open JupyterLab, click the compute-node kernel's launcher card, type a cell,
+Shift+Enter, see the compute node's name.  And with pending kernels, the UI stays usable
+while a kernel's job waits in the queue.  Screenshots go to tests/artifacts/.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from jupyter_helpers import JupyterServer, ensure_jobs_gone
+from kernel_helpers import job_in_queue
+from slurm_helpers import wait_until
+
+pytestmark = pytest.mark.cluster
+
+ARTIFACTS = Path(__file__).parent / "artifacts"
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+TEST_KERNEL = "Python 3 (compute node, test)"
+CELL = "import socket; print(socket.gethostname())"
+NODES = ("c1", "c2")
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    """Headless Debian Chromium through Debian's chromedriver (nothing is downloaded)."""
+    for path in (CHROMIUM, CHROMEDRIVER):
+        if not shutil.which(path):
+            pytest.fail(f"{path} missing: apt-get install chromium chromium-driver (make deps does)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}", "--window-size=1400,900"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture(scope="module")
+def lab(kernelspecs, tmp_path_factory):
+    with JupyterServer(tmp_path_factory.mktemp("lab"), app="lab") as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def pending_lab(kernelspecs, tmp_path_factory):
+    with JupyterServer(tmp_path_factory.mktemp("lab-pending"), app="lab",
+                       extra_args=("--MappingKernelManager.use_pending_kernels=True",)) as srv:
+        yield srv
+
+
+@pytest.fixture
+def screenshot(browser, request):
+    """screenshot(name) saves tests/artifacts/NAME.png; a failing test also leaves one."""
+    ARTIFACTS.mkdir(exist_ok=True)
+
+    def save(name: str) -> Path:
+        path = ARTIFACTS / f"{name}.png"
+        browser.save_screenshot(str(path))
+        return path
+
+    failed_before = request.session.testsfailed
+    yield save
+    if request.session.testsfailed > failed_before:   # this test's call phase failed
+        save(f"{request.node.name}-failed")
+    browser.get("about:blank")   # no page keeps websockets to a server that is being stopped
+
+
+# --- driving JupyterLab ----------------------------------------------------------------
+
+def poll(what: str, cond, timeout: float = 30):
+    """wait_until that treats a stale/missing element as 'not yet'."""
+    from selenium.common.exceptions import WebDriverException
+
+    def attempt():
+        try:
+            return cond()
+        except WebDriverException:
+            return None
+
+    return wait_until(what, attempt, timeout=timeout, interval=0.1)
+
+
+def open_lab(driver, server) -> None:
+    """JupyterLab in a fresh workspace (no tabs restored from an earlier test)."""
+    workspace = f"t{time.monotonic_ns()}"
+    driver.get(f"{server.url}/lab/workspaces/{workspace}?reset&token={server.token}")
+    poll("the JupyterLab launcher", lambda: launcher_card(driver, TEST_KERNEL), timeout=60)
+
+
+def launcher_card(driver, display_name: str):
+    """The Notebook card for a kernel in the launcher that is showing."""
+    from selenium.webdriver.common.by import By
+
+    for card in driver.find_elements(By.CSS_SELECTOR, ".jp-LauncherCard[data-category='Notebook']"):
+        if card.get_attribute("title") == display_name and card.is_displayed():
+            return card
+    return None
+
+
+def current_notebook(driver):
+    from selenium.webdriver.common.by import By
+
+    for panel in driver.find_elements(By.CSS_SELECTOR, ".jp-NotebookPanel"):
+        if panel.is_displayed():
+            return panel
+    return None
+
+
+def click(what: str, find) -> None:
+    """Click the element find() returns, retrying while it is missing, stale or covered (a
+    click that raised did not happen, so retrying never clicks twice)."""
+    poll(what, lambda: (element := find()) is not None and (element.click() or True))
+
+
+def new_notebook(driver, display_name: str, previous: int = 0):
+    """Click the launcher card; return the notebook panel that opens (the previous-th + 1 one)."""
+    from selenium.webdriver.common.by import By
+
+    click(f"launcher card {display_name!r}", lambda: launcher_card(driver, display_name))
+    poll("a new notebook", lambda: len(driver.find_elements(By.CSS_SELECTOR, ".jp-NotebookPanel")) > previous)
+    return poll("the new notebook to show", lambda: current_notebook(driver))
+
+
+def run_first_cell(driver, server, spec: str, panel, code: str, ready_timeout: float = 60) -> None:
+    """Type code into the notebook's first cell and press Shift+Enter, once the notebook is
+    connected to its kernel: the server counts the browser's websocket to the kernel and the
+    toolbar shows it idle.  (The toolbar alone says idle before the websocket exists, and a
+    cell run then is occasionally dropped without a word.)"""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    poll(f"the browser to connect to the {spec} kernel",
+         lambda: any(k["connections"] >= 1 for k in kernels_of(server, spec)), timeout=ready_timeout)
+    poll("the notebook's kernel to be idle",
+         lambda: panel.find_element(By.CSS_SELECTOR, ".jp-Notebook-ExecutionIndicator[data-status='idle']"),
+         timeout=ready_timeout)
+
+    def typed():
+        editor = panel.find_element(By.CSS_SELECTOR, ".jp-Cell .cm-content[contenteditable='true']")
+        if not editor.text:
+            editor.click()
+            editor.send_keys(code)
+        return editor.text == code
+
+    poll(f"the first cell to read {code!r}", typed, timeout=15)
+    ActionChains(driver).key_down(Keys.SHIFT).send_keys(Keys.ENTER).key_up(Keys.SHIFT).perform()
+
+
+def first_output(panel) -> str | None:
+    from selenium.webdriver.common.by import By
+
+    outputs = panel.find_elements(By.CSS_SELECTOR, ".jp-Cell .jp-OutputArea-output")
+    return outputs[0].text.strip() if outputs else None
+
+
+def kernels_of(server, spec: str) -> list[dict]:
+    """The kernels of the server's sessions (notebooks) that run this kernelspec."""
+    status, sessions = server.request("GET", "/api/sessions")
+    assert status == 200, sessions
+    return [s["kernel"] for s in sessions if s["kernel"]["name"] == spec]
+
+
+def delete_kernel(server, kernel_id: str, timeout: float = 30) -> None:
+    status, body = server.request("DELETE", f"/api/kernels/{kernel_id}", timeout=timeout)
+    assert status == 204, body
+
+
+# --- the tests -------------------------------------------------------------------------
+
+def test_jupyterlab_runs_a_cell_on_a_compute_node(browser, lab, screenshot):
+    open_lab(browser, lab)
+    panel = new_notebook(browser, TEST_KERNEL)
+    run_first_cell(browser, lab, "rk-test", panel, CELL)
+    node = poll("the cell's output to name a compute node", lambda: first_output(panel) in NODES and first_output(panel),
+                timeout=60)
+    shot = screenshot("jupyterlab-compute-node")
+    assert shot.stat().st_size > 0
+    assert node in NODES
+    [kernel] = kernels_of(lab, "rk-test")
+    [job] = lab.jobs()
+    assert job_in_queue(job)
+    delete_kernel(lab, kernel["id"])
+    wait_until(f"job {job} to leave the queue", lambda: not job_in_queue(job), timeout=20)
+
+
+def job_state(job: str) -> str:
+    return subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True).stdout.strip()
+
+
+# With pending kernels, jupyter_server answers POST /api/sessions at once but holds the
+# notebook's websocket handshake until the kernel has started, i.e. until the job leaves the
+# queue.  Browsers allow one websocket per host in CONNECTING state at a time (RFC 6455 4.1), so
+# every other notebook's kernel connection waits behind it: the second notebook never gets an
+# idle kernel.  Strict: once a queued kernel stops holding the handshake this XPASSes and fails.
+PENDING_KERNELS_BLOCK = pytest.mark.xfail(
+    strict=True, raises=AssertionError,
+    reason="with use_pending_kernels a queued job holds the browser's websocket handshakes")
+
+
+@pytest.mark.parametrize("mode", ["default", pytest.param("pending_kernels", marks=PENDING_KERNELS_BLOCK)])
+def test_jupyterlab_usable_while_a_job_is_queued(mode, browser, make_spec, screenshot, request):
+    """A notebook whose job is held in the queue (--begin=now+1hour) must not block the UI: a
+    second launcher opens and another notebook runs a cell on a compute node meanwhile.  Then the
+    held job is cancelled and the server forgets that kernel."""
+    from selenium.webdriver.common.by import By
+
+    server = request.getfixturevalue("lab" if mode == "default" else "pending_lab")
+    make_spec("rk-pending", directives=["--begin=now+1hour"])
+    before = set(server.jobs())
+    open_lab(browser, server)
+    click("launcher card for the held kernel", lambda: launcher_card(browser, "Python 3 (rk-pending)"))
+    [held] = poll("the held kernel's job to be submitted", lambda: [j for j in server.jobs() if j not in before])
+    try:
+        assert poll(f"job {held} to be listed as pending", lambda: job_state(held) == "PENDING")
+        poll("the held notebook to open", lambda: current_notebook(browser))
+        # A second launcher, from the "+" of the main area's tab bar, while the job waits.
+        click("the new-launcher button",
+              lambda: next((b for b in browser.find_elements(By.CSS_SELECTOR, "#jp-main-dock-panel .lm-TabBar-addButton")
+                            if b.is_displayed()), None))
+        second = new_notebook(browser, TEST_KERNEL, previous=1)
+        run_first_cell(browser, server, "rk-test", second, CELL, ready_timeout=15)
+        poll("the second notebook's output to name a compute node", lambda: first_output(second) in NODES,
+             timeout=30)
+        screenshot(f"jupyterlab-queued-kernel-{mode}")
+        assert job_state(held) == "PENDING", "the held job should still wait"
+
+        [running] = kernels_of(server, "rk-test")
+        ran = [j for j in server.jobs() if j not in before and j != held]
+        delete_kernel(server, running["id"])
+        ensure_jobs_gone(ran, "the second notebook's kernel")
+    finally:
+        # Deleting a pending kernel over REST hangs (see test_delete_pending_kernel_cancels_its_job):
+        # cancel its job, which fails the start once the provisioner sees it; the default server
+        # then forgets the kernel, a pending-kernels server keeps it until DELETE (now at once).
+        subprocess.run(["scancel", held], capture_output=True)
+        ensure_jobs_gone([held], "the held notebook")
+        poll("the server to see the held job end",
+             lambda: f"job {held} ended before the kernel started" in server.log())
+        for kernel in server.kernels():
+            if kernel["name"] == "rk-pending":
+                delete_kernel(server, kernel["id"], timeout=15)
+        poll("the held kernel to be gone", lambda: all(k["name"] != "rk-pending" for k in server.kernels()),
+             timeout=15)
+
+
+# jupyter_client's MultiKernelManager.shutdown_kernel awaits a pending kernel's start before
+# shutting it down, and the provisioner's launch_kernel waits for the job with nothing to stop
+# it: DELETE hangs until the job starts (here an hour), and so does the server's own shutdown.
+# Strict: once a pending kernel can be deleted this XPASSes and fails, to drop the marker.
+@pytest.mark.xfail(strict=True, raises=TimeoutError,
+                   reason="remote_kernels: DELETE of a kernel whose job is pending hangs until the job starts")
+def test_delete_pending_kernel_cancels_its_job(pending_lab, make_spec):
+    make_spec("rk-pending", directives=["--begin=now+1hour"])
+    before = set(pending_lab.jobs())
+    status, kernel = pending_lab.request("POST", "/api/kernels", {"name": "rk-pending"})
+    assert status == 201, kernel
+    [held] = poll("the pending kernel's job to be submitted", lambda: [j for j in pending_lab.jobs() if j not in before])
+    try:
+        assert poll(f"job {held} to be listed as pending", lambda: job_state(held) == "PENDING")
+        t0 = time.monotonic()
+        delete_kernel(pending_lab, kernel["id"], timeout=10)
+        assert time.monotonic() - t0 < 10
+        wait_until(f"job {held} to be cancelled", lambda: not job_in_queue(held), timeout=20)
+        assert all(k["id"] != kernel["id"] for k in pending_lab.kernels())
+    finally:
+        subprocess.run(["scancel", held], capture_output=True)
+        ensure_jobs_gone([held], "the pending kernel")
