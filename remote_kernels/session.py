@@ -268,6 +268,7 @@ class RemoteKernelSession:
         deadline = time.monotonic() + max(5.0, self.opts.grace - 5.0)
         delay = 0.25
         self.log.warning("remote kernel %s: SSH connection to %s dropped; reconnecting", self.name, self.node)
+        self._close_forwards()   # stop accepting local connections onto the dead SSH connection
         while not self._closing and time.monotonic() < deadline:
             st = self.watcher.status.get(self.job_id)
             if st is None or st.state.finished:
