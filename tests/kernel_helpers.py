@@ -59,3 +59,24 @@ async def until(what: str, cond, timeout: float = 30, interval: float = 0.1):
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(interval)
     return value
+
+
+# A Jupyter server in a separate process (e.g. in the laptop namespace):
+# `python -c SERVER_SCRIPT SPEC CODE` starts SPEC's kernel, runs CODE and prints
+# "RESULT <output words> <job id> <reply status>", then shuts the kernel down.
+SERVER_SCRIPT = """
+import asyncio, sys
+from jupyter_client.manager import AsyncKernelManager
+async def main():
+    km = AsyncKernelManager(kernel_name=sys.argv[1])
+    await km.start_kernel()
+    kc = km.client(); kc.start_channels()
+    await kc.wait_for_ready(timeout=60)
+    out = []
+    reply = await kc.execute_interactive(sys.argv[2], timeout=60,
+                                         output_hook=lambda m: out.append(m["content"].get("text", "")))
+    print("RESULT", "".join(out).strip(), km.provisioner.session.job_id, reply["content"]["status"], flush=True)
+    kc.stop_channels()
+    await km.shutdown_kernel()
+asyncio.run(main())
+"""

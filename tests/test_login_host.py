@@ -5,33 +5,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import textwrap
 
 import pytest
 
-from kernel_helpers import job_in_queue
+from kernel_helpers import SERVER_SCRIPT, job_in_queue
 from slurm_helpers import wait_until
 
 pytestmark = pytest.mark.cluster
-
-LAPTOP_SERVER = textwrap.dedent("""
-    import asyncio, sys
-    from jupyter_client.manager import AsyncKernelManager
-    async def main():
-        km = AsyncKernelManager(kernel_name=sys.argv[1])
-        await km.start_kernel()
-        kc = km.client(); kc.start_channels()
-        await kc.wait_for_ready(timeout=60)
-        out = []
-        reply = await kc.execute_interactive(
-            "import socket, os; print(socket.gethostname(), os.environ['SLURM_JOB_ID'])",
-            output_hook=lambda m: out.append(m["content"].get("text", "")), timeout=60)
-        print("RESULT", "".join(out).strip(), reply["content"]["status"], flush=True)
-        kc.stop_channels()
-        await km.shutdown_kernel()
-    asyncio.run(main())
-""")
-
 
 def _in_laptop(cluster, *argv: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run(["nsenter", f"--net=/run/netns/{cluster['laptop']['netns']}", *argv],
@@ -46,7 +26,8 @@ def test_laptop_cannot_reach_scheduler_or_nodes_directly(cluster):
 
 def test_kernel_from_a_laptop_through_the_login_host(cluster, make_spec):
     make_spec("rk-laptop", login_host=cluster["laptop"]["login_host"])
-    res = _in_laptop(cluster, sys.executable, "-c", LAPTOP_SERVER, "rk-laptop")
+    res = _in_laptop(cluster, sys.executable, "-c", SERVER_SCRIPT, "rk-laptop",
+                     "import socket; print(socket.gethostname())")
     assert res.returncode == 0, res.stderr[-2000:]
     line = next(l for l in res.stdout.splitlines() if l.startswith("RESULT"))
     _, host, job, status = line.split()

@@ -19,7 +19,7 @@ import pytest
 
 from conftest import _missing as missing
 
-from kernel_helpers import processes_mentioning, run_cell, until, value_of
+from kernel_helpers import SERVER_SCRIPT, processes_mentioning, run_cell, until, value_of
 from remote_kernels.cli import main as cli_main
 from remote_kernels.schedulers import get_scheduler
 from remote_kernels.schedulers._common import seconds
@@ -146,30 +146,14 @@ async def test_job_cancelled_from_outside_is_noticed(scheduler_env, make_spec, s
     await until("launcher and kernel processes to end", lambda: not processes_mentioning(sid), timeout=15)
 
 
-LAPTOP_SERVER = """
-import asyncio, sys
-from jupyter_client.manager import AsyncKernelManager
-async def main():
-    km = AsyncKernelManager(kernel_name=sys.argv[1])
-    await km.start_kernel()
-    kc = km.client(); kc.start_channels()
-    await kc.wait_for_ready(timeout=60)
-    out = []
-    reply = await kc.execute_interactive("import socket, os; print(socket.gethostname(), os.environ['RK_SSH_HOST'])",
-                                         output_hook=lambda m: out.append(m["content"].get("text", "")), timeout=60)
-    print("RESULT", "".join(out).strip(), km.provisioner.session.job_id, reply["content"]["status"], flush=True)
-    kc.stop_channels()
-    await km.shutdown_kernel()
-asyncio.run(main())
-"""
-
-
 async def test_ssh_hosts_through_a_login_host(cluster, make_spec):
     """A server off the cluster (the laptop namespace reaches only the login host) starts an
     ssh-"scheduled" kernel on c1: the adapter's SSH connections jump through the login host."""
     make_spec("rk-e2e-ssh-laptop", **spec_config("ssh"), login_host=cluster["laptop"]["login_host"])
     res = subprocess.run(["nsenter", f"--net=/run/netns/{cluster['laptop']['netns']}", sys.executable, "-c",
-                          LAPTOP_SERVER, "rk-e2e-ssh-laptop"], capture_output=True, text=True, timeout=120)
+                          SERVER_SCRIPT, "rk-e2e-ssh-laptop",
+                          "import socket, os; print(socket.gethostname(), os.environ['RK_SSH_HOST'])"],
+                         capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
     _, host, ssh_host, job, status = next(l for l in res.stdout.splitlines() if l.startswith("RESULT")).split()
     assert (host, ssh_host, status) == ("c1", "c1", "ok") and job.startswith("c1:")
