@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import xml.etree.ElementTree as ET
 from typing import Callable, Iterable
 
 from ..runner import CommandError, CommandRunner
@@ -92,6 +93,14 @@ def log_redirect(output: str, job_id_expr: str) -> list[str]:
     head, sep, tail = output.partition("%j")
     path = shlex.quote(head) + (f'"{job_id_expr}"' + shlex.quote(tail) if sep else "")
     return [f"exec >>{path} 2>&1"]
+
+
+def xml_root(stdout: str) -> ET.Element:
+    """The parsed XML document; ValueError (a failed query, not a verdict on jobs) if malformed."""
+    try:
+        return ET.fromstring(stdout)
+    except ET.ParseError as e:
+        raise ValueError(str(e)) from None
 
 
 def parse_or_gone(job_ids: Iterable[str], found: dict[str, JobStatus]) -> dict[str, JobStatus]:

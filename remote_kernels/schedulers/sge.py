@@ -4,10 +4,10 @@
 from __future__ import annotations
 
 import re
-import xml.etree.ElementTree as ET
 
 from . import JobState, JobStatus, Resources
-from ._common import StatusOnly, directive_lines, first_host, hms, last_match, megabytes, output_path, query, seconds
+from ._common import (StatusOnly, directive_lines, first_host, hms, last_match, megabytes, output_path, query,
+                      seconds, xml_root)
 
 # State letters combine (qstat(1)): d(eletion) E(rror) h(old) r(unning) R(estarted)
 # s/S/T (suspended by user/subordination/threshold) t(ransferring) w(aiting) q(ueued).
@@ -62,10 +62,7 @@ class SGE(StatusOnly):
     @staticmethod
     def parse_status(stdout: str) -> dict[str, JobStatus]:
         """``qstat -xml``: <job_list> elements under queue_info (running) and job_info (pending)."""
-        try:
-            root = ET.fromstring(stdout)
-        except ET.ParseError as e:
-            raise ValueError(str(e)) from None
+        root = xml_root(stdout)
         found = {}
         for job in root.iter("job_list"):
             letters = (job.findtext("state") or "").strip()

@@ -6,7 +6,7 @@ import datetime
 import xml.etree.ElementTree as ET
 
 from . import JobState, JobStatus, Resources
-from ._common import first_host, hms, megabytes
+from ._common import first_host, hms, megabytes, xml_root
 from .pbs import STATES, PBSFamily, exit_state, left
 
 # Torque's job states: PBS's, plus C (completed, kept for keep_completed seconds).
@@ -38,10 +38,7 @@ class Torque(PBSFamily):
         """``qstat -x`` output: <Data><Job><Job_Id/><job_state/>...</Job>...</Data>."""
         if not stdout.strip():
             return {}
-        try:
-            root = ET.fromstring(stdout)
-        except ET.ParseError as e:
-            raise ValueError(str(e)) from None
+        root = xml_root(stdout)
         found = {}
         for job in root.iter("Job"):
             native = _text(job, "job_state")

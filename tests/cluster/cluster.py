@@ -223,7 +223,7 @@ Subsystem sftp /usr/lib/openssh/sftp-server
 
 
 def ssh_client_config() -> str:
-    blocks = [f"# ssh client config for the remote-kernels test cluster (written by cluster.py)"]
+    blocks = ["# ssh client config for the remote-kernels test cluster (written by cluster.py)"]
     for node, addr in {**NODES, "login": LAPTOP_LINK[0]}.items():
         blocks.append(
             f"Host {node}\n"
@@ -556,19 +556,18 @@ def status() -> int:
     return 0 if ok else 1
 
 
-def main(argv: list[str]) -> int:
+def dispatch(prog: str, argv: list[str], commands: dict) -> int:
+    """Run ``argv[1]`` (default ``status``) from commands {name: fn}; fn's int result is the exit code."""
     if os.geteuid() != 0:
-        raise SystemExit("cluster: must run as root (it creates namespaces and starts daemons)")
+        raise SystemExit(f"{prog}: must run as root (it creates namespaces and starts daemons)")
     cmd = argv[1] if len(argv) > 1 else "status"
-    if cmd == "up":
-        up()
-    elif cmd == "down":
-        down()
-    elif cmd == "status":
-        return status()
-    else:
-        raise SystemExit(f"cluster: unknown command {cmd!r}; use up, down or status")
-    return 0
+    if cmd not in commands:
+        raise SystemExit(f"{prog}: unknown command {cmd!r}; use {', '.join(commands)}")
+    return commands[cmd]() or 0
+
+
+def main(argv: list[str]) -> int:
+    return dispatch("cluster", argv, {"up": up, "down": down, "status": status})
 
 
 if __name__ == "__main__":

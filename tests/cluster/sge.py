@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cluster import LOGIN_ADDR, NODES, in_node, kill_pids, ns_path, pid_alive, wait_for  # noqa: E402
+from cluster import LOGIN_ADDR, NODES, dispatch, in_node, kill_pids, ns_path, pid_alive, wait_for  # noqa: E402
 
 SGE_ROOT = Path("/var/lib/gridengine")
 CELL = "default"
@@ -233,18 +233,7 @@ def status() -> int:
 
 
 def main(argv: list[str]) -> int:
-    if os.geteuid() != 0:
-        raise SystemExit("sge: must run as root")
-    cmd = argv[1] if len(argv) > 1 else "status"
-    if cmd == "up":
-        up()
-    elif cmd == "down":
-        down()
-    elif cmd == "status":
-        return status()
-    else:
-        raise SystemExit(f"sge: unknown command {cmd!r}; use up, down or status")
-    return 0
+    return dispatch("sge", argv, {"up": up, "down": down, "status": status})
 
 
 if __name__ == "__main__":
