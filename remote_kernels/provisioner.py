@@ -5,8 +5,15 @@ The job lives from the first launch_kernel() until cleanup(restart=False):
 jupyter_client calls kill()/terminate() with restart=False even while restarting
 (jupyter_client#1061), so those only stop the kernel, never the job.
 
+Sessions live on the process's background loop (``background.py``), so forwards keep
+running for synchronous jupyter_client users too.  Under a server with pending kernels
+(``use_pending_kernels``) launch_kernel waits at most DEFER_AFTER seconds for the job:
+if it is still queued, it returns and the kernel starts when the job runs; until then a
+stand-in answers on the kernel's endpoints (standin.py), and shutting down withdraws the job.
+
 Launch keyword ``on_status``: ``km.start_kernel(on_status=callback)`` has the session
-call ``callback(JobStatus, seconds_waited)`` at each poll while the job waits to start.
+call ``callback(JobStatus, seconds_waited)`` (on the caller's loop) at each poll while
+the job waits to start.
 """
 
 from __future__ import annotations
@@ -22,9 +29,14 @@ from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
 from traitlets import Enum
 
+from . import background
 from .launcher import CHANNELS
 from .options import KernelOptions
 from .session import KernelStartError, RemoteKernelSession
+from .standin import QueuedKernelStandIn
+
+# Under pending kernels, how long launch_kernel waits for the job before returning with a stand-in.
+DEFER_AFTER = 5.0
 
 # Environment variables of the server passed on to the kernel (the rest stays on the login side).
 PASS_ENV_PREFIXES = ("JPY_", "JUPYTER_")
@@ -39,11 +51,12 @@ class RemoteKernelProvisioner(KernelOptions, KernelProvisionerBase):  # type: ig
         "the HMAC key stops forged messages but not reading the output).")).tag(config=True)
 
     session: RemoteKernelSession | None = None
+    _standin: QueuedKernelStandIn | None = None
     _login_dir: str | None = None
 
     @property
     def has_process(self) -> bool:
-        return self.session is not None and self.session.kernel_pid is not None
+        return self.session is not None and (self.session.kernel_pid is not None or self.session.starting)
 
     async def poll(self) -> int | None:
         if self.session is None:
@@ -66,12 +79,25 @@ class RemoteKernelProvisioner(KernelOptions, KernelProvisionerBase):  # type: ig
     async def terminate(self, restart: bool = False) -> None:
         await self._tell("signal", signal.SIGTERM)
 
+    async def shutdown_requested(self, restart: bool = False) -> None:
+        if self.session is not None and self.session.starting:
+            # Nothing runs yet to receive the request: withdraw the job now.
+            self.log.info("remote kernel: job %s has not started; cancelling it", self.session.job_id)
+            await self._end_session()
+
     async def _tell(self, what: str, *args: Any) -> None:
-        """Forward to the session; log (not raise) failures so shutdown can go on to cleanup()."""
-        if self.session is None:
+        """Forward to the session; log (not raise) failures so shutdown can go on to cleanup().
+
+        While the job has not started, stopping means withdrawing it; signals are dropped."""
+        session = self.session
+        if session is None:
+            return
+        if session.starting:
+            if what != "signal":
+                await self._end_session()
             return
         try:
-            await getattr(self.session, what)(*args)
+            await background.run(getattr(session, what)(*args))
         except KernelStartError as e:
             self.log.warning("remote kernel: %s failed: %s", what, e)
 
@@ -105,25 +131,61 @@ class RemoteKernelProvisioner(KernelOptions, KernelProvisionerBase):  # type: ig
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
         env = kwargs.get("env") or {}
         kernel_env = {k: v for k, v in env.items() if k.startswith(PASS_ENV_PREFIXES)}
-        if self.session is not None and not self.session.usable:
-            self.log.warning("remote kernel: the job of the previous kernel is gone; submitting a new one")
-            await self.session.close()
-            self.session = None
+        on_status = kwargs.get("on_status")
+        if on_status is not None:   # the session calls it on the background loop
+            on_status = background.call_in(asyncio.get_running_loop(), on_status)
         try:
-            if self.session is None:
-                self.session = RemoteKernelSession(self, name=_short_name(self), kernel_id=self.kernel_id or "",
-                                                   log=self.log)
-                self.session.on_status = kwargs.get("on_status")
-                await self.session.start_job()
-            await self.session.forward(self._endpoints())
-            await self.session.start_kernel(
-                self.connection_info["key"], self.connection_info.get("signature_scheme", "hmac-sha256"),
-                kernel_name=self.connection_info.get("kernel_name", ""), cwd=kwargs.get("cwd"), env=kernel_env)
+            await background.run(self._launch(kernel_env, kwargs.get("cwd"), on_status))
         except BaseException:
             # jupyter_client forgets a manager whose start failed: release everything now.
             await self._end_session()
             raise
         return self.connection_info
+
+    def _defer_start(self) -> bool:
+        """Return before the job runs when the server uses pending kernels (it then must not
+        wait for the queue: it holds the kernel's websockets until launch_kernel returns)."""
+        multi = getattr(self.parent, "parent", None)
+        return bool(getattr(multi, "use_pending_kernels", False))
+
+    async def _launch(self, env: dict, cwd: str | None, on_status) -> None:
+        """On the background loop: start the kernel, in the current job if it is usable."""
+        if self.session is not None and not self.session.usable:
+            self.log.warning("remote kernel: the job of the previous kernel is gone; submitting a new one")
+            await self._close(self.session)
+            self.session = None
+        if self.session is None:
+            session = self.session = RemoteKernelSession(
+                self, name=_short_name(self), kernel_id=self.kernel_id or "", log=self.log)
+            background.track(session)
+            session.on_status = on_status
+            if self._defer_start():
+                await self._start_deferred(session, env, cwd)
+                return
+            await session.start_job()
+        await self._start_kernel(self.session, env, cwd)
+
+    async def _start_deferred(self, session: RemoteKernelSession, env: dict, cwd: str | None) -> None:
+        """Submit, then wait DEFER_AFTER seconds at most: a job still queued by then gets a
+        stand-in on the kernel's endpoints and starts in the background."""
+        await session.submit_job()
+        task = session.start_in_background(lambda: self._start_kernel(session, env, cwd))
+        await asyncio.wait({task}, timeout=DEFER_AFTER)
+        if task.done() or session.node is not None:   # started, failed, or past the queue
+            await task
+            return
+        self._standin = QueuedKernelStandIn(self.connection_info, session.queue_summary)
+        self._standin.start()
+        task.add_done_callback(lambda _: self._close_standin())
+        self.log.info("remote kernel %s: job %s is still queued; the kernel starts when it runs, a "
+                      "stand-in answers until then", session.name, session.job_id)
+
+    async def _start_kernel(self, session: RemoteKernelSession, env: dict, cwd: str | None) -> None:
+        info = self.connection_info
+        self._close_standin()
+        await session.forward(self._endpoints())
+        await session.start_kernel(info["key"], info.get("signature_scheme", "hmac-sha256"),
+                                   kernel_name=info.get("kernel_name", ""), cwd=cwd, env=env)
 
     async def cleanup(self, restart: bool = False) -> None:
         if not restart:
@@ -132,10 +194,21 @@ class RemoteKernelProvisioner(KernelOptions, KernelProvisionerBase):  # type: ig
     async def _end_session(self) -> None:
         if self.session is not None:
             session, self.session = self.session, None
-            await session.close()
+            await background.run(self._close(session))
         if self._login_dir is not None:
             shutil.rmtree(self._login_dir, ignore_errors=True)
             self._login_dir = None
+
+    def _close_standin(self) -> None:
+        if self._standin is not None:
+            standin, self._standin = self._standin, None
+            standin.close()
+
+    async def _close(self, session: RemoteKernelSession) -> None:
+        """On the background loop (the stand-in's sockets belong to it): end the session."""
+        self._close_standin()
+        await session.close()
+        background.untrack(session)
 
     def get_shutdown_wait_time(self, recommended: float = 5.0) -> float:
         return max(recommended, 10.0)

@@ -24,7 +24,7 @@ import os
 import secrets
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Awaitable, Callable
 
 import asyncssh
 from jupyter_core.paths import jupyter_data_dir
@@ -43,6 +43,9 @@ JOB_ENDED_CODES = {JobState.CANCELLED: 143, JobState.TIMEOUT: 124, JobState.NODE
                    JobState.PREEMPTED: 143, JobState.OOM: 137, JobState.FAILED: 1,
                    JobState.COMPLETED: 0, JobState.GONE: 1, JobState.UNKNOWN: 1}
 
+
+# How long a kernel's death by a signal waits to be told apart from its job's end.
+SIGNAL_EXIT_GRACE = 1.0
 
 # Where jobs write their output when the server is off the cluster (relative to the login home).
 REMOTE_JOB_DIR = ".remote-kernels/jobs"
@@ -87,6 +90,9 @@ class RemoteKernelSession:
         self.on_status: Callable[[JobStatus, float], None] | None = None
         self._endpoints: dict[str, str | int] = {}
         self._closing = False
+        self._start_task: asyncio.Task | None = None
+        self._exit_timer: asyncio.TimerHandle | None = None
+        self._t0 = 0.0
         self.reconnects = 0
 
     # --- paths ---------------------------------------------------------------
@@ -120,7 +126,16 @@ class RemoteKernelSession:
     # --- job -----------------------------------------------------------------
     async def start_job(self) -> None:
         """Submit the job, wait until it runs, connect to the node and reach the launcher."""
-        t0 = time.monotonic()
+        self._start_task = asyncio.current_task()
+        try:
+            await self.submit_job()
+            await self.reach_launcher()
+        finally:
+            self._start_task = None
+
+    async def submit_job(self) -> None:
+        """Render and submit the batch script; the job is known (and watched) on return."""
+        self._t0 = time.monotonic()
         try:
             text = script.render(self.scheduler, self.opts, session=self.session_id,
                                  job_name=f"rk-{self.name}"[:64], output=f"{self._log_dir()}/%j.log")
@@ -130,18 +145,25 @@ class RemoteKernelSession:
                 self.job_id = await self._submit(text)
             except Exception as e:
                 raise KernelStartError(f"{self.scheduler.name} refused the job: {e}") from None
-            self.timings["submit"] = time.monotonic() - t0
+            self.timings["submit"] = time.monotonic() - self._t0
             self.entry = Entry(session_id=self.session_id, spec=self.name, scheduler=self.scheduler.name,
                                job_id=self.job_id, kernel_id=self.kernel_id)
             self.entry.save()
             self.log.info("remote kernel %s: submitted %s job %s", self.name, self.scheduler.name, self.job_id)
             self.watcher.watch(self.job_id)
-            status = await self._wait_running(t0)
+        except BaseException:
+            await self.close()
+            raise
+
+    async def reach_launcher(self) -> None:
+        """After submit_job(): wait until the job runs, connect to its node, reach the launcher."""
+        try:
+            status = await self._wait_running(self._t0)
             self.watcher.started(self.job_id)
             self.node = status.node.split(",")[0]
             self.entry.node = self.node
             self.entry.save()
-            self.timings["queued"] = time.monotonic() - t0 - self.timings["submit"]
+            self.timings["queued"] = time.monotonic() - self._t0 - self.timings["submit"]
             self.log.info("remote kernel %s: job %s running on %s", self.name, self.job_id, self.node)
             t1 = time.monotonic()
             try:
@@ -155,6 +177,48 @@ class RemoteKernelSession:
         except BaseException:
             await self.close()
             raise
+
+    def start_in_background(self, then: Callable[[], Awaitable[None]]) -> asyncio.Task:
+        """After submit_job(): reach the launcher, then await ``then()``, in a task of their own.
+
+        For callers that must not wait for the queue.  A failure closes the session, sets
+        ``exit_code`` (1) and ``ended_reason`` and is logged; close() cancels the task.
+        """
+        async def finish() -> None:
+            try:
+                await self.reach_launcher()
+                await then()
+            except BaseException:
+                await self.close()
+                raise
+
+        self._start_task = asyncio.get_running_loop().create_task(finish())
+        self._start_task.add_done_callback(self._background_start_done)
+        return self._start_task
+
+    def _background_start_done(self, task: asyncio.Task) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        self.ended_reason = str(task.exception())
+        self.log.error("remote kernel %s: %s", self.name, self.ended_reason)
+        if self.exit_code is None:
+            self.exit_code = 1
+
+    def queue_summary(self) -> str:
+        """Where the job is, in words: "slurm job 42 is queued (Priority) after 12s"."""
+        st = self.watcher.status.get(self.job_id or "")
+        if st is None:
+            return f"{self.scheduler.name} job {self.job_id} is not known any more"
+        waited = f"after {time.monotonic() - self._t0:.0f}s"
+        if st.state is JobState.RUNNING:
+            return f"{self.scheduler.name} job {self.job_id} started on {st.node} {waited}; the kernel is starting"
+        return (f"{self.scheduler.name} job {self.job_id} is {st.state.value}" + (f" ({st.reason})" if st.reason else "")
+                + f" {waited}")
+
+    @property
+    def starting(self) -> bool:
+        """True while a start is in progress (the job may still wait in the queue)."""
+        return self._start_task is not None and not self._start_task.done()
 
     async def _submit(self, text: str) -> str:
         """Submit; if cancelled meanwhile, let the submission finish and cancel what it made,
@@ -239,8 +303,7 @@ class RemoteKernelSession:
                     break
                 msg = json.loads(line)
                 if msg.get("event") == "exited":
-                    self.exit_code = msg.get("code")
-                    self.log.info("remote kernel %s: kernel exited with code %s", self.name, self.exit_code)
+                    self._kernel_exited(msg.get("code"))
                 else:
                     fut = self._pending.pop(msg.get("id"), None)
                     if fut is not None and not fut.done():
@@ -249,6 +312,9 @@ class RemoteKernelSession:
             pass
         finally:
             self._ctl = None
+            if self._exit_timer is not None:
+                self._exit_timer.cancel()   # the launcher went too: the job ended (explained below)
+                self._exit_timer = None
             for fut in self._pending.values():
                 if not fut.done():
                     fut.set_result({"event": "lost"})
@@ -257,6 +323,20 @@ class RemoteKernelSession:
                 if self.conn is not None and self.conn.closed and await self._reconnect():
                     return
                 await self._explain_lost_launcher()
+
+    def _kernel_exited(self, code: int | None) -> None:
+        """The launcher reports the kernel's end.  A kernel killed by a signal may have been
+        killed with its job (scancel signals every process of the job): if the launcher's
+        channel closes within SIGNAL_EXIT_GRACE, the job's end is reported instead."""
+        def report() -> None:
+            self._exit_timer = None
+            self.exit_code = code
+            self.log.info("remote kernel %s: kernel exited with code %s", self.name, code)
+
+        if code is not None and code < 0:
+            self._exit_timer = asyncio.get_running_loop().call_later(SIGNAL_EXIT_GRACE, report)
+        else:
+            report()
 
     async def _reconnect(self) -> bool:
         """The SSH connection dropped: reconnect with backoff, reopen control and forwards.
@@ -389,8 +469,14 @@ class RemoteKernelSession:
         return self._ctl is not None
 
     async def close(self) -> None:
-        """End everything: kernel, launcher, job, forwards, connection.  Idempotent."""
+        """End everything: kernel, launcher, job, forwards, connection.  Idempotent.
+
+        A start in progress is cancelled first (its own clean-up cancels the job)."""
         self._closing = True
+        start = self._start_task
+        if start is not None and not start.done() and start is not asyncio.current_task():
+            start.cancel()
+            await asyncio.gather(start, return_exceptions=True)
         said_bye = False
         if self._ctl is not None:
             try:

@@ -21,7 +21,7 @@ class JobWatcher:
     consecutive failed queries.  ``await wait_update(job_id)`` returns the next status.
     """
 
-    _instances: dict[tuple[int, str, str], "JobWatcher"] = {}
+    _instances: dict[tuple, "JobWatcher"] = {}
 
     def __init__(self, scheduler: Scheduler, interval: float = 2.0, fast_interval: float = 0.2,
                  max_failures: int = 5, fast_period: float = 10.0):
@@ -38,8 +38,9 @@ class JobWatcher:
 
     @classmethod
     def for_scheduler(cls, scheduler: Scheduler, **kw) -> "JobWatcher":
-        """The shared watcher of this event loop for scheduler's kind."""
-        key = (id(asyncio.get_running_loop()), scheduler.name, scheduler.runner.where)
+        """The shared watcher of this event loop for scheduler's kind, place and settings."""
+        key = (id(asyncio.get_running_loop()), scheduler.name, scheduler.runner.where,
+               scheduler.runner.timeout, tuple(sorted(kw.items())))
         if key not in cls._instances:
             cls._instances[key] = cls(scheduler, **kw)
         return cls._instances[key]

@@ -164,6 +164,19 @@ def test_cancel_orphans_ends_only_the_jobs_of_dead_servers(cli, owners):
     assert ps(cli) == {}
 
 
+def test_cancel_orphans_says_when_a_job_had_already_ended(cli, owners):
+    cli.install("rkc-ended", "--time", "00:10:00")
+    dead, orphan = owners("rkc-ended")
+    dead.send_signal(signal.SIGKILL)
+    dead.wait(timeout=10)
+    subprocess.run(["scancel", orphan["job_id"]], check=True)
+    wait_until(f"job {orphan['job_id']} to end", lambda: not job_in_queue(orphan["job_id"]), timeout=15)
+    res = cli("cancel", "--orphans")
+    assert res.returncode == 0, res.stderr
+    assert f"job {orphan['job_id']} of kernel {orphan['kernel_id']} (spec rkc-ended) had already ended" in res.stdout
+    assert orphan["job_id"] not in ps(cli)
+
+
 def test_cancel_unknown_id_is_refused(cli):
     res = cli("cancel", "no-such-kernel")
     assert res.returncode == 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import threading
+import time
 
 import nbformat
 import pexpect
@@ -72,12 +73,52 @@ def test_server_rest_and_websocket(server):
             server.request("DELETE", f"/api/kernels/{kid}")
 
 
-# A server stopped while a kernel's job waits in the queue exits without cancelling the job:
-# the start in progress is not a kernel jupyter_server knows yet, so nothing closes its session.
-# The job stays queued; when it starts, the launcher idles until the dead-man switch (grace).
-# Strict: once the job is cancelled this XPASSes and fails, to drop the marker.
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="remote_kernels: stopping the server leaves a queued kernel's job in the queue")
+@pytest.fixture(scope="module")
+def pending_server(kernelspecs, tmp_path_factory):
+    with JupyterServer(tmp_path_factory.mktemp("jupyter-server-pending"), app="server",
+                       extra_args=("--MappingKernelManager.use_pending_kernels=True",)) as srv:
+        yield srv
+
+
+def test_pending_kernel_answers_while_queued_then_runs_on_the_node(pending_server, make_spec):
+    """With pending kernels a kernel whose job waits in the queue connects at once and says so
+    when asked to run a cell; once the job runs, the same websocket reaches the real kernel."""
+    server = pending_server
+    make_spec("rk-held", directives=["--begin=now+1hour"])
+    before = set(server.jobs())
+    t0 = time.monotonic()
+    status, kernel = server.request("POST", "/api/kernels", {"name": "rk-held"})
+    assert status == 201, kernel
+    kid = kernel["id"]
+    [job] = wait_until("the kernel's job to be submitted", lambda: [j for j in server.jobs() if j not in before])
+    try:
+        with server.channels(kid) as ws:
+            ws.wait_ready(timeout=30)
+            assert time.monotonic() - t0 < 20, "the websocket waited for the queue"
+            reply, out = ws.execute(WHERE, timeout=10)
+            assert reply["status"] == "error" and reply["ename"] == "KernelNotStarted", out
+            assert f"job {job} is queued" in reply["evalue"] and "this cell did not run" in out
+            assert job_in_queue(job)
+
+            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
+
+            def ran_on_a_node():
+                try:
+                    reply, out = ws.execute(WHERE, timeout=5)
+                except AssertionError:   # a request in flight while the sockets switched over
+                    return None
+                return out.split() if reply["status"] == "ok" else None
+            node, ran_in = wait_until("a cell to run on the compute node", ran_on_a_node, timeout=60)
+            assert node in NODES and ran_in == job
+        status, body = server.request("DELETE", f"/api/kernels/{kid}")
+        assert status == 204, body
+        wait_until(f"job {job} to leave the queue", lambda: not job_in_queue(job), timeout=20)
+    finally:
+        subprocess.run(["scancel", job], capture_output=True)
+        if any(k["id"] == kid for k in server.kernels()):
+            server.request("DELETE", f"/api/kernels/{kid}")
+
+
 def test_server_stopped_while_a_job_is_queued_cancels_it(kernelspecs, make_spec, tmp_path):
     make_spec("rk-held", directives=["--begin=now+1hour"])
     srv = JupyterServer(tmp_path, app="server").start()
@@ -110,13 +151,8 @@ def _run(argv, tmp_path, timeout=120, **kw):
     return res, submitted_jobs(res.stdout + res.stderr)
 
 
-# jupyter console uses jupyter_client's synchronous KernelManager/BlockingKernelClient.  The
-# provisioner's SSH forwards are asyncio tasks on the loop the kernel was started on, which a
-# synchronous client runs only in short bursts (and jupyter console not at all once its
-# asyncio.run() prompt loop starts), so the cell's request never reaches the node.  Strict:
-# once remote_kernels serves synchronous clients this XPASSes and fails, to drop the marker.
-@pytest.mark.xfail(strict=True, raises=pexpect.TIMEOUT,
-                   reason="remote_kernels: forwards stall under synchronous jupyter_client users")
+# jupyter console drives jupyter_client's synchronous KernelManager and BlockingKernelClient,
+# which run an event loop only inside each call: the forwards must not depend on it.
 def test_jupyter_console(kernelspecs, tmp_path):
     """`jupyter console` typed into on a terminal (a pty; piped stdin leaves it waiting forever)."""
     console = pexpect.spawn(

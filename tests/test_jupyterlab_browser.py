@@ -202,17 +202,7 @@ def job_state(job: str) -> str:
     return subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True).stdout.strip()
 
 
-# With pending kernels, jupyter_server answers POST /api/sessions at once but holds the
-# notebook's websocket handshake until the kernel has started, i.e. until the job leaves the
-# queue.  Browsers allow one websocket per host in CONNECTING state at a time (RFC 6455 4.1), so
-# every other notebook's kernel connection waits behind it: the second notebook never gets an
-# idle kernel.  Strict: once a queued kernel stops holding the handshake this XPASSes and fails.
-PENDING_KERNELS_BLOCK = pytest.mark.xfail(
-    strict=True, raises=AssertionError,
-    reason="with use_pending_kernels a queued job holds the browser's websocket handshakes")
-
-
-@pytest.mark.parametrize("mode", ["default", pytest.param("pending_kernels", marks=PENDING_KERNELS_BLOCK)])
+@pytest.mark.parametrize("mode", ["default", "pending_kernels"])
 def test_jupyterlab_usable_while_a_job_is_queued(mode, browser, make_spec, screenshot, request):
     """A notebook whose job is held in the queue (--begin=now+1hour) must not block the UI: a
     second launcher opens and another notebook runs a cell on a compute node meanwhile.  Then the
@@ -258,12 +248,6 @@ def test_jupyterlab_usable_while_a_job_is_queued(mode, browser, make_spec, scree
              timeout=15)
 
 
-# jupyter_client's MultiKernelManager.shutdown_kernel awaits a pending kernel's start before
-# shutting it down, and the provisioner's launch_kernel waits for the job with nothing to stop
-# it: DELETE hangs until the job starts (here an hour), and so does the server's own shutdown.
-# Strict: once a pending kernel can be deleted this XPASSes and fails, to drop the marker.
-@pytest.mark.xfail(strict=True, raises=TimeoutError,
-                   reason="remote_kernels: DELETE of a kernel whose job is pending hangs until the job starts")
 def test_delete_pending_kernel_cancels_its_job(pending_lab, make_spec):
     make_spec("rk-pending", directives=["--begin=now+1hour"])
     before = set(pending_lab.jobs())

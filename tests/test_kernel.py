@@ -8,6 +8,7 @@ import os
 import signal
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -162,3 +163,34 @@ async def test_restart_after_the_job_was_cancelled_submits_a_new_job(start_kerne
     await kc.wait_for_ready(timeout=60)
     assert km.provisioner.session.job_id != old_job
     assert await value_of(kc, "__import__('socket').gethostname()") in ("c1", "c2")
+
+
+def test_synchronous_jupyter_client_api(kernelspecs):
+    """start_new_kernel + BlockingKernelClient (nbclient's older callers, scripts, tests): no
+    event loop runs between the calls, yet messages reach the node, also after a restart."""
+    from jupyter_client.manager import start_new_kernel
+
+    km, kc = start_new_kernel(kernel_name="rk-test", startup_timeout=60)
+    job = km.provisioner.session.job_id
+    try:
+        def where() -> list[str]:
+            out: list[str] = []
+            reply = kc.execute_interactive(
+                "import os, socket; print(socket.gethostname(), os.environ['SLURM_JOB_ID'])", timeout=30,
+                output_hook=lambda msg: out.append(msg["content"].get("text", "")))
+            assert reply["content"]["status"] == "ok"
+            return "".join(out).split()
+
+        node, ran_in = where()
+        assert node in ("c1", "c2") and ran_in == job
+        km.restart_kernel()
+        kc.wait_for_ready(timeout=60)
+        assert where() == [node, job]
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel()
+    assert km.provisioner.session is None
+    deadline = time.monotonic() + 20
+    while job_in_queue(job):
+        assert time.monotonic() < deadline, f"job {job} still queued after shutdown"
+        time.sleep(0.2)

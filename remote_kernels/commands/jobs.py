@@ -77,17 +77,22 @@ async def end(entry: Entry) -> str:
         scheduler = get_scheduler(entry.scheduler)
     except ValueError as e:
         raise CommandFailed(str(e)) from None
-    try:
-        await scheduler.cancel(entry.job_id)
-        what = "cancelled"
-    except CommandError as e:   # fine if the job had ended anyway
+    async def ended() -> bool:
         try:
-            ended = (await scheduler.time_left([entry.job_id]))[entry.job_id].state.finished
-        except CommandError:
-            ended = False
-        if not ended:
-            raise CommandFailed(f"cannot cancel job {entry.job_id}: {e}") from None
+            return (await scheduler.status([entry.job_id]))[entry.job_id].state.finished
+        except (CommandError, KeyError):
+            return False
+
+    if await ended():
         what = "had already ended"
+    else:
+        try:
+            await scheduler.cancel(entry.job_id)
+            what = "cancelled"
+        except CommandError as e:   # fine if it ended meanwhile
+            if not await ended():
+                raise CommandFailed(f"cannot cancel job {entry.job_id}: {e}") from None
+            what = "had already ended"
     entry.remove()
     return f"job {entry.job_id} of kernel {label(entry)} (spec {entry.spec}) {what}"
 

@@ -1,0 +1,134 @@
+"""The process's background event loop, where every provisioner session lives.
+
+SSH forwards are asyncio tasks: they move bytes only while their event loop runs.  A
+synchronous jupyter_client user (``jupyter console``, ``KernelManager``,
+``start_new_kernel``) runs its loop only inside each blocking call, so forwards living
+on the caller's loop would stall between calls.  Sessions therefore live on one daemon
+thread's loop, and callers on any loop or thread await them with ``run()``.
+
+At interpreter exit, sessions still registered with ``track()`` are closed (their jobs
+cancelled), so a frontend that exits while a job waits in the queue leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import logging
+import threading
+from typing import Any, Awaitable, Callable, Coroutine, TypeVar
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+# How long run() waits, once its caller is cancelled, for the coroutine's own clean-up.
+CANCEL_CLEANUP_TIMEOUT = 60.0
+# How long interpreter exit waits for the remaining sessions to close.
+EXIT_CLOSE_TIMEOUT = 30.0
+
+_loop: asyncio.AbstractEventLoop | None = None
+_lock = threading.Lock()
+_live: set = set()   # objects with an async close(), closed at exit
+
+
+def loop() -> asyncio.AbstractEventLoop:
+    """The background loop, started on first use."""
+    global _loop
+    with _lock:
+        if _loop is None:
+            ready = threading.Event()
+            new = asyncio.new_event_loop()
+
+            def serve() -> None:
+                asyncio.set_event_loop(new)
+                new.call_soon(ready.set)
+                new.run_forever()
+
+            threading.Thread(target=serve, name="remote-kernels-io", daemon=True).start()
+            ready.wait()
+            _loop = new
+            atexit.register(_close_all)
+        return _loop
+
+
+async def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run coro on the background loop and await its result from the caller's loop.
+
+    Cancelling the caller cancels coro and waits (boundedly) until coro has finished its
+    own clean-up, so a cancelled start has released its job when this raises.
+    """
+    bg, here = loop(), asyncio.get_running_loop()
+    if here is bg:
+        return await coro
+    task_box: list[asyncio.Task] = []
+    done: asyncio.Future = here.create_future()
+
+    def finished(task: asyncio.Task) -> None:
+        here.call_soon_threadsafe(_copy_outcome, task, done)
+
+    def begin() -> None:
+        task = bg.create_task(coro)
+        task_box.append(task)
+        task.add_done_callback(finished)
+
+    bg.call_soon_threadsafe(begin)
+    try:
+        return await asyncio.shield(done)
+    except asyncio.CancelledError:
+        bg.call_soon_threadsafe(lambda: task_box and task_box[0].cancel())
+        try:
+            await asyncio.wait_for(asyncio.shield(done), CANCEL_CLEANUP_TIMEOUT)
+        except BaseException:
+            pass
+        raise
+
+
+def _copy_outcome(task: asyncio.Task, done: asyncio.Future) -> None:
+    if done.done():
+        return
+    if task.cancelled():
+        done.cancel()
+    elif task.exception() is not None:
+        done.set_exception(task.exception())
+    else:
+        done.set_result(task.result())
+
+
+def call_in(target: asyncio.AbstractEventLoop, fn: Callable[..., Any]) -> Callable[..., None]:
+    """fn wrapped to run on the target loop whichever thread calls it (for callbacks)."""
+    def call(*args: Any) -> None:
+        if not target.is_closed():
+            target.call_soon_threadsafe(fn, *args)
+    return call
+
+
+def track(obj: Any) -> None:
+    """Close obj (``await obj.close()``) at interpreter exit unless untracked before."""
+    _live.add(obj)
+
+
+def untrack(obj: Any) -> None:
+    _live.discard(obj)
+
+
+def _close_all() -> None:
+    if not _live or _loop is None or not _loop.is_running():
+        return
+    left = list(_live)
+    log.warning("remote kernels: closing %d kernel session(s) left open at exit", len(left))
+
+    async def close_all() -> None:
+        await asyncio.gather(*(_close(obj) for obj in left))
+
+    try:
+        asyncio.run_coroutine_threadsafe(close_all(), _loop).result(EXIT_CLOSE_TIMEOUT)
+    except Exception as e:  # noqa: BLE001 - exit goes on; the dead-man switch ends started jobs
+        log.warning("remote kernels: closing sessions at exit failed: %s", e)
+
+
+async def _close(obj: Any) -> None:
+    close: Callable[[], Awaitable[None]] = obj.close
+    try:
+        await close()
+    except Exception as e:  # noqa: BLE001
+        log.warning("remote kernels: closing %s at exit failed: %s", obj, e)
