@@ -51,11 +51,17 @@ def loop() -> asyncio.AbstractEventLoop:
         return _loop
 
 
-async def run(coro: Coroutine[Any, Any, T]) -> T:
+class Cancelled(RuntimeError):
+    """The coroutine was cancelled on the background loop, not by the caller."""
+
+
+async def run(coro: Coroutine[Any, Any, T], *, cancellable: bool = True) -> T:
     """Run coro on the background loop and await its result from the caller's loop.
 
-    Cancelling the caller cancels coro and waits (boundedly) until coro has finished its
-    own clean-up, so a cancelled start has released its job when this raises.
+    Cancelling the caller cancels coro (unless ``cancellable`` is false: clean-up that must
+    finish) and waits, boundedly, until coro has finished, so a cancelled start has released
+    its job when this raises CancelledError.  Raises ``Cancelled`` if coro was cancelled by
+    someone else.
     """
     bg, here = loop(), asyncio.get_running_loop()
     if here is bg:
@@ -64,7 +70,11 @@ async def run(coro: Coroutine[Any, Any, T]) -> T:
     done: asyncio.Future = here.create_future()
 
     def finished(task: asyncio.Task) -> None:
-        here.call_soon_threadsafe(_copy_outcome, task, done)
+        try:
+            here.call_soon_threadsafe(_copy_outcome, task, done)
+        except RuntimeError:   # the caller's loop is closed: nobody waits for the outcome
+            if not task.cancelled() and task.exception() is not None:
+                log.debug("background task failed after its caller left: %s", task.exception())
 
     def begin() -> None:
         task = bg.create_task(coro)
@@ -75,7 +85,8 @@ async def run(coro: Coroutine[Any, Any, T]) -> T:
     try:
         return await asyncio.shield(done)
     except asyncio.CancelledError:
-        bg.call_soon_threadsafe(lambda: task_box and task_box[0].cancel())
+        if cancellable:
+            bg.call_soon_threadsafe(lambda: task_box and task_box[0].cancel())
         try:
             await asyncio.wait_for(asyncio.shield(done), CANCEL_CLEANUP_TIMEOUT)
         except BaseException:
@@ -87,7 +98,7 @@ def _copy_outcome(task: asyncio.Task, done: asyncio.Future) -> None:
     if done.done():
         return
     if task.cancelled():
-        done.cancel()
+        done.set_exception(Cancelled("cancelled on the background loop"))
     elif task.exception() is not None:
         done.set_exception(task.exception())
     else:
@@ -97,8 +108,10 @@ def _copy_outcome(task: asyncio.Task, done: asyncio.Future) -> None:
 def call_in(target: asyncio.AbstractEventLoop, fn: Callable[..., Any]) -> Callable[..., None]:
     """fn wrapped to run on the target loop whichever thread calls it (for callbacks)."""
     def call(*args: Any) -> None:
-        if not target.is_closed():
+        try:
             target.call_soon_threadsafe(fn, *args)
+        except RuntimeError:   # the target loop is closed
+            pass
     return call
 
 

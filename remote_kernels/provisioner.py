@@ -55,10 +55,17 @@ class RemoteKernelProvisioner(KernelOptions, KernelProvisionerBase):  # type: ig
     _login_dir: str | None = None
 
     @property
+    def _pending(self) -> bool:
+        """The job has not started the kernel (yet): a start is running or a stand-in answers."""
+        return self._standin is not None or (self.session is not None and self.session.starting)
+
+    @property
     def has_process(self) -> bool:
-        return self.session is not None and (self.session.kernel_pid is not None or self.session.starting)
+        return self._pending or (self.session is not None and self.session.kernel_pid is not None)
 
     async def poll(self) -> int | None:
+        if self._pending:
+            return None
         if self.session is None:
             return 0
         return self.session.exit_code
@@ -80,21 +87,22 @@ class RemoteKernelProvisioner(KernelOptions, KernelProvisionerBase):  # type: ig
         await self._tell("signal", signal.SIGTERM)
 
     async def shutdown_requested(self, restart: bool = False) -> None:
-        if self.session is not None and self.session.starting:
-            # Nothing runs yet to receive the request: withdraw the job now.
-            self.log.info("remote kernel: job %s has not started; cancelling it", self.session.job_id)
+        if self._pending:
+            # Nothing runs yet to receive the request: withdraw the job now (a restart submits anew).
+            job = self.session.job_id if self.session else None
+            self.log.info("remote kernel: the kernel has not started; ending it" + (f" and job {job}" if job else ""))
             await self._end_session()
 
     async def _tell(self, what: str, *args: Any) -> None:
         """Forward to the session; log (not raise) failures so shutdown can go on to cleanup().
 
-        While the job has not started, stopping means withdrawing it; signals are dropped."""
-        session = self.session
-        if session is None:
-            return
-        if session.starting:
+        While the kernel has not started, stopping means withdrawing the job; signals are dropped."""
+        if self._pending:
             if what != "signal":
                 await self._end_session()
+            return
+        session = self.session
+        if session is None:
             return
         try:
             await background.run(getattr(session, what)(*args))
@@ -136,9 +144,12 @@ class RemoteKernelProvisioner(KernelOptions, KernelProvisionerBase):  # type: ig
             on_status = background.call_in(asyncio.get_running_loop(), on_status)
         try:
             await background.run(self._launch(kernel_env, kwargs.get("cwd"), on_status))
+        except background.Cancelled:
+            await self._end_all()
+            raise KernelStartError("the start was cancelled: the kernel was shut down meanwhile") from None
         except BaseException:
             # jupyter_client forgets a manager whose start failed: release everything now.
-            await self._end_session()
+            await self._end_all()
             raise
         return self.connection_info
 
@@ -174,9 +185,16 @@ class RemoteKernelProvisioner(KernelOptions, KernelProvisionerBase):  # type: ig
         if task.done() or session.node is not None:   # started, failed, or past the queue
             await task
             return
-        self._standin = QueuedKernelStandIn(self.connection_info, session.queue_summary)
+
+        def where() -> str:
+            if session.starting or not session.ended_reason:
+                return f"{session.queue_summary()}; run it again once the kernel has started"
+            return f"the kernel could not start ({session.ended_reason}); restart the kernel to submit a new job"
+
+        # The stand-in stays after a failed start, saying why: a restart by the user submits a
+        # new job; the server's automatic restarts, which would resubmit forever, do not happen.
+        self._standin = QueuedKernelStandIn(self.connection_info, where)
         self._standin.start()
-        task.add_done_callback(lambda _: self._close_standin())
         self.log.info("remote kernel %s: job %s is still queued; the kernel starts when it runs, a "
                       "stand-in answers until then", session.name, session.job_id)
 
@@ -189,26 +207,37 @@ class RemoteKernelProvisioner(KernelOptions, KernelProvisionerBase):  # type: ig
 
     async def cleanup(self, restart: bool = False) -> None:
         if not restart:
+            await self._end_all()
+
+    async def _end_all(self) -> None:
+        """End the session and remove the login-side directory."""
+        try:
             await self._end_session()
+        finally:
+            if self._login_dir is not None:
+                shutil.rmtree(self._login_dir, ignore_errors=True)
+                self._login_dir = None
 
     async def _end_session(self) -> None:
-        if self.session is not None:
+        """Close the session and any stand-in (job withdrawn or ended); the login-side directory
+        stays, so a restart keeps the endpoints the frontend is connected to."""
+        if self.session is not None or self._standin is not None:
             session, self.session = self.session, None
-            await background.run(self._close(session))
-        if self._login_dir is not None:
-            shutil.rmtree(self._login_dir, ignore_errors=True)
-            self._login_dir = None
+            await background.run(self._close(session), cancellable=False)
 
     def _close_standin(self) -> None:
         if self._standin is not None:
             standin, self._standin = self._standin, None
             standin.close()
 
-    async def _close(self, session: RemoteKernelSession) -> None:
+    async def _close(self, session: RemoteKernelSession | None) -> None:
         """On the background loop (the stand-in's sockets belong to it): end the session."""
         self._close_standin()
-        await session.close()
-        background.untrack(session)
+        if session is not None:
+            try:
+                await session.close()
+            finally:
+                background.untrack(session)
 
     def get_shutdown_wait_time(self, recommended: float = 5.0) -> float:
         return max(recommended, 10.0)

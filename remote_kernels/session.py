@@ -91,7 +91,7 @@ class RemoteKernelSession:
         self._endpoints: dict[str, str | int] = {}
         self._closing = False
         self._start_task: asyncio.Task | None = None
-        self._exit_timer: asyncio.TimerHandle | None = None
+        self._exit_report: tuple[asyncio.TimerHandle, int] | None = None   # delayed, see _kernel_exited
         self._t0 = 0.0
         self.reconnects = 0
 
@@ -201,8 +201,7 @@ class RemoteKernelSession:
             return
         self.ended_reason = str(task.exception())
         self.log.error("remote kernel %s: %s", self.name, self.ended_reason)
-        if self.exit_code is None:
-            self.exit_code = 1
+        self.exit_code = 1
 
     def queue_summary(self) -> str:
         """Where the job is, in words: "slurm job 42 is queued (Priority) after 12s"."""
@@ -312,15 +311,15 @@ class RemoteKernelSession:
             pass
         finally:
             self._ctl = None
-            if self._exit_timer is not None:
-                self._exit_timer.cancel()   # the launcher went too: the job ended (explained below)
-                self._exit_timer = None
+            signalled = self._cancel_exit_report()   # the launcher went too: the job ended, explained below
             for fut in self._pending.values():
                 if not fut.done():
                     fut.set_result({"event": "lost"})
             self._pending.clear()
             if not self._closing and self.kernel_pid is not None and self.exit_code is None:
                 if self.conn is not None and self.conn.closed and await self._reconnect():
+                    if self.node_info.get("kernel") is None:   # it ended while we were away
+                        self._report_exit(signalled if signalled is not None else 1)
                     return
                 await self._explain_lost_launcher()
 
@@ -328,15 +327,26 @@ class RemoteKernelSession:
         """The launcher reports the kernel's end.  A kernel killed by a signal may have been
         killed with its job (scancel signals every process of the job): if the launcher's
         channel closes within SIGNAL_EXIT_GRACE, the job's end is reported instead."""
-        def report() -> None:
-            self._exit_timer = None
-            self.exit_code = code
-            self.log.info("remote kernel %s: kernel exited with code %s", self.name, code)
-
+        self._cancel_exit_report()
         if code is not None and code < 0:
-            self._exit_timer = asyncio.get_running_loop().call_later(SIGNAL_EXIT_GRACE, report)
+            timer = asyncio.get_running_loop().call_later(SIGNAL_EXIT_GRACE, self._report_exit, code)
+            self._exit_report = (timer, code)
         else:
-            report()
+            self._report_exit(code)
+
+    def _report_exit(self, code: int | None) -> None:
+        self._exit_report = None
+        self.exit_code = code
+        self.log.info("remote kernel %s: kernel exited with code %s", self.name, code)
+
+    def _cancel_exit_report(self) -> int | None:
+        """Drop a delayed exit report; return its code (None if there was none)."""
+        if self._exit_report is None:
+            return None
+        timer, code = self._exit_report
+        timer.cancel()
+        self._exit_report = None
+        return code
 
     async def _reconnect(self) -> bool:
         """The SSH connection dropped: reconnect with backoff, reopen control and forwards.
@@ -444,6 +454,7 @@ class RemoteKernelSession:
         """Start (or restart) the kernel in the job; return once its sockets are bound."""
         if isinstance(key, bytes):
             key = key.decode()
+        self._cancel_exit_report()   # the previous kernel's
         self.exit_code = None
         reply = await self._request({"op": "start", "key": key, "signature_scheme": signature_scheme,
                                      "kernel_name": kernel_name, "cwd": cwd, "env": env or {}}, timeout=120)
@@ -457,6 +468,9 @@ class RemoteKernelSession:
 
     async def stop_kernel(self) -> None:
         """Stop the kernel, keep the job and launcher (for a restart)."""
+        signalled = self._cancel_exit_report()
+        if signalled is not None and self.exit_code is None:
+            self.exit_code = signalled
         if self._ctl is not None:
             reply = await self._request({"op": "stop"})
             if self.exit_code is None:
@@ -471,12 +485,13 @@ class RemoteKernelSession:
     async def close(self) -> None:
         """End everything: kernel, launcher, job, forwards, connection.  Idempotent.
 
-        A start in progress is cancelled first (its own clean-up cancels the job)."""
+        A start in progress is cancelled first (its own clean-up cancels the job).  Afterwards
+        ``exit_code`` is set (0 unless the kernel had exited already)."""
         self._closing = True
         start = self._start_task
         if start is not None and not start.done() and start is not asyncio.current_task():
             start.cancel()
-            await asyncio.gather(start, return_exceptions=True)
+            await asyncio.wait({start})   # not gather: a cancelled close() must not cancel it again
         said_bye = False
         if self._ctl is not None:
             try:
@@ -496,6 +511,10 @@ class RemoteKernelSession:
         if self.conn is not None:
             conn, self.conn = self.conn, None
             await NodeConnections.shared().release(conn)
+        signalled = self._cancel_exit_report()
+        if self.exit_code is None:
+            self.exit_code = signalled if signalled is not None else 0
+        self.kernel_pid = None
 
     async def _end_job(self, said_bye: bool) -> None:
         """After the launcher said bye, wait briefly for the job to end by itself; else cancel it."""

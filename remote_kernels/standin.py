@@ -7,7 +7,7 @@ time, so one queued kernel would stall every notebook.  The stand-in binds the k
 login-side endpoints until the job runs and answers in the kernel's place, signed with
 the kernel's key: ``kernel_info`` (its banner says where the job is), empty replies to
 the requests frontends send on their own, and an error naming the job's state to
-``execute_request`` (the cell did not run).  Heartbeats are echoed.  Once the job runs
+``execute_request`` (the cell did not run); other messages get no answer.  Heartbeats are echoed.  Once the job runs
 the provisioner closes it; the frontend's ZMQ sockets reconnect to the real kernel.
 """
 
@@ -95,12 +95,14 @@ class QueuedKernelStandIn:
             if channel == "hb_port":
                 await sock.send_multipart(frames)
                 continue
-            idents, parts = self.session.feed_identities(frames)
             try:
+                idents, parts = self.session.feed_identities(frames)
                 msg = self.session.deserialize(parts)   # checks the signature
             except Exception as e:  # noqa: BLE001 - unsigned or malformed: drop it
                 log.warning("stand-in: dropped a message that failed to verify (%s)", e)
                 continue
+            if not msg["header"]["msg_type"].endswith("_request"):
+                continue   # comm messages and the like expect no reply
             try:
                 await self._answer(sock, idents, msg)
             except zmq.ZMQError as e:
@@ -111,8 +113,7 @@ class QueuedKernelStandIn:
         where = self.describe()
         await self._publish("status", {"execution_state": "busy"}, request)
         if kind == "execute_request":
-            error = {"ename": "KernelNotStarted", "evalue": f"{where}; this cell did not run. Run it again once "
-                     "the kernel has started.", "traceback": []}
+            error = {"ename": "KernelNotStarted", "evalue": f"this cell did not run: {where}", "traceback": []}
             error["traceback"] = [f"{error['ename']}: {error['evalue']}"]
             await self._publish("error", error, request)
             content = dict(error, status="error", execution_count=0)
@@ -128,7 +129,7 @@ class QueuedKernelStandIn:
         replies = {
             "kernel_info_request": {"protocol_version": "5.3", "implementation": "remote-kernels",
                                     "implementation_version": __version__, "language_info": LANGUAGE_INFO,
-                                    "banner": f"Kernel not started yet: {where}.", "help_links": []},
+                                    "banner": f"Kernel not started: {where}.", "help_links": []},
             "comm_info_request": {"comms": {}},
             "complete_request": {"matches": [], "cursor_start": cursor, "cursor_end": cursor, "metadata": {}},
             "inspect_request": {"found": False, "data": {}, "metadata": {}},

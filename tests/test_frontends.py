@@ -119,6 +119,56 @@ def test_pending_kernel_answers_while_queued_then_runs_on_the_node(pending_serve
             server.request("DELETE", f"/api/kernels/{kid}")
 
 
+def test_pending_kernel_whose_job_ends_in_the_queue_says_so_and_restarts_only_when_asked(pending_server,
+                                                                                         make_spec):
+    """A queued job cancelled from outside: the stand-in now explains, the server does not
+    resubmit on its own, a restart by the user submits one new job on the same endpoints."""
+    server = pending_server
+    make_spec("rk-held", directives=["--begin=now+1hour"])
+    before = set(server.jobs())
+    status, kernel = server.request("POST", "/api/kernels", {"name": "rk-held"})
+    assert status == 201, kernel
+    kid = kernel["id"]
+    [job] = wait_until("the kernel's job to be submitted", lambda: [j for j in server.jobs() if j not in before])
+    jobs = [job]
+    try:
+        with server.channels(kid) as ws:
+            ws.wait_ready(timeout=30)
+            subprocess.run(["scancel", job], check=True)
+
+            def explained():
+                reply, _ = ws.execute(WHERE, timeout=10)
+                return reply["evalue"] if "could not start" in reply["evalue"] else None
+            why = wait_until("the stand-in to say the start failed", explained, timeout=30)
+            assert f"job {job} ended before the kernel started" in why and "restart the kernel" in why
+            # Two of the server's restarter intervals (3 s) pass without a new job.
+            deadline = time.monotonic() + 7
+            while time.monotonic() < deadline:
+                assert [j for j in server.jobs() if j not in before] == [job], "the server resubmitted by itself"
+                time.sleep(0.5)
+
+            status, body = server.request("POST", f"/api/kernels/{kid}/restart")
+            assert status == 200, body
+            jobs = wait_until("the restart's job", lambda: (new := [j for j in server.jobs() if j not in before])
+                              and len(new) == 2 and new)
+            assert job_in_queue(jobs[1])
+
+            def queued_again():
+                try:
+                    reply, _ = ws.execute(WHERE, timeout=5)
+                except AssertionError:   # iopub resubscribing after the switch-over (slow joiner)
+                    return False
+                return f"job {jobs[1]} is queued" in reply.get("evalue", "")
+            wait_until("the same websocket to reach the restarted kernel's stand-in", queued_again, timeout=30)
+        status, body = server.request("DELETE", f"/api/kernels/{kid}")
+        assert status == 204, body
+        wait_until(f"job {jobs[1]} to leave the queue", lambda: not job_in_queue(jobs[1]), timeout=20)
+    finally:
+        subprocess.run(["scancel", *jobs], capture_output=True)
+        if any(k["id"] == kid for k in server.kernels()):
+            server.request("DELETE", f"/api/kernels/{kid}")
+
+
 def test_server_stopped_while_a_job_is_queued_cancels_it(kernelspecs, make_spec, tmp_path):
     make_spec("rk-held", directives=["--begin=now+1hour"])
     srv = JupyterServer(tmp_path, app="server").start()

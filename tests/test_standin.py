@@ -46,7 +46,7 @@ async def test_answers_in_the_kernels_place_until_closed(info):
         assert reply["parent_header"]["msg_id"] == msg_id
         assert reply["content"]["status"] == "error"
         assert reply["content"]["ename"] == "KernelNotStarted"
-        assert "slurm job 42 is queued (Priority); this cell did not run" in reply["content"]["evalue"]
+        assert reply["content"]["evalue"] == "this cell did not run: slurm job 42 is queued (Priority)"
         published = []
         while not published or published[-1] != ("status", "idle"):
             msg = await kc._async_get_iopub_msg(timeout=5)
@@ -63,16 +63,28 @@ async def test_answers_in_the_kernels_place_until_closed(info):
     assert not any(Path(f"{info['ip']}-{n}").exists() for n in CHANNELS.values()), "ipc files left"
 
 
-async def test_a_message_signed_with_another_key_gets_no_answer(info):
+async def test_forged_malformed_and_non_request_messages_get_no_answer(info):
     standin = QueuedKernelStandIn(info, lambda: "job 1 is queued")
     standin.start()
-    forger = client_for(info, key=b"not-the-key")
+    forger, kc = client_for(info, key=b"not-the-key"), client_for(info)
+    raw = zmq.Context.instance().socket(zmq.DEALER)
+    raw.connect(f"ipc://{info['ip']}-{CHANNELS['shell_port']}")
     try:
         forger.kernel_info()
+        raw.send_multipart([b"no delimiter", b"{}"])
+        kc.shell_channel.send(kc.session.msg("comm_msg", {"comm_id": "x", "data": {}}))
         with pytest.raises(Exception):   # queue.Empty: nothing came back
             await forger._async_get_shell_msg(timeout=2)
+        assert raw.poll(100) == 0
+        with pytest.raises(Exception):
+            await kc._async_get_shell_msg(timeout=1)
+        # ... and the stand-in still answers the real thing.
+        reply = await kc.kernel_info(reply=True, timeout=5)
+        assert reply["content"]["status"] == "ok"
     finally:
+        raw.close(linger=0)
         forger.stop_channels()
+        kc.stop_channels()
         standin.close()
 
 

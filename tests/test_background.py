@@ -1,0 +1,88 @@
+"""The background loop: results, errors and cancellation cross between loops as documented."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from remote_kernels import background
+
+
+async def test_runs_on_the_background_thread_and_returns_or_raises():
+    async def where() -> str:
+        return threading.current_thread().name
+
+    async def fail() -> None:
+        raise ValueError("from the background")
+
+    assert await background.run(where()) == "remote-kernels-io"
+    with pytest.raises(ValueError, match="from the background"):
+        await background.run(fail())
+
+
+async def test_cancelling_the_caller_cancels_the_coroutine_after_its_clean_up():
+    events: list[str] = []
+    started = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    async def work() -> None:
+        loop.call_soon_threadsafe(started.set)
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.2)   # clean-up that takes a while
+            events.append("cleaned up")
+            raise
+
+    caller = asyncio.ensure_future(background.run(work()))
+    await started.wait()
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert events == ["cleaned up"]
+
+
+async def test_not_cancellable_work_finishes_although_the_caller_was_cancelled():
+    events: list[str] = []
+    started = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    async def close() -> None:
+        loop.call_soon_threadsafe(started.set)
+        await asyncio.sleep(0.2)
+        events.append("closed")
+
+    caller = asyncio.ensure_future(background.run(close(), cancellable=False))
+    await started.wait()
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert events == ["closed"]
+
+
+async def test_cancelled_by_someone_else_is_an_error_not_a_cancellation():
+    async def cancelled_elsewhere() -> None:
+        asyncio.current_task().cancel()
+        await asyncio.sleep(1)
+
+    with pytest.raises(background.Cancelled):
+        await background.run(cancelled_elsewhere())
+
+
+async def test_tracked_objects_are_closed_at_exit():
+    class Session:
+        closed = False
+
+        async def close(self) -> None:
+            await asyncio.sleep(0.05)
+            self.closed = True
+
+    kept, released = Session(), Session()
+    background.track(kept)
+    background.track(released)
+    background.untrack(released)
+    await asyncio.get_running_loop().run_in_executor(None, background._close_all)   # what atexit calls
+    assert kept.closed and not released.closed
+    background.untrack(kept)
