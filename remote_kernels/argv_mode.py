@@ -39,6 +39,9 @@ def read_connection_file(path: str) -> dict:
 
 async def serve(name: str, options: KernelOptions, info: dict) -> int:
     """Run the kernel until it exits or we are told to stop; return an exit code."""
+    # Sockets are created where the frontend says (e.g. ipc paths in a shared directory):
+    # private from the moment they exist, not only after a chmod.
+    os.umask(0o077)
     session = RemoteKernelSession(options, name=name, log=log)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 
 import pytest
 from jupyter_client.asynchronous import AsyncKernelClient
@@ -65,6 +66,9 @@ async def test_argv_mode_like_vscode(kernelspecs, tmp_path):
         assert await value_of(kc, "__import__('os').getcwd()") == str(tmp_path)
         job = _job_of(log)
         assert job and job_in_queue(job)
+        # What it creates (ipc sockets where the frontend says) is private from the start.
+        umask = next(l for l in Path(f"/proc/{proc.pid}/status").read_text().splitlines() if l.startswith("Umask:"))
+        assert umask.split()[1] == "0077"
         # SIGINT to the argv process interrupts the running cell.
         msg_id = kc.execute("import time; time.sleep(60)")
         while (await kc.get_iopub_msg(timeout=30))["msg_type"] != "execute_input":
