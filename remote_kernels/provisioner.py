@@ -52,6 +52,7 @@ class RemoteKernelProvisioner(KernelOptions, KernelProvisionerBase):  # type: ig
 
     session: RemoteKernelSession | None = None
     _standin: QueuedKernelStandIn | None = None
+    _held = False   # a restart of a kernel whose job is queued is under way (the job is kept)
     _login_dir: str | None = None
 
     @property
@@ -64,6 +65,8 @@ class RemoteKernelProvisioner(KernelOptions, KernelProvisionerBase):  # type: ig
         return self._pending or (self.session is not None and self.session.kernel_pid is not None)
 
     async def poll(self) -> int | None:
+        if self._held:
+            return 0   # "stopped", for jupyter_client's restart; the job stays queued
         if self._pending:
             return None
         if self.session is None:
@@ -87,8 +90,13 @@ class RemoteKernelProvisioner(KernelOptions, KernelProvisionerBase):  # type: ig
         await self._tell("signal", signal.SIGTERM)
 
     async def shutdown_requested(self, restart: bool = False) -> None:
-        if self._pending:
-            # Nothing runs yet to receive the request: withdraw the job now (a restart submits anew).
+        self._held = False
+        if restart and self.session is not None and self.session.starting:
+            # Restarting a kernel whose job is still queued: keep the job and its place.
+            self.log.info("remote kernel: restart while job %s is queued; keeping the job", self.session.job_id)
+            self._held = True
+        elif self._pending:
+            # Nothing runs yet to receive the request: withdraw the job now.
             job = self.session.job_id if self.session else None
             self.log.info("remote kernel: the kernel has not started; ending it" + (f" and job {job}" if job else ""))
             await self._end_session()
@@ -161,6 +169,11 @@ class RemoteKernelProvisioner(KernelOptions, KernelProvisionerBase):  # type: ig
 
     async def _launch(self, env: dict, cwd: str | None, on_status) -> None:
         """On the background loop: start the kernel, in the current job if it is usable."""
+        if self._held:   # restarted while queued: the start goes on; jupyter_client removed the ipc files
+            self._held = False
+            if self.session is not None and self.session.starting:
+                self._open_standin(self.session)
+                return
         if self.session is not None and not self.session.usable:
             self.log.warning("remote kernel: the job of the previous kernel is gone; submitting a new one")
             await self._close(self.session)
@@ -185,16 +198,7 @@ class RemoteKernelProvisioner(KernelOptions, KernelProvisionerBase):  # type: ig
         if task.done() or session.node is not None:   # started, failed, or past the queue
             await task
             return
-
-        def where() -> str:
-            if session.starting or not session.ended_reason:
-                return f"{session.queue_summary()}; run it again once the kernel has started"
-            return f"the kernel could not start ({session.ended_reason}); restart the kernel to submit a new job"
-
-        # The stand-in stays after a failed start, saying why: a restart by the user submits a
-        # new job; the server's automatic restarts, which would resubmit forever, do not happen.
-        self._standin = QueuedKernelStandIn(self.connection_info, where)
-        self._standin.start()
+        self._open_standin(session)
         self.log.info("remote kernel %s: job %s is still queued; the kernel starts when it runs, a "
                       "stand-in answers until then", session.name, session.job_id)
 
@@ -211,6 +215,7 @@ class RemoteKernelProvisioner(KernelOptions, KernelProvisionerBase):  # type: ig
 
     async def _end_all(self) -> None:
         """End the session and remove the login-side directory."""
+        self._held = False
         try:
             await self._end_session()
         finally:
@@ -224,6 +229,20 @@ class RemoteKernelProvisioner(KernelOptions, KernelProvisionerBase):  # type: ig
         if self.session is not None or self._standin is not None:
             session, self.session = self.session, None
             await background.run(self._close(session), cancellable=False)
+
+    def _open_standin(self, session: RemoteKernelSession) -> None:
+        """(Re)bind a stand-in on the kernel's endpoints, answering with the session's state.
+
+        It stays after a failed start, saying why: a restart by the user submits a new job;
+        the server's automatic restarts, which would resubmit forever, do not happen."""
+        def where() -> str:
+            if session.starting or not session.ended_reason:
+                return f"{session.queue_summary()}; run it again once the kernel has started"
+            return f"the kernel could not start ({session.ended_reason}); restart the kernel to submit a new job"
+
+        self._close_standin()
+        self._standin = QueuedKernelStandIn(self.connection_info, where)
+        self._standin.start()
 
     def _close_standin(self) -> None:
         if self._standin is not None:

@@ -82,7 +82,8 @@ def pending_server(kernelspecs, tmp_path_factory):
 
 def test_pending_kernel_answers_while_queued_then_runs_on_the_node(pending_server, make_spec):
     """With pending kernels a kernel whose job waits in the queue connects at once and says so
-    when asked to run a cell; once the job runs, the same websocket reaches the real kernel."""
+    when asked to run a cell; a restart keeps the job (and its place in the queue); once the
+    job runs, the same websocket reaches the real kernel."""
     server = pending_server
     make_spec("rk-held", directives=["--begin=now+1hour"])
     before = set(server.jobs())
@@ -99,6 +100,19 @@ def test_pending_kernel_answers_while_queued_then_runs_on_the_node(pending_serve
             assert reply["status"] == "error" and reply["ename"] == "KernelNotStarted", out
             assert f"job {job} is queued" in reply["evalue"] and "this cell did not run" in out
             assert job_in_queue(job)
+
+            status, body = server.request("POST", f"/api/kernels/{kid}/restart")
+            assert status == 200, body
+
+            def still_queued():
+                try:
+                    reply, _ = ws.execute(WHERE, timeout=5)
+                except AssertionError:   # iopub resubscribing after the restart (slow joiner)
+                    return False
+                return f"job {job} is queued" in reply.get("evalue", "")
+            wait_until("the restarted kernel's stand-in to answer", still_queued, timeout=30)
+            assert [j for j in server.jobs() if j not in before] == [job], "the restart submitted a job"
+            assert job_state(job) == "PENDING"
 
             subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
 
@@ -186,6 +200,10 @@ def test_server_stopped_while_a_job_is_queued_cancels_it(kernelspecs, make_spec,
         if held:
             subprocess.run(["scancel", *held], capture_output=True)
         srv.stop()
+
+
+def job_state(job: str) -> str:
+    return subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True).stdout.strip()
 
 
 def _ignore_errors(fn, *args):
