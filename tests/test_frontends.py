@@ -80,15 +80,17 @@ def pending_server(kernelspecs, tmp_path_factory):
         yield srv
 
 
-def test_pending_kernel_answers_while_queued_then_runs_on_the_node(pending_server, make_spec):
+@pytest.mark.parametrize("transport", ["ipc", "tcp"])
+def test_pending_kernel_answers_while_queued_then_runs_on_the_node(pending_server, make_spec, transport):
     """With pending kernels a kernel whose job waits in the queue connects at once and says so
     when asked to run a cell; a restart keeps the job (and its place in the queue); once the
-    job runs, the same websocket reaches the real kernel."""
+    job runs, the same websocket reaches the real kernel.  With either login-side transport
+    (tcp: the forwards take over the ports the stand-in listened on)."""
     server = pending_server
-    make_spec("rk-held", directives=["--begin=now+1hour"])
+    name = make_spec(f"rk-held-{transport}", directives=["--begin=now+1hour"], login_transport=transport)
     before = set(server.jobs())
     t0 = time.monotonic()
-    status, kernel = server.request("POST", "/api/kernels", {"name": "rk-held"})
+    status, kernel = server.request("POST", "/api/kernels", {"name": name})
     assert status == 201, kernel
     kid = kernel["id"]
     [job] = wait_until("the kernel's job to be submitted", lambda: [j for j in server.jobs() if j not in before])
