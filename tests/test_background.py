@@ -22,13 +22,22 @@ async def test_runs_on_the_background_thread_and_returns_or_raises():
         await background.run(fail())
 
 
-async def test_cancelling_the_caller_cancels_the_coroutine_after_its_clean_up():
-    events: list[str] = []
+async def cancel_the_caller_once_started(work, **run_kw) -> None:
+    """background.run(work(started)), cancelled once work calls started(); CancelledError expected."""
     started = asyncio.Event()
     loop = asyncio.get_running_loop()
+    caller = asyncio.ensure_future(background.run(work(lambda: loop.call_soon_threadsafe(started.set)), **run_kw))
+    await started.wait()
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
 
-    async def work() -> None:
-        loop.call_soon_threadsafe(started.set)
+
+async def test_cancelling_the_caller_cancels_the_coroutine_after_its_clean_up():
+    events: list[str] = []
+
+    async def work(started) -> None:
+        started()
         try:
             await asyncio.sleep(60)
         except asyncio.CancelledError:
@@ -36,29 +45,19 @@ async def test_cancelling_the_caller_cancels_the_coroutine_after_its_clean_up():
             events.append("cleaned up")
             raise
 
-    caller = asyncio.ensure_future(background.run(work()))
-    await started.wait()
-    caller.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await caller
+    await cancel_the_caller_once_started(work)
     assert events == ["cleaned up"]
 
 
 async def test_not_cancellable_work_finishes_although_the_caller_was_cancelled():
     events: list[str] = []
-    started = asyncio.Event()
-    loop = asyncio.get_running_loop()
 
-    async def close() -> None:
-        loop.call_soon_threadsafe(started.set)
+    async def close(started) -> None:
+        started()
         await asyncio.sleep(0.2)
         events.append("closed")
 
-    caller = asyncio.ensure_future(background.run(close(), cancellable=False))
-    await started.wait()
-    caller.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await caller
+    await cancel_the_caller_once_started(close, cancellable=False)
     assert events == ["closed"]
 
 
