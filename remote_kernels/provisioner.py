@@ -169,11 +169,14 @@ class RemoteKernelProvisioner(KernelOptions, KernelProvisionerBase):  # type: ig
 
     async def _launch(self, env: dict, cwd: str | None, on_status) -> None:
         """On the background loop: start the kernel, in the current job if it is usable."""
-        if self._held:   # restarted while queued: the start goes on; jupyter_client removed the ipc files
+        if self._held:   # restarted while the start was pending; jupyter_client removed the ipc files
             self._held = False
-            if self.session is not None and self.session.starting:
-                self._open_standin(self.session)
-                return
+            session = self.session
+            if session is not None and session.starting:
+                if session.node is None:   # still queued: the start goes on behind a stand-in
+                    self._open_standin(session)
+                    return
+                await session.wait_start()   # past the queue: let it finish, then restart as usual
         if self.session is not None and not self.session.usable:
             self.log.warning("remote kernel: the job of the previous kernel is gone; submitting a new one")
             await self._close(self.session)

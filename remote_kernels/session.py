@@ -214,6 +214,11 @@ class RemoteKernelSession:
         return (f"{self.scheduler.name} job {self.job_id} is {st.state.value}" + (f" ({st.reason})" if st.reason else "")
                 + f" {waited}")
 
+    async def wait_start(self) -> None:
+        """Wait until a start in progress has finished, whatever its outcome."""
+        if self._start_task is not None and not self._start_task.done():
+            await asyncio.wait({self._start_task})
+
     @property
     def starting(self) -> bool:
         """True while a start is in progress (the job may still wait in the queue)."""

@@ -135,6 +135,51 @@ def test_pending_kernel_answers_while_queued_then_runs_on_the_node(pending_serve
             server.request("DELETE", f"/api/kernels/{kid}")
 
 
+SLOW_KERNEL_START = """import time
+if "ipykernel" in open("/proc/self/cmdline").read():
+    time.sleep(3)
+"""
+
+
+def test_pending_kernel_restarted_while_its_kernel_starts_keeps_the_job(pending_server, make_spec, tmp_path):
+    """A restart that lands after the job left the queue, while its kernel is starting (made
+    slow here, 3 s) and the forwards already exist, lets that start finish, then restarts the
+    kernel in the same job; the frontend reaches it on the same endpoints."""
+    server = pending_server
+    (tmp_path / "sitecustomize.py").write_text(SLOW_KERNEL_START)
+    name = make_spec("rk-held-slow", directives=["--begin=now+1hour"], setup=[f"export PYTHONPATH={tmp_path}"])
+    before = set(server.jobs())
+    status, kernel = server.request("POST", "/api/kernels", {"name": name})
+    assert status == 201, kernel
+    kid = kernel["id"]
+    [job] = wait_until("the kernel's job to be submitted", lambda: [j for j in server.jobs() if j not in before])
+    try:
+        with server.channels(kid) as ws:
+            ws.wait_ready(timeout=30)   # the stand-in
+            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
+            wait_until("the kernel to be starting in the job",
+                       lambda: f"{name}: launcher ready on" in server.log(), timeout=30)
+            status, body = server.request("POST", f"/api/kernels/{kid}/restart")
+            assert status == 200, body
+
+            def ran_on_a_node():
+                try:
+                    reply, out = ws.execute(WHERE, timeout=5)
+                except AssertionError:   # iopub resubscribing after the restart (slow joiner)
+                    return None
+                return out.split() if reply["status"] == "ok" else None
+            node, ran_in = wait_until("a cell to run on the compute node", ran_on_a_node, timeout=60)
+            assert node in NODES and ran_in == job
+            assert [j for j in server.jobs() if j not in before] == [job], "the restart submitted a job"
+        status, body = server.request("DELETE", f"/api/kernels/{kid}")
+        assert status == 204, body
+        wait_until(f"job {job} to leave the queue", lambda: not job_in_queue(job), timeout=20)
+    finally:
+        subprocess.run(["scancel", job], capture_output=True)
+        if any(k["id"] == kid for k in server.kernels()):
+            server.request("DELETE", f"/api/kernels/{kid}")
+
+
 def test_pending_kernel_whose_job_ends_in_the_queue_says_so_and_restarts_only_when_asked(pending_server,
                                                                                          make_spec):
     """A queued job cancelled from outside: the stand-in now explains, the server does not
