@@ -73,6 +73,28 @@ def test_server_rest_and_websocket(server):
             server.request("DELETE", f"/api/kernels/{kid}")
 
 
+def try_where(ws) -> tuple[dict, str] | None:
+    """Run WHERE once: (execute_reply content, output), or None if no full answer came.  Right
+    after a restart or the stand-in's hand-over, iopub resubscribes (PUB/SUB slow joiner) and
+    that one request's messages can be lost; callers retry."""
+    try:
+        return ws.execute(WHERE, timeout=5)
+    except AssertionError:
+        return None
+
+
+def ran_on_a_node(ws) -> list[str] | None:
+    """[node, job] once a cell runs on the real kernel, else None."""
+    answer = try_where(ws)
+    return answer[1].split() if answer and answer[0]["status"] == "ok" else None
+
+
+def answer_says(ws, text: str) -> bool:
+    """The stand-in's answer to a cell contains text."""
+    answer = try_where(ws)
+    return bool(answer) and text in answer[0].get("evalue", "")
+
+
 @pytest.fixture(scope="module")
 def pending_server(kernelspecs, tmp_path_factory):
     with JupyterServer(tmp_path_factory.mktemp("jupyter-server-pending"), app="server",
@@ -106,25 +128,13 @@ def test_pending_kernel_answers_while_queued_then_runs_on_the_node(pending_serve
             status, body = server.request("POST", f"/api/kernels/{kid}/restart")
             assert status == 200, body
 
-            def still_queued():
-                try:
-                    reply, _ = ws.execute(WHERE, timeout=5)
-                except AssertionError:   # iopub resubscribing after the restart (slow joiner)
-                    return False
-                return f"job {job} is queued" in reply.get("evalue", "")
-            wait_until("the restarted kernel's stand-in to answer", still_queued, timeout=30)
+            wait_until("the restarted kernel's stand-in to answer", lambda: answer_says(ws, f"job {job} is queued"),
+                       timeout=30)
             assert [j for j in server.jobs() if j not in before] == [job], "the restart submitted a job"
             assert job_state(job) == "PENDING"
 
             subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
-
-            def ran_on_a_node():
-                try:
-                    reply, out = ws.execute(WHERE, timeout=5)
-                except AssertionError:   # a request in flight while the sockets switched over
-                    return None
-                return out.split() if reply["status"] == "ok" else None
-            node, ran_in = wait_until("a cell to run on the compute node", ran_on_a_node, timeout=60)
+            node, ran_in = wait_until("a cell to run on the compute node", lambda: ran_on_a_node(ws), timeout=60)
             assert node in NODES and ran_in == job
         status, body = server.request("DELETE", f"/api/kernels/{kid}")
         assert status == 204, body
@@ -161,14 +171,7 @@ def test_pending_kernel_restarted_while_its_kernel_starts_keeps_the_job(pending_
                        lambda: f"{name}: launcher ready on" in server.log(), timeout=30)
             status, body = server.request("POST", f"/api/kernels/{kid}/restart")
             assert status == 200, body
-
-            def ran_on_a_node():
-                try:
-                    reply, out = ws.execute(WHERE, timeout=5)
-                except AssertionError:   # iopub resubscribing after the restart (slow joiner)
-                    return None
-                return out.split() if reply["status"] == "ok" else None
-            node, ran_in = wait_until("a cell to run on the compute node", ran_on_a_node, timeout=60)
+            node, ran_in = wait_until("a cell to run on the compute node", lambda: ran_on_a_node(ws), timeout=60)
             assert node in NODES and ran_in == job
             assert [j for j in server.jobs() if j not in before] == [job], "the restart submitted a job"
         status, body = server.request("DELETE", f"/api/kernels/{kid}")
@@ -213,14 +216,8 @@ def test_pending_kernel_whose_job_ends_in_the_queue_says_so_and_restarts_only_wh
             jobs = wait_until("the restart's job", lambda: (new := [j for j in server.jobs() if j not in before])
                               and len(new) == 2 and new)
             assert job_in_queue(jobs[1])
-
-            def queued_again():
-                try:
-                    reply, _ = ws.execute(WHERE, timeout=5)
-                except AssertionError:   # iopub resubscribing after the switch-over (slow joiner)
-                    return False
-                return f"job {jobs[1]} is queued" in reply.get("evalue", "")
-            wait_until("the same websocket to reach the restarted kernel's stand-in", queued_again, timeout=30)
+            wait_until("the same websocket to reach the restarted kernel's stand-in",
+                       lambda: answer_says(ws, f"job {jobs[1]} is queued"), timeout=30)
         status, body = server.request("DELETE", f"/api/kernels/{kid}")
         assert status == 204, body
         wait_until(f"job {jobs[1]} to leave the queue", lambda: not job_in_queue(jobs[1]), timeout=20)
