@@ -158,7 +158,7 @@ class RemoteKernelSession:
     async def reach_launcher(self) -> None:
         """After submit_job(): wait until the job runs, connect to its node, reach the launcher."""
         try:
-            status = await self._wait_running(self._t0)
+            status = await self._wait_running()
             self.watcher.started(self.job_id)
             self.node = status.node.split(",")[0]
             self.entry.node = self.node
@@ -238,12 +238,12 @@ class RemoteKernelSession:
                 self.log.warning("remote kernel %s: a job may be left from an abandoned submit: %s", self.name, e)
             raise
 
-    async def _wait_running(self, t0: float) -> JobStatus:
+    async def _wait_running(self) -> JobStatus:
         last = None
         while True:
             status = await self.watcher.wait_update(self.job_id)
             if self.on_status is not None:
-                self.on_status(status, time.monotonic() - t0)
+                self.on_status(status, time.monotonic() - self._t0)
             summary = (status.state, status.reason)
             if summary != last:
                 last = summary
@@ -257,7 +257,7 @@ class RemoteKernelSession:
                 raise KernelStartError(
                     f"job {self.job_id} ended before the kernel started ({status.native or status.state.value}"
                     f"{', ' + status.reason if status.reason else ''})" + (f": {tail}" if tail else ""))
-            waited = time.monotonic() - t0
+            waited = time.monotonic() - self._t0
             if self.opts.queue_timeout and waited > self.opts.queue_timeout:
                 raise KernelStartError(
                     f"job {self.job_id} still {status.state.value} after {waited:.0f}s"
@@ -352,6 +352,12 @@ class RemoteKernelSession:
         timer.cancel()
         self._exit_report = None
         return code
+
+    def _flush_exit_report(self) -> None:
+        """Report a delayed exit now, unless the kernel's end is already known otherwise."""
+        code = self._cancel_exit_report()
+        if code is not None and self.exit_code is None:
+            self.exit_code = code
 
     async def _reconnect(self) -> bool:
         """The SSH connection dropped: reconnect with backoff, reopen control and forwards.
@@ -473,9 +479,7 @@ class RemoteKernelSession:
 
     async def stop_kernel(self) -> None:
         """Stop the kernel, keep the job and launcher (for a restart)."""
-        signalled = self._cancel_exit_report()
-        if signalled is not None and self.exit_code is None:
-            self.exit_code = signalled
+        self._flush_exit_report()
         if self._ctl is not None:
             reply = await self._request({"op": "stop"})
             if self.exit_code is None:
@@ -516,9 +520,9 @@ class RemoteKernelSession:
         if self.conn is not None:
             conn, self.conn = self.conn, None
             await NodeConnections.shared().release(conn)
-        signalled = self._cancel_exit_report()
+        self._flush_exit_report()
         if self.exit_code is None:
-            self.exit_code = signalled if signalled is not None else 0
+            self.exit_code = 0
         self.kernel_pid = None
 
     async def _end_job(self, said_bye: bool) -> None:
