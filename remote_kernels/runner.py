@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shlex
+import re
 from dataclasses import dataclass
+
+# Words any login shell (sh, bash, csh, tcsh) takes as they are.
+_PLAIN_WORD = re.compile(r"[A-Za-z0-9_@%+=:,./-]+")
+# csh/tcsh expand "!" (history) even inside single quotes unless a blank, "=", "(" or the like
+# follows, and turn "\\!" into "!" there (sh keeps both characters).
+_HISTORY = re.compile(r"\\!|!(?![\s=(;&|)\"]|$)")
 
 
 class CommandError(RuntimeError):
@@ -71,25 +77,30 @@ class SSHCommandRunner(CommandRunner):
 
     async def connection(self):
         """The shared asyncssh connection to the login host."""
-        import asyncssh
+        from .sshconnect import connect
 
         async with self._lock:
             if self._conn is None or self._conn.is_closed():
-                self._conn = await asyncio.wait_for(
-                    asyncssh.connect(self.host, keepalive_interval=30, keepalive_count_max=4), self.timeout)
+                self._conn = await connect(self.host, tunnel=await self._tunnel(), timeout=self.timeout)
             return self._conn
+
+    async def _tunnel(self):
+        """The connection to go through (None: direct, or as the SSH configuration says)."""
+        return None
 
     async def run(self, argv: list[str], *, stdin: str | None = None, check: bool = True) -> tuple[int, str, str]:
         import asyncssh
 
-        command = "LC_ALL=C " + shlex.join(argv)
+        from .sshconnect import SSH_ERRORS, describe
+
+        command = remote_command(["env", "LC_ALL=C", *argv])
         try:
             conn = await self.connection()
             result = await conn.run(command, input=stdin, check=False, timeout=self.timeout)
         except asyncssh.TimeoutError:
             raise CommandError(argv, None, "", f"no answer from {self.host} within {self.timeout:g}s") from None
-        except (OSError, asyncssh.Error, asyncio.TimeoutError) as e:
-            raise CommandError(argv, 255, "", f"cannot run it on {self.host} over SSH: {e}") from None
+        except SSH_ERRORS as e:
+            raise CommandError(argv, 255, "", f"cannot run it on {self.host} over SSH: {describe(e)}") from None
         stdout, stderr = str(result.stdout or ""), str(result.stderr or "")
         code = result.exit_status if result.exit_status is not None else 255
         if code == 127 and not stderr:
@@ -97,6 +108,22 @@ class SSHCommandRunner(CommandRunner):
         if check and code != 0:
             raise CommandError(argv, code, stdout, stderr)
         return code, stdout, stderr
+
+
+def remote_command(argv: list[str]) -> str:
+    """The one command line that every login shell (sh, bash, csh, tcsh) splits back into argv.
+
+    Called for each command sent over SSH (sshd hands the line to the user's login shell).
+    Words are single-quoted (``'`` as ``'\\''``), which all four read alike; a word with a
+    newline, or a ``!`` that csh would take for history, has no such form: ValueError.
+    """
+    words = []
+    for word in argv:
+        if "\n" in word or _HISTORY.search(word):
+            raise ValueError(f"cannot send {word!r} to a remote shell: newlines and '!' mean different "
+                             "things to csh and sh")
+        words.append(word if _PLAIN_WORD.fullmatch(word) else "'" + word.replace("'", "'\\''") + "'")
+    return " ".join(words)
 
 
 _login_runners: dict[tuple[int, str], SSHCommandRunner] = {}

@@ -36,6 +36,7 @@ from .options import KernelOptions
 from .runner import SSHCommandRunner, runner_for
 from .schedulers import JobState, JobStatus, get_scheduler
 from .ssh import NodeConnection, NodeConnections
+from .sshconnect import SSH_ERRORS, describe
 from .watcher import JobWatcher
 
 # poll() codes when the job, not the kernel, ended (the kernel's own code otherwise).
@@ -169,8 +170,8 @@ class RemoteKernelSession:
             try:
                 self.conn = await NodeConnections.shared().acquire(
                     self.node, interactive=self.opts.interactive_ssh, via=self._via())
-            except (OSError, asyncssh.Error, asyncio.TimeoutError) as e:
-                raise KernelStartError(f"cannot reach node {self.node} over SSH: {_ssh_reason(e)}") from None
+            except SSH_ERRORS as e:
+                raise KernelStartError(f"cannot reach node {self.node} over SSH: {describe(e)}") from None
             self.timings["ssh"] = time.monotonic() - t1
             await self._connect_launcher()
             self.timings["launcher"] = time.monotonic() - t1 - self.timings["ssh"]
@@ -376,9 +377,9 @@ class RemoteKernelSession:
                 return False
             try:
                 new = await pool.acquire(self.node, interactive=self.opts.interactive_ssh, via=self._via())
-            except (OSError, asyncssh.Error, asyncio.TimeoutError) as e:
+            except SSH_ERRORS as e:
                 self.log.info("remote kernel %s: reconnect to %s failed (%s); retrying in %.1fs",
-                              self.name, self.node, _ssh_reason(e), delay)
+                              self.name, self.node, describe(e), delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
                 continue
@@ -543,12 +544,3 @@ class RemoteKernelSession:
                 self.log.warning("remote kernel %s: cancelling job %s failed: %s", self.name, job_id, e)
         self.watcher.unwatch(job_id)
 
-
-def _ssh_reason(e: BaseException) -> str:
-    if isinstance(e, asyncssh.HostKeyNotVerifiable):
-        return f"host key not verifiable ({e}); refusing to connect. Check known_hosts for that node"
-    if isinstance(e, asyncssh.PermissionDenied):
-        return f"authentication failed ({e}); make sure your SSH key is accepted on compute nodes"
-    if isinstance(e, asyncio.TimeoutError):
-        return "connection timed out"
-    return str(e) or type(e).__name__

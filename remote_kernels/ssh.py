@@ -1,7 +1,7 @@
 """SSH connections to compute nodes: one per node, shared by all kernels on it.
 
-Connections use asyncssh's defaults, i.e. the user's ~/.ssh/config, keys/agent and
-~/.ssh/known_hosts; host keys are always verified.  Each connection keeps a pty
+Connections come from ``sshconnect.connect`` (OpenSSH's configuration and host-key
+trust, keepalives).  Each connection keeps a pty
 session open: sshd switches the connection to interactive mode (TCP_NODELAY)
 only then, which makes forwarded round trips ~7x faster (see docs/architecture).
 """
@@ -12,6 +12,8 @@ import asyncio
 import logging
 
 import asyncssh
+
+from .sshconnect import connect
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +82,7 @@ class NodeConnections:
     @staticmethod
     async def _open(host: str, timeout: float, interactive: bool, tunnel) -> NodeConnection:
         log.debug("opening SSH connection to %s", host)
-        extra = {"tunnel": tunnel} if tunnel is not None else {}
-        conn = await asyncio.wait_for(
-            asyncssh.connect(host, keepalive_interval=30, keepalive_count_max=4,
-                             encryption_algs=_preferred_ciphers(), **extra), timeout)
+        conn = await connect(host, tunnel=tunnel, timeout=timeout, encryption_algs=_preferred_ciphers())
         # A pty session puts sshd in interactive mode (TCP_NODELAY) for the whole connection.
         if not interactive:
             return NodeConnection(host, conn, None)

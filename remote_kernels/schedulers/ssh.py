@@ -18,10 +18,10 @@ from . import JobState, JobStatus, Resources
 from ._common import StatusOnly, log_redirect, parse_or_gone
 
 PREFIX = "#RK_SSH "
-# Runs on the host: read the whole script, start it detached, print its PID.
-DETACH = ('script=$(cat) || exit 1\n'
-          'printf "%s\\n" "$script" | RK_SSH_HOST="$1" setsid nohup bash -s >/dev/null 2>&1 &\n'
-          'echo $!\n')
+# Runs on the host: read the whole script, start it detached, print its PID.  One line, so that
+# any login shell (csh and tcsh too) passes it to sh intact (runner.remote_command).
+DETACH = ('script=$(cat) || exit 1; '
+          'printf "%s\\n" "$script" | RK_SSH_HOST="$1" setsid nohup bash -s >/dev/null 2>&1 & echo $!')
 PID = re.compile(r"(?P<id>\d+)")
 
 
@@ -32,16 +32,8 @@ class HostRunner(SSHCommandRunner):
         super().__init__(host, timeout)
         self.via = via
 
-    async def connection(self):
-        if self.via is None:
-            return await super().connection()
-        import asyncssh
-
-        async with self._lock:
-            if self._conn is None or self._conn.is_closed():
-                tunnel = await self.via.connection()
-                self._conn = await asyncio.wait_for(asyncssh.connect(self.host, tunnel=tunnel), self.timeout)
-            return self._conn
+    async def _tunnel(self):
+        return await self.via.connection() if self.via is not None else None
 
 
 _runners: dict[tuple[int, str, str], HostRunner] = {}
