@@ -48,6 +48,9 @@ JOB_ENDED_CODES = {JobState.CANCELLED: 143, JobState.TIMEOUT: 124, JobState.NODE
 # How long a kernel's death by a signal waits to be told apart from its job's end.
 SIGNAL_EXIT_GRACE = 1.0
 
+# Seconds a node may drop logins after its job started (see RemoteKernelSession._connect_node).
+ADMIT_WAIT = 10.0
+
 # Where jobs write their output when the server is off the cluster (relative to the login home).
 REMOTE_JOB_DIR = ".remote-kernels/jobs"
 
@@ -167,17 +170,32 @@ class RemoteKernelSession:
             self.timings["queued"] = time.monotonic() - self._t0 - self.timings["submit"]
             self.log.info("remote kernel %s: job %s running on %s", self.name, self.job_id, self.node)
             t1 = time.monotonic()
-            try:
-                self.conn = await NodeConnections.shared().acquire(
-                    self.node, interactive=self.opts.interactive_ssh, via=self._via())
-            except SSH_ERRORS as e:
-                raise KernelStartError(f"cannot reach node {self.node} over SSH: {describe(e)}") from None
+            self.conn = await self._connect_node()
             self.timings["ssh"] = time.monotonic() - t1
             await self._connect_launcher()
             self.timings["launcher"] = time.monotonic() - t1 - self.timings["ssh"]
         except BaseException:
             await self.close()
             raise
+
+    async def _connect_node(self) -> NodeConnection:
+        """The pool's connection to the job's node.  KernelStartError if it cannot be had.
+
+        A node may drop a login for a moment after the job starts (pam_slurm_adopt admits a
+        user once the job's extern step exists): a dropped login is tried again for ADMIT_WAIT s."""
+        deadline, delay = time.monotonic() + ADMIT_WAIT, 0.1
+        while True:
+            try:
+                return await NodeConnections.shared().acquire(
+                    self.node, interactive=self.opts.interactive_ssh, via=self._via())
+            except asyncssh.ConnectionLost as e:
+                if time.monotonic() + delay > deadline:
+                    raise KernelStartError(f"cannot reach node {self.node} over SSH: {describe(e)}") from None
+                self.log.debug("remote kernel %s: %s dropped the login (%s); retrying", self.name, self.node, e)
+            except SSH_ERRORS as e:
+                raise KernelStartError(f"cannot reach node {self.node} over SSH: {describe(e)}") from None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
     def start_in_background(self, then: Callable[[], Awaitable[None]]) -> asyncio.Task:
         """After submit_job(): reach the launcher, then await ``then()``, in a task of their own.

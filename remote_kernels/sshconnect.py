@@ -122,12 +122,18 @@ async def connect(host: str, *, tunnel: asyncssh.SSHClientConnection | None = No
                 hop_host, hop_user, hop_port = _split_hop(hop)
                 via = await connect(hop_host, tunnel=via, timeout=timeout, username=hop_user, port=hop_port)
                 hops.append(via)
+        client = _Client()
         try:
             return await asyncssh.connect(
-                host, config=config_files(), known_hosts=trust, tunnel=via,
+                host, config=config_files(), known_hosts=trust, tunnel=via, client_factory=lambda: client,
                 keepalive_interval=KEEPALIVE_INTERVAL, keepalive_count_max=KEEPALIVE_COUNT, **extra, **options)
         except asyncssh.HostKeyNotVerifiable as e:
             raise asyncssh.HostKeyNotVerifiable(f"{e.reason} (known hosts read: {', '.join(trust)})") from None
+        except asyncssh.ConnectionLost as e:
+            if not client.banner:
+                raise
+            # sshd said why in a banner, then closed: e.g. pam_slurm_adopt without a job on the node.
+            raise asyncssh.ConnectionLost(f"{host} closed the connection at login: {client.banner}") from e
 
     try:
         conn = await asyncio.wait_for(open_(), timeout)
@@ -138,6 +144,15 @@ async def connect(host: str, *, tunnel: asyncssh.SSHClientConnection | None = No
     if hops:   # the jump connections live as long as this one
         asyncio.get_running_loop().create_task(_close_after(conn, hops))
     return conn
+
+
+class _Client(asyncssh.SSHClient):
+    """Keeps the server's login banner, which carries PAM's reason for a refusal."""
+
+    banner = ""
+
+    def auth_banner_received(self, msg: str, lang: str) -> None:
+        self.banner = " ".join(msg.split())
 
 
 async def _close_after(conn: asyncssh.SSHClientConnection, hops: list) -> None:

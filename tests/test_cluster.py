@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
-import asyncssh
 import pytest
 
 from conftest import CLUSTER_SCRIPT
+from site_helpers import as_user, held_node, home
 from slurm_helpers import sbatch_wait, wait_until
 
 pytestmark = pytest.mark.cluster
@@ -39,26 +40,75 @@ def test_shared_filesystem(cluster, tmp_path):
     assert (tmp_path / "written-on-node").read_text() == "from-node\n"
 
 
-def test_openssh_strict_host_key_checking(cluster):
-    argv = ["ssh", "-F", cluster["ssh_config"], "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes"]
-    ok = subprocess.run([*argv, "c1", "hostname"], capture_output=True, text=True, timeout=30)
-    assert ok.returncode == 0, ok.stderr
-    assert ok.stdout.strip() == "c1"
+SSH = ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes"]
+
+
+@pytest.mark.parametrize("user", ["rkuser", "rkcsh"])
+def test_openssh_trusts_the_sites_published_keys(cluster, user):
+    """No user has a known_hosts: c1 and the login host by key, c2 by its host certificate,
+    all from /etc/ssh/ssh_known_hosts; each user's login shell runs the command."""
+    assert not (home(user) / ".ssh" / "known_hosts").exists()
+    for host in [*cluster["nodes"], "login"]:
+        holding = held_node(user, host) if host in cluster["nodes"] else contextlib.nullcontext()
+        with holding:
+            res = as_user(user, *SSH, host, "echo $SHELL; hostname", timeout=30)
+        assert res.returncode == 0, (host, res.stderr)
+        shell, name = res.stdout.split()
+        assert shell == cluster["users"][user] and (name == host or host == "login")
+    assert not (home(user) / ".ssh" / "known_hosts").exists()
+
+
+def test_users_reach_only_nodes_where_they_have_a_job(cluster):
+    """pam_slurm_adopt on the nodes' sshd: refused without a job there, let in (and adopted into
+    the job) with one; root, the admin, always."""
+    user = "rkcsh"
+    wait_until("rkcsh to have no job on c1", lambda: not user_jobs_on(user, "c1"), timeout=30)
+    refused = as_user(user, *SSH, "c1", "hostname", timeout=30)
+    assert refused.returncode == 255 and refused.stdout == ""
+    assert "Access denied by pam_slurm_adopt: you have no active jobs on this node" in refused.stderr
+    with held_node(user, "c1") as job:
+        inside = as_user(user, *SSH, "c1", "echo $SLURM_JOB_ID; cat /proc/self/cgroup", timeout=30)
+        assert inside.returncode == 0, inside.stderr
+        assert inside.stdout.split()[0] == job and f"/job_{job}/step_extern" in inside.stdout
+    wait_until(f"job {job} to end", lambda: not user_jobs_on(user, "c1"), timeout=30)
+    assert as_user(user, *SSH, "c1", "hostname", timeout=30).returncode == 255
+    admin = subprocess.run([*SSH, "c1", "hostname"], capture_output=True, text=True, timeout=30)
+    assert admin.returncode == 0 and admin.stdout.strip() == "c1"
+
+
+def user_jobs_on(user: str, node: str) -> list[str]:
+    out = subprocess.run(["squeue", "-h", "-u", user, "-w", node, "-o", "%i"], capture_output=True, text=True,
+                         check=True).stdout
+    return out.split()
+
+
+def test_c2_presents_a_host_certificate_of_the_site_ca(cluster):
+    cert = Path(cluster["state"]) / "nodes" / "c2" / "ssh_host_ed25519_key-cert.pub"
+    info = subprocess.run(["ssh-keygen", "-L", "-f", str(cert)], capture_output=True, text=True, check=True).stdout
+    ca = subprocess.run(["ssh-keygen", "-l", "-f", cluster["host_ca"]], capture_output=True, text=True,
+                        check=True).stdout.split()[1]
+    assert "host certificate" in info and ca in info and "c2" in info
+    lines = Path(cluster["known_hosts"]).read_text().splitlines()
+    assert any(l.startswith("@cert-authority c2,") for l in lines)
+    assert not any(l.startswith("c2,") for l in lines)   # trusted only through the CA
+
+
+def _node_key(cluster, node: str) -> str:
+    kind, blob = (Path(cluster["state"]) / "nodes" / node / "ssh_host_ed25519_key.pub").read_text().split()[:2]
+    return f"{kind} {blob}"
 
 
 def _known_hosts_with_wrong_key(cluster, tmp_path) -> Path:
     """A known_hosts that names c1 (and its address) with c2's host key."""
-    c2_key = next(l for l in Path(cluster["known_hosts"]).read_text().splitlines() if l.startswith("c2,"))
     bad = tmp_path / "known_hosts"
-    bad.write_text(f"c1,{cluster['nodes']['c1']} " + " ".join(c2_key.split()[1:]) + "\n")
+    bad.write_text(f"c1,{cluster['nodes']['c1']} {_node_key(cluster, 'c2')}\n")
     return bad
 
 
 def test_openssh_refuses_wrong_host_key(cluster, tmp_path):
     bad = _known_hosts_with_wrong_key(cluster, tmp_path)
     res = subprocess.run(
-        ["ssh", "-F", cluster["ssh_config"], "-o", "BatchMode=yes", "-o", f"UserKnownHostsFile={bad}",
-         "-o", "StrictHostKeyChecking=yes", "c1", "hostname"],
+        [*SSH, "-o", f"UserKnownHostsFile={bad}", "-o", "GlobalKnownHostsFile=/dev/null", "c1", "hostname"],
         capture_output=True, text=True, timeout=30,
     )
     assert res.returncode != 0
@@ -66,18 +116,13 @@ def test_openssh_refuses_wrong_host_key(cluster, tmp_path):
     assert res.stdout == ""
 
 
-async def test_asyncssh_default_config_reaches_node(cluster):
-    """asyncssh with no options honours ~/.ssh/config (which includes the cluster's) and known_hosts."""
-    async with asyncssh.connect("c2") as conn:
-        result = await conn.run("hostname", check=True)
-    assert result.stdout.strip() == "c2"
-
-
-async def test_asyncssh_refuses_wrong_host_key(cluster, tmp_path):
-    bad = _known_hosts_with_wrong_key(cluster, tmp_path)
-    with pytest.raises(asyncssh.HostKeyNotVerifiable):
-        async with asyncssh.connect("c1", known_hosts=str(bad)):
-            pass
+def test_openssh_refuses_a_certificate_of_another_ca(cluster, tmp_path):
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "ca")], check=True)
+    ca = " ".join((tmp_path / "ca.pub").read_text().split()[:2])
+    (tmp_path / "kh").write_text(f"@cert-authority c2,{cluster['nodes']['c2']} {ca}\n")
+    res = subprocess.run([*SSH, "-o", f"UserKnownHostsFile={tmp_path}/kh", "-o", "GlobalKnownHostsFile=/dev/null",
+                          "c2", "hostname"], capture_output=True, text=True, timeout=30)
+    assert res.returncode != 0 and res.stdout == ""
 
 
 def _free_port() -> int:

@@ -40,10 +40,21 @@ LAPTOP_LINK = ("10.199.1.1", "10.199.1.2")   # login side, laptop side
 NODE_CPUS = 8
 NODE_MEM_MB = 4096
 SLURM_CONF = Path("/etc/slurm/slurm.conf")
+CGROUP_CONF = Path("/etc/slurm/cgroup.conf")
+# Nodes admit users over SSH only while they have a job there (pam_slurm_adopt, which adopts the
+# session into that job).  Each node's sshd runs under a name of its own, which is its PAM service.
+PAM_SLURM_ADOPT = Path("/lib/security/pam_slurm_adopt.so")
 MUNGE_RUN = Path("/run/munge")
+# Ordinary users, as on a site: the tests start kernels as them (root acts only as the admin).
+USERS = {"rkuser": "/bin/bash", "rkcsh": "/usr/bin/tcsh"}
 TEST_USER = "rkuser"
 HOSTS_MARK = "# remote-kernels test cluster"
 SSH_INCLUDE_MARK = "# remote-kernels test cluster (managed)"
+# Host keys are published as sites publish them: in the system-wide known_hosts (c1, login by
+# key; c2 presents a host certificate signed by the site CA, trusted by an @cert-authority line).
+GLOBAL_KNOWN_HOSTS = Path("/etc/ssh/ssh_known_hosts")
+KNOWN_HOSTS_MARK = "remote-kernels-test-cluster"
+CERT_NODES = ("c2",)
 
 
 def log(msg: str) -> None:
@@ -170,8 +181,9 @@ SlurmctldPidFile={STATE}/run/slurmctld.pid
 SlurmdPidFile={STATE}/run/slurmd-%n.pid
 SlurmctldLogFile={STATE}/log/slurmctld.log
 SlurmdLogFile={STATE}/log/slurmd-%n.log
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
+ProctrackType=proctrack/cgroup
+TaskPlugin=task/cgroup
+PrologFlags=contain
 MpiDefault=none
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
@@ -183,7 +195,6 @@ SlurmdParameters=config_overrides
 SchedulerType=sched/backfill
 PreemptType=preempt/partition_prio
 PreemptMode=CANCEL
-EnforcePartLimits=ALL
 ReturnToService=2
 MinJobAge=30
 KillWait=2
@@ -200,13 +211,14 @@ PartitionName=urgent Nodes={",".join(NODES)} PriorityTier=10 DefaultTime=00:10:0
 
 def sshd_config(node: str) -> str:
     d = STATE / "nodes" / node
+    cert = f"HostCertificate {d}/ssh_host_ed25519_key-cert.pub\n" if node in CERT_NODES else ""
     return f"""\
 # sshd of test-cluster host {node}; written by remote-kernels tests/cluster/cluster.py
 ListenAddress {NODES.get(node) or LAPTOP_LINK[0]}
 Port 22
 HostKey {d}/ssh_host_ed25519_key
-PidFile {d}/sshd.pid
-UsePAM no
+{cert}PidFile {d}/sshd.pid
+UsePAM {"no" if node == "login" else "yes"}
 PermitRootLogin prohibit-password
 PasswordAuthentication no
 KbdInteractiveAuthentication no
@@ -222,26 +234,16 @@ Subsystem sftp /usr/lib/openssh/sftp-server
 """
 
 
-def ssh_client_config() -> str:
-    blocks = ["# ssh client config for the remote-kernels test cluster (written by cluster.py)"]
-    for node, addr in {**NODES, "login": LAPTOP_LINK[0]}.items():
-        blocks.append(
-            f"Host {node}\n"
-            f"    HostName {addr}\n"
-            f"    UserKnownHostsFile {STATE}/ssh/known_hosts\n"
-            f"    StrictHostKeyChecking yes\n"
-        )
-    return "\n".join(blocks) + "\n"
-
-
 # --- pieces ------------------------------------------------------------------
 
 def ensure_packages() -> None:
-    missing = [b for b in ("slurmctld", "slurmd", "munged", "sshd") if not _which(b)]
+    missing = [b for b in ("slurmctld", "slurmd", "munged", "sshd", "tcsh") if not _which(b)]
+    if not PAM_SLURM_ADOPT.exists():
+        missing.append(str(PAM_SLURM_ADOPT))
     if missing:
         raise SystemExit(
             f"cluster: missing {', '.join(missing)}; install with: "
-            "apt-get install slurm-wlm munge openssh-server (make deps does this)"
+            "apt-get install slurm-wlm munge openssh-server tcsh libpam-slurm-adopt (make deps does this)"
         )
 
 
@@ -318,44 +320,84 @@ def ensure_hosts_file() -> None:
     hosts = Path("/etc/hosts")
     lines = [l for l in hosts.read_text().splitlines() if not l.endswith(HOSTS_MARK)]
     lines += [f"{addr} {node} {HOSTS_MARK}" for node, addr in NODES.items()]
+    lines.append(f"{LAPTOP_LINK[0]} login {HOSTS_MARK}")
     text = "\n".join(lines) + "\n"
     if hosts.read_text() != text:
         hosts.write_text(text)
 
 
-def ensure_ssh_material() -> None:
-    """Node host keys, known_hosts, client config, and login keys for root and TEST_USER."""
-    (STATE / "ssh").mkdir(parents=True, exist_ok=True)
-    known = []
+def host_ca() -> Path:
+    """The site's host CA (private key; .pub beside it)."""
+    ca = STATE / "ca" / "host_ca"
+    if not ca.exists():
+        ca.parent.mkdir(parents=True, exist_ok=True)
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "remote-kernels test site host CA", "-f", str(ca)])
+    return ca
+
+
+def ensure_host_cert(node: str, addr: str, ca: Path) -> bool:
+    """A host certificate for node's key, signed by the site CA, valid for its name and address.
+    True if it was (re)made."""
+    d = STATE / "nodes" / node
+    pub, cert = d / "ssh_host_ed25519_key.pub", d / "ssh_host_ed25519_key-cert.pub"
+    if cert.exists() and cert.stat().st_mtime >= max(pub.stat().st_mtime, ca.stat().st_mtime):
+        return False
+    run(["ssh-keygen", "-q", "-s", str(ca), "-I", f"{node}-host", "-h", "-n", f"{node},{addr}", str(pub)])
+    return True
+
+
+def ensure_ssh_material() -> set[str]:
+    """Host keys, the site CA and certificates, /etc/ssh/ssh_known_hosts, users and their login keys.
+    Returns the hosts whose sshd must restart (config or certificate changed).
+
+    No user gets a known_hosts or ssh config of their own: trust comes from the system file."""
+    ca = host_ca()
+    known, changed = [], set()
     for node, addr in {**NODES, "login": LAPTOP_LINK[0]}.items():
         d = STATE / "nodes" / node
         d.mkdir(parents=True, exist_ok=True)
         key = d / "ssh_host_ed25519_key"
         if not key.exists():
             run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"{node} host key", "-f", str(key)])
-        pub = (d / "ssh_host_ed25519_key.pub").read_text().split()
-        known.append(f"{node},{addr} {pub[0]} {pub[1]}")
-        write_if_changed(d / "sshd_config", sshd_config(node))
-    write_if_changed(STATE / "ssh" / "known_hosts", "\n".join(known) + "\n")
-    write_if_changed(STATE / "ssh" / "config", ssh_client_config())
+        if node in CERT_NODES and ensure_host_cert(node, addr, ca):
+            changed.add(node)
+        if node in CERT_NODES:
+            kind, blob = (ca.with_suffix(".pub")).read_text().split()[:2]
+            known.append(f"@cert-authority {node},{addr} {kind} {blob} {KNOWN_HOSTS_MARK}")
+        else:
+            kind, blob = (d / "ssh_host_ed25519_key.pub").read_text().split()[:2]
+            known.append(f"{node},{addr} {kind} {blob} {KNOWN_HOSTS_MARK}")
+        if write_if_changed(d / "sshd_config", sshd_config(node)):
+            changed.add(node)
+        if node in NODES and ensure_sshd_program(node):
+            changed.add(node)
+    others = [l for l in (GLOBAL_KNOWN_HOSTS.read_text().splitlines() if GLOBAL_KNOWN_HOSTS.exists() else [])
+              if not l.endswith(KNOWN_HOSTS_MARK)]
+    write_if_changed(GLOBAL_KNOWN_HOSTS, "\n".join(others + known) + "\n")
+    for old in ("config", "known_hosts"):   # from versions that gave users their own trust
+        (STATE / "ssh" / old).unlink(missing_ok=True)
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
-    ensure_test_user()
-    for user in ("root", TEST_USER):
+    ensure_users()
+    for user in ("root", *USERS):
         ensure_user_ssh(user)
+    return changed
 
 
-def ensure_test_user() -> None:
-    """An unprivileged user with a home on the shared filesystem (for isolation tests)."""
-    try:
-        pwd.getpwnam(TEST_USER)
-    except KeyError:
-        log(f"creating user {TEST_USER}")
-        run(["useradd", "--create-home", "--shell", "/bin/bash", TEST_USER])
-    # A locked password ("!") makes sshd (UsePAM no) refuse even key logins.
-    run(["usermod", "-p", "*", TEST_USER])
+def ensure_users() -> None:
+    """The site's ordinary users, with homes on the shared filesystem and their login shells."""
+    for user, shell in USERS.items():
+        try:
+            if pwd.getpwnam(user).pw_shell != shell:
+                run(["usermod", "--shell", shell, user])
+        except KeyError:
+            log(f"creating user {user} ({shell})")
+            run(["useradd", "--create-home", "--shell", shell, user])
+        # A locked password ("!") makes sshd refuse even key logins.
+        run(["usermod", "-p", "*", user])
 
 
 def ensure_user_ssh(user: str) -> None:
+    """user's login key, authorized on every host (shared homes); no known_hosts of their own."""
     pw = pwd.getpwnam(user)
     sshdir = Path(pw.pw_dir) / ".ssh"
     sshdir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -372,25 +414,62 @@ def ensure_user_ssh(user: str) -> None:
             f.write(pub + "\n")
     os.chown(auth, pw.pw_uid, pw.pw_gid)
     os.chmod(auth, 0o600)
-    # Make `ssh c1` (and asyncssh.connect("c1")) use the cluster's config.
+    # Earlier versions included a cluster ssh config from ~/.ssh/config: take that line out.
     config = sshdir / "config"
-    include = f"Include {STATE}/ssh/config {SSH_INCLUDE_MARK}"
-    lines = config.read_text().splitlines() if config.exists() else []
-    lines = [l for l in lines if not l.endswith(SSH_INCLUDE_MARK)]
-    new = "\n".join([include, *lines]) + "\n"
-    if not config.exists() or config.read_text() != new:
-        config.write_text(new)
-    os.chown(config, pw.pw_uid, pw.pw_gid)
-    os.chmod(config, 0o600)
+    if config.exists():
+        lines = config.read_text().splitlines()
+        kept = [l for l in lines if not l.endswith(SSH_INCLUDE_MARK)]
+        if kept != lines:
+            config.write_text("".join(l + "\n" for l in kept))
+    if user in USERS:
+        (sshdir / "known_hosts").unlink(missing_ok=True)
 
 
-def ensure_sshd(node: str) -> None:
+def sshd_program(node: str) -> Path:
+    """The sshd binary of a host: a node's runs as ``sshd-NODE``, its PAM service name."""
+    return Path("/usr/sbin/sshd") if node == "login" else STATE / "bin" / f"sshd-{node}"
+
+
+def pam_service(node: str) -> str:
+    """PAM stack of a node's sshd: key logins, then pam_slurm_adopt (root is let in, not adopted)."""
+    return f"""\
+# PAM of the remote-kernels test cluster's sshd on {node} (written by tests/cluster/cluster.py)
+@include common-auth
+account    required     pam_nologin.so
+@include common-account
+account    required     {PAM_SLURM_ADOPT} action_no_jobs=deny action_unknown=newest action_adopt_failure=deny action_generic_failure=deny service=sshd-{node} nodename={node}
+session    required     pam_loginuid.so
+session    required     pam_unix.so
+session    required     pam_limits.so
+"""
+
+
+def ensure_sshd_program(node: str) -> bool:
+    """The node's sshd name and PAM service; True if either changed."""
+    prog = sshd_program(node)
+    changed = write_if_changed(Path("/etc/pam.d") / f"sshd-{node}", pam_service(node))
+    if not (prog.is_symlink() and os.readlink(prog) == "/usr/sbin/sshd"):
+        prog.parent.mkdir(parents=True, exist_ok=True)
+        prog.unlink(missing_ok=True)
+        prog.symlink_to("/usr/sbin/sshd")
+        changed = True
+    return changed
+
+
+def ensure_sshd(node: str, restart: bool = False) -> None:
     """sshd of a compute node (in its namespace) or of the login side ("login", on the host)."""
     d = STATE / "nodes" / node
-    if pid_alive(d / "sshd.pid", "sshd"):
+    prog = sshd_program(node)
+    pid = pid_alive(d / "sshd.pid", prog.name)
+    stale = prog.name != "sshd" and pid_alive(d / "sshd.pid", "sshd")   # started under its old name
+    if stale:
+        kill_pids([stale])
+    if pid and restart:
+        kill_pids([pid])
+    elif pid:
         return
     log(f"starting sshd on {node}")
-    argv = ["/usr/sbin/sshd", "-f", str(d / "sshd_config"), "-E", str(STATE / "log" / f"sshd-{node}.log")]
+    argv = [str(prog), "-f", str(d / "sshd_config"), "-E", str(STATE / "log" / f"sshd-{node}.log")]
     run(argv if node == "login" else in_node(node, argv))
 
 
@@ -418,7 +497,8 @@ def ensure_laptop_net() -> None:
 
 
 def ensure_slurm_conf() -> bool:
-    return write_if_changed(SLURM_CONF, slurm_conf())
+    cgroup = write_if_changed(CGROUP_CONF, "# remote-kernels test cluster: SLURM's cgroup defaults\nCgroupPlugin=autodetect\n")
+    return write_if_changed(SLURM_CONF, slurm_conf()) or cgroup
 
 
 def ensure_slurmctld(conf_changed: bool) -> None:
@@ -487,9 +567,11 @@ def write_cluster_json() -> None:
         "login_addr": LOGIN_ADDR,
         "bridge": BRIDGE,
         "partitions": {"debug": list(NODES), "long": ["c2"]},
-        "ssh_config": str(STATE / "ssh" / "config"),
-        "known_hosts": str(STATE / "ssh" / "known_hosts"),
+        "known_hosts": str(GLOBAL_KNOWN_HOSTS),
+        "host_ca": str(STATE / "ca" / "host_ca.pub"),
+        "cert_nodes": list(CERT_NODES),
         "test_user": TEST_USER,
+        "users": USERS,
         "state": str(STATE),
         "laptop": {"netns": LAPTOP, "addr": LAPTOP_LINK[1], "login_host": "login", "login_addr": LAPTOP_LINK[0]},
     }
@@ -509,9 +591,9 @@ def up() -> None:
         ensure_node_net(node)
     ensure_laptop_net()
     ensure_hosts_file()
-    ensure_ssh_material()
+    restart = ensure_ssh_material()
     for node in [*NODES, "login"]:
-        ensure_sshd(node)
+        ensure_sshd(node, restart=node in restart)
     changed = ensure_slurm_conf()
     ensure_slurmctld(changed)
     for node in NODES:
@@ -526,7 +608,7 @@ def up() -> None:
 def down() -> None:
     for node in [*NODES, LAPTOP]:
         remove_node_net(node)   # kills slurmd, sshd, jobs: everything in the namespace
-    login_sshd = pid_alive(STATE / "nodes" / "login" / "sshd.pid", "sshd")
+    login_sshd = pid_alive(STATE / "nodes" / "login" / "sshd.pid", sshd_program("login").name)
     if login_sshd:
         kill_pids([login_sshd])
     kill_pids(pids_named("slurmctld"))
@@ -544,7 +626,7 @@ def status() -> int:
             ("slurmctld", pid_alive(STATE / "run" / "slurmctld.pid", "slurmctld"))]
     for node in NODES:
         rows.append((f"slurmd {node}", pid_alive(STATE / "run" / f"slurmd-{node}.pid", "slurmd")))
-        rows.append((f"sshd {node}", pid_alive(STATE / "nodes" / node / "sshd.pid", "sshd")))
+        rows.append((f"sshd {node}", pid_alive(STATE / "nodes" / node / "sshd.pid", sshd_program(node).name)))
         rows.append((f"netns {node}", node_net_ok(node)))
     rows.append(("sshd login", pid_alive(STATE / "nodes" / "login" / "sshd.pid", "sshd")))
     rows.append((f"netns {LAPTOP}", laptop_net_ok()))
