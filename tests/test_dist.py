@@ -35,8 +35,9 @@ def user_venv(cluster):
     home = Path(tempfile.mkdtemp(prefix="rk-dist-", dir="/tmp"))
     try:
         # The same builder and arguments as `make dist`.
-        subprocess.run([sys.executable, "-m", "build", "--outdir", str(out), str(ROOT)], check=True,
-                       capture_output=True, text=True, timeout=300)
+        built = subprocess.run([sys.executable, "-m", "build", "--outdir", str(out), str(ROOT)],
+                               capture_output=True, text=True, timeout=300)
+        assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
         wheels = sorted(out.glob("remote_kernels-*.whl"))
         assert len(wheels) == 1 and sorted(out.glob("remote_kernels-*.tar.gz")), sorted(out.iterdir())
         wheel = home / wheels[0].name
