@@ -11,13 +11,14 @@ APT_PKGS := slurm-wlm munge openssh-server tcsh libpam-slurm-adopt python3.11-ve
 CLUSTER := /usr/bin/python3 tests/cluster/cluster.py
 SGE := /usr/bin/python3 tests/cluster/sge.py
 
-.PHONY: help deps venv cluster cluster-down cluster-status demo test docs bench
+.PHONY: help deps venv cluster cluster-down cluster-status demo test docs bench dist
 
 help:
 	@echo "make demo            set up everything, run a cell on a compute node"
 	@echo "make test            set up everything, run the test suite"
 	@echo "make bench           benchmark a compute-node kernel against a local one (~5 min)"
 	@echo "make docs            build the documentation (warnings are errors)"
+	@echo "make dist            build the wheel and the sdist into dist/ (to install on a cluster)"
 	@echo "make cluster         bring up (or repair) the test cluster"
 	@echo "make cluster-down    stop and remove the test cluster"
 	@echo "make cluster-status  show the test cluster's daemons and nodes"
@@ -56,6 +57,15 @@ demo: venv cluster
 # Warnings are errors: a broken link, toctree entry or cross-reference fails the build.
 docs: venv
 	$(VPY) -m sphinx -W --keep-going -b html docs docs/_build/html
+
+# The wheel carries the launcher and the example kernelspecs (remote_kernels/kernelspecs/).
+# Only Python is needed (no apt packages, no test cluster): the builder gets its own small venv.
+DIST_VENV := .venv-dist
+dist:
+	test -x $(DIST_VENV)/bin/python || $(PYTHON) -m venv $(DIST_VENV)
+	$(DIST_VENV)/bin/python -m pip install -q 'build>=1'
+	rm -rf dist
+	$(DIST_VENV)/bin/python -m build --outdir dist .
 
 test: venv cluster docs
 	$(VPY) -m pytest tests

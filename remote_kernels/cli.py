@@ -10,11 +10,12 @@ import sys
 from traitlets import TraitError
 
 from . import __version__
+from .examples import shipped_examples
 
 EXAMPLES = """\
 examples:
   remote-kernels install slurm-py --display-name "Python 3 (compute node)" --time 01:00:00 --mem 4G
-  remote-kernels install gpu --from kernelspecs/slurm-gpu --partition gpu --user
+  remote-kernels install gpu --from slurm-gpu --partition gpu --user   # from a shipped example
   remote-kernels check slurm-py          # submit, run a cell, time each phase, shut down
   RK_TIME=04:00:00 remote-kernels show slurm-py
   remote-kernels ps
@@ -48,9 +49,9 @@ def _add_install(sub) -> None:
                                    "Bad values are refused before anything is written.",
                        epilog=OVERRIDES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("name", help="kernelspec name (letters, digits, -, _, .)")
-    p.add_argument("--from", dest="from_dir", metavar="DIR",
-                   help="start from the kernelspec in DIR (e.g. kernelspecs/slurm-python3); "
-                        "options given here override its values")
+    p.add_argument("--from", dest="from_dir", metavar="EXAMPLE|DIR",
+                   help=f"start from a shipped example ({', '.join(shipped_examples())}) or the kernelspec "
+                        "in DIR; options given here override its values")
     p.add_argument("--scheduler", metavar="NAME", help="batch scheduler (default: slurm)")
     p.add_argument("--display-name", metavar="TEXT", help="name shown in the kernel picker (default: --from's, or 'Python 3 (NAME)')")
     res = p.add_argument_group("resources (unset: the scheduler's defaults)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -38,16 +39,49 @@ def _logos() -> list[Path]:
 
 def install(name: str, display_name: str, config: dict, *, user: bool = False,
             prefix: str | None = None, replace: bool = False) -> str:
-    """Install the spec; return its directory.  FileExistsError if it exists and not replace."""
+    """Install the spec; return its directory.  FileExistsError if it exists and not replace.
+
+    The spec's directory, and any directory created to hold it, is made 0755 and its files
+    0644 whatever the umask, so that every user's Jupyter can read a shared spec.
+    """
     ksm = KernelSpecManager()
     dest = Path(ksm._get_destination_dir(name, user=user, prefix=prefix))
     if dest.exists() and not replace:
         raise FileExistsError(f"kernelspec {name!r} already exists at {dest}; use --replace to overwrite it")
+    created = _missing_parents(dest)
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "kernel.json").write_text(json.dumps(kernel_json(name, display_name, config), indent=1) + "\n")
         for logo in _logos():
             shutil.copy(logo, tmp)
-        return ksm.install_kernel_spec(tmp, name, user=user, prefix=prefix)
+        installed = ksm.install_kernel_spec(tmp, name, user=user, prefix=prefix)
+    _make_readable(Path(installed), created)
+    return installed
+
+
+def _missing_parents(path: Path) -> list[Path]:
+    """The ancestors of ``path`` that do not exist yet, nearest first."""
+    missing = []
+    for parent in path.parents:
+        if parent.exists():
+            break
+        missing.append(parent)
+    return missing
+
+
+def _make_readable(spec_dir: Path, created: list[Path]) -> None:
+    """Directories 0755 (the spec's, its subdirectories and ``created``), files 0644."""
+    for parent in created:
+        parent.chmod(0o755)
+    for root, _dirs, files in os.walk(spec_dir):
+        os.chmod(root, 0o755)
+        for f in files:
+            os.chmod(os.path.join(root, f), 0o644)
+
+
+def on_search_path(spec_dir: str) -> bool:
+    """Whether Jupyter (with this environment's JUPYTER_PATH) looks for kernelspecs where ``spec_dir`` is."""
+    where = os.path.realpath(os.path.dirname(spec_dir))
+    return any(os.path.realpath(d) == where for d in KernelSpecManager().kernel_dirs)
 
 
 def remote_specs() -> dict[str, dict]:

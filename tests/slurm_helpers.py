@@ -2,8 +2,19 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import time
+
+# What an ordinary user's shell has (root's PATH here holds directories other users cannot read).
+USER_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
+
+
+def as_user(user: str, *argv: str, timeout: float = 30, env: dict | None = None,
+            umask: int = -1) -> subprocess.CompletedProcess:
+    """Run argv as ``user`` (runuser sets HOME, USER...) in USER_ENV plus ``env``, from /; output captured."""
+    return subprocess.run([shutil.which("runuser"), "-u", user, "--", *argv], capture_output=True, text=True,
+                          timeout=timeout, env={**USER_ENV, **(env or {})}, umask=umask, cwd="/")
 
 
 def sbatch_wait(tmp_path, *args: str, wrap: str, timeout: float = 60) -> str:

@@ -16,7 +16,7 @@ from remote_kernels.options import KernelOptions
 from remote_kernels.schedulers import JobState
 from remote_kernels.schedulers.slurm import Slurm
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "kernelspecs"
+EXAMPLES = Path(__file__).resolve().parent.parent / "remote_kernels" / "kernelspecs"
 
 
 @pytest.fixture
@@ -49,8 +49,26 @@ def test_install_from_a_spec_dir_overrides_given_fields(cli):
         "python": "python3", "setup": ["module load cuda/12"], "grace": 600.0, "queue_timeout": 120.0}
 
 
+def test_install_from_a_shipped_example_by_name(cli):
+    names = sorted(p.name for p in EXAMPLES.iterdir() if (p / "kernel.json").is_file())
+    assert "slurm-gpu" in names
+    for example in names:
+        res = cli("install", f"by-name-{example}", "--from", example, "--prefix", str(cli.prefix))
+        assert res.returncode == 0, res.stderr
+        shipped = json.loads((EXAMPLES / example / "kernel.json").read_text())
+        written = spec(cli, f"by-name-{example}")
+        assert written["display_name"] == shipped["display_name"]
+        assert written["metadata"]["kernel_provisioner"]["config"] == {
+            k: v for k, v in shipped["metadata"]["kernel_provisioner"]["config"].items() if v not in ("", 0, [], {})}
+    # --help names them, so a user with only the wheel can find them.
+    help_text = " ".join(cli("install", "--help").stdout.split())
+    assert f"shipped example ({', '.join(names)})" in help_text
+
+
 @pytest.mark.parametrize("args, message", [
     (["--time", "tomorrow"], "time 'tomorrow' is not a wall-time"),
+    (["--from", "nosuch"], "--from nosuch: no such directory nor shipped example; the shipped examples are "
+                           "slurm-conda, slurm-gpu, slurm-python3"),
     (["--grace", "0"], "grace 0 is out of range; use a positive number of seconds"),
     (["--queue-timeout", "-5"], "queue_timeout -5 is out of range"),
     (["--cpus", "-1"], "cpus -1 is negative"),

@@ -9,15 +9,12 @@ import pytest
 from jupyter_client.manager import AsyncKernelManager
 
 from kernel_helpers import until, value_of
+from slurm_helpers import as_user
 from remote_kernels.session import KernelStartError
 
 pytestmark = pytest.mark.cluster
 
 CONNECT_AS = "import socket, sys; s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); print('connected')"
-
-
-def _as_user(user: str, *argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["runuser", "-u", user, "--", *argv], capture_output=True, text=True, timeout=30)
 
 
 async def test_other_users_cannot_reach_the_kernel(cluster, start_kernel):
@@ -28,10 +25,10 @@ async def test_other_users_cannot_reach_the_kernel(cluster, start_kernel):
     node_socket = f"{session.node_dir}/k-2"                  # iopub, on the node
     assert Path(login_socket).is_socket() and Path(node_socket).is_socket()
     for path in (login_socket, node_socket):
-        res = _as_user(other, "/usr/bin/python3", "-c", CONNECT_AS, path)
+        res = as_user(other, "/usr/bin/python3", "-c", CONNECT_AS, path)
         assert res.returncode != 0 and "PermissionError" in res.stderr, (path, res.stdout, res.stderr)
     for path in (km.connection_file, f"{session.node_dir}/kernel.json"):
-        res = _as_user(other, "cat", path)
+        res = as_user(other, "cat", path)
         assert res.returncode != 0 and "Permission denied" in res.stderr
     # The owner still talks to it.
     assert await value_of(kc, "'mine'") == "mine"

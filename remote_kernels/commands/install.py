@@ -3,18 +3,31 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
 from traitlets import TraitError
 
-from ..kernelspec import PROVISIONER, install
+from ..examples import shipped_examples
+from ..kernelspec import PROVISIONER, install, on_search_path
 from ..options import KernelOptions
 from ..schedulers import get_scheduler
 from . import CommandFailed
 
 
-def load_spec_dir(path: str) -> tuple[dict, str]:
+def resolve_from(value: str) -> Path:
+    """``--from``'s directory: an existing directory, else the shipped example of that name."""
+    if Path(value).is_dir():
+        return Path(value)
+    examples = shipped_examples()
+    if value in examples:
+        return examples[value]
+    raise CommandFailed(f"--from {value}: no such directory nor shipped example; "
+                        f"the shipped examples are {', '.join(examples)}")
+
+
+def load_spec_dir(path: str | Path) -> tuple[dict, str]:
     """(provisioner config, display name) of the compute-node kernelspec in directory ``path``."""
     file = Path(path) / "kernel.json"
     try:
@@ -32,7 +45,7 @@ def load_spec_dir(path: str) -> tuple[dict, str]:
 def install_spec(name: str, given: dict, *, from_dir: str | None = None, display_name: str | None = None,
                  user: bool = False, prefix: str | None = None, replace: bool = False) -> str:
     """Validate, then install; ``given`` (options set on the command line) overrides ``from_dir``'s."""
-    config, from_display = load_spec_dir(from_dir) if from_dir else ({}, "")
+    config, from_display = load_spec_dir(resolve_from(from_dir)) if from_dir else ({}, "")
     config.update(given)
     config.setdefault("scheduler", "slurm")
     config.setdefault("python", sys.executable)
@@ -48,4 +61,8 @@ def install_spec(name: str, given: dict, *, from_dir: str | None = None, display
     except (ValueError, OSError) as e:   # existing spec, invalid name, no write access
         raise CommandFailed(str(e)) from None
     print(f"Installed kernelspec {name} ({display}) in {dest}")
+    if not on_search_path(dest):
+        data_dir = os.path.dirname(os.path.dirname(dest))
+        print(f"remote-kernels install: warning: Jupyter does not look in {os.path.dirname(dest)}; "
+              f"set JUPYTER_PATH={data_dir} for the servers that should find {name}", file=sys.stderr)
     return dest
