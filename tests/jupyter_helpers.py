@@ -14,7 +14,6 @@ import os
 import re
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,12 +27,6 @@ from slurm_helpers import wait_until
 
 VENV_BIN = Path(sys.executable).parent
 SUBMITTED = re.compile(r"submitted slurm job (\d+)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def frontend_env(home: Path) -> dict[str, str]:
@@ -77,14 +70,13 @@ class JupyterServer:
         self.root = self.home / "root"
         self.root.mkdir(parents=True, exist_ok=True)
         self.app = app
-        self.port = free_port()
+        self.port = 0   # the server's own choice; read back from its runtime file once it runs
         self.token = secrets.token_hex(16)
-        self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = self.home / f"jupyter-{app}.log"
         self.env = frontend_env(self.home)
         self.argv = [
             str(VENV_BIN / "jupyter"), app, "--no-browser", "--ServerApp.ip=127.0.0.1",
-            f"--ServerApp.port={self.port}", "--ServerApp.port_retries=0",
+            "--ServerApp.port=0", "--ServerApp.port_retries=0",
             f"--IdentityProvider.token={self.token}", f"--ServerApp.root_dir={self.root}",
             "--ServerApp.open_browser=False", *extra_args,
         ]
@@ -101,17 +93,27 @@ class JupyterServer:
         def up():
             if self.proc.poll() is not None:
                 raise AssertionError(f"jupyter {self.app} exited with {self.proc.returncode}:\n{self.log()}")
+            if not self.port:
+                info = Path(self.env["JUPYTER_RUNTIME_DIR"]) / f"jpserver-{self.proc.pid}.json"
+                try:
+                    self.port = json.loads(info.read_text())["port"]
+                except (OSError, ValueError, KeyError):
+                    return False
             try:
                 return self.request("GET", "/api/status", timeout=2)[0] == 200
             except OSError:
                 return False
 
         try:
-            wait_until(f"jupyter {self.app} to answer on {self.url}", up, timeout=timeout, interval=0.2)
+            wait_until(f"jupyter {self.app} to answer", up, timeout=timeout, interval=0.2)
         except BaseException:
             self.stop()
             raise
         return self
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
         """Delete every kernel over REST, stop the server (SIGTERM, then SIGKILL), and fail if

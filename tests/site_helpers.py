@@ -15,22 +15,25 @@ import time
 from pathlib import Path
 
 VENV_BIN = Path(sys.executable).parent   # the project's venv: made from Debian's python3.11, readable by all
+# What an ordinary user's shell has (root's PATH here holds directories other users cannot read).
+USER_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
 
 
 def home(user: str) -> Path:
     return Path(pwd.getpwnam(user).pw_dir)
 
 
-def as_user(user: str, *argv: str, env: dict | None = None, netns: str | None = None,
-            timeout: float = 180, home_dir: str | Path | None = None) -> subprocess.CompletedProcess:
-    """Run argv as ``user`` (optionally in network namespace ``netns``); never raises on failure."""
-    base = {"HOME": str(home_dir or home(user)), "USER": user, "LOGNAME": user,
-            "PATH": f"{VENV_BIN}:/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
+def as_user(user: str, *argv: str, env: dict | None = None, netns: str | None = None, timeout: float = 180,
+            home_dir: str | Path | None = None, umask: int = -1) -> subprocess.CompletedProcess:
+    """Run argv as ``user`` from / (optionally in network namespace ``netns``), output captured;
+    never raises on failure.  ``home_dir`` replaces the user's HOME."""
+    base = {"HOME": str(home_dir or home(user)), "USER": user, "LOGNAME": user, **USER_ENV}
     cmd = ["runuser", "-u", user, "--", "env", "-i", *[f"{k}={v}" for k, v in {**base, **(env or {})}.items()],
            *argv]
     if netns:
         cmd = ["nsenter", f"--net=/run/netns/{netns}", *cmd]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+                          umask=umask, cwd="/")
 
 
 def unique(prefix: str) -> str:

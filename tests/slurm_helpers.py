@@ -2,20 +2,9 @@
 
 from __future__ import annotations
 
-import shutil
+import getpass
 import subprocess
 import time
-
-# What an ordinary user's shell has (root's PATH here holds directories other users cannot read).
-USER_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
-
-
-def as_user(user: str, *argv: str, timeout: float = 30, env: dict | None = None,
-            umask: int = -1) -> subprocess.CompletedProcess:
-    """Run argv as ``user`` (runuser sets HOME, USER...) in USER_ENV plus ``env``, from /; output captured."""
-    return subprocess.run([shutil.which("runuser"), "-u", user, "--", *argv], capture_output=True, text=True,
-                          timeout=timeout, env={**USER_ENV, **(env or {})}, umask=umask, cwd="/")
-
 
 def sbatch_wait(tmp_path, *args: str, wrap: str, timeout: float = 60) -> str:
     """Submit a batch job, wait for it to finish (sbatch --wait), return its output."""
@@ -37,3 +26,11 @@ def wait_until(what: str, cond, timeout: float = 30, interval: float = 0.1):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+def jobs_named(name: str, user: str | None = None, states: str = "all") -> set[str]:
+    """Ids of ``user``'s (default: this process's user's) jobs named ``name`` in ``states``.
+    Compare with a set taken before the test: earlier runs may have used the same name."""
+    out = subprocess.run(["squeue", "-h", "-u", user or getpass.getuser(), "-t", states, "-n", name, "-o", "%i"],
+                         capture_output=True, text=True, check=True).stdout
+    return set(out.split())

@@ -125,20 +125,13 @@ def test_openssh_refuses_a_certificate_of_another_ca(cluster, tmp_path):
     assert res.returncode != 0 and res.stdout == ""
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
+# Listens on each address given (a port of the system's choice) and prints the ports.
 LISTENER = r"""
 import socket, sys
 srvs = []
-for addr in sys.argv[1:]:
-    host, port = addr.rsplit(':', 1)
-    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind((host, int(port))); s.listen(); srvs.append(s)
-print('ready', flush=True)
+for host in sys.argv[1:]:
+    s = socket.socket(); s.bind((host, 0)); s.listen(); srvs.append(s)
+print(*[s.getsockname()[1] for s in srvs], flush=True)
 sys.stdin.read()
 """
 
@@ -153,14 +146,12 @@ def _reachable(host: str, port: int) -> bool:
 
 def test_node_loopback_is_not_reachable_from_login(cluster):
     c1 = cluster["nodes"]["c1"]
-    lo_port, pub_port = _free_port(), _free_port()
     proc = subprocess.Popen(
-        ["nsenter", "--net=/run/netns/c1", sys.executable, "-c", LISTENER,
-         f"127.0.0.1:{lo_port}", f"{c1}:{pub_port}"],
+        ["nsenter", "--net=/run/netns/c1", sys.executable, "-c", LISTENER, "127.0.0.1", c1],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )
     try:
-        assert proc.stdout.readline().strip() == "ready"
+        lo_port, pub_port = map(int, proc.stdout.readline().split())
         assert _reachable(c1, pub_port), "listener on c1's address must be reachable"
         assert not _reachable(c1, lo_port), "c1's loopback listener leaked to c1's address"
         assert not _reachable("127.0.0.1", lo_port), "c1's loopback listener reachable on login's loopback"

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from slurm_helpers import as_user, wait_until
+from site_helpers import as_user
+from slurm_helpers import wait_until
 
 pytestmark = pytest.mark.cluster
 

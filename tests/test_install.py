@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from slurm_helpers import as_user
+from site_helpers import as_user
 
 CLI = [sys.executable, "-m", "remote_kernels"]
 

@@ -9,7 +9,8 @@ import pytest
 from jupyter_client.manager import AsyncKernelManager
 
 from kernel_helpers import until, value_of
-from slurm_helpers import as_user
+from site_helpers import as_user
+from slurm_helpers import jobs_named
 from remote_kernels.session import KernelStartError
 
 pytestmark = pytest.mark.cluster
@@ -67,6 +68,7 @@ async def test_ssh_failures_are_named_and_leave_no_job(cluster, kernelspecs, tmp
         home = _ssh_home(tmp_path, cluster, identity=ROOT_KEY, port=1)
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    before = jobs_named("rk-rk-test", states="PENDING,RUNNING")
     km = AsyncKernelManager(kernel_name="rk-test")
     with pytest.raises(KernelStartError) as err:
         await km.start_kernel()
@@ -75,8 +77,5 @@ async def test_ssh_failures_are_named_and_leave_no_job(cluster, kernelspecs, tmp
     entries = list((home / ".local" / "share" / "jupyter" / "runtime" / "remote-kernels").glob("*.json"))
     assert entries == []
 
-    def no_live_job() -> bool:
-        out = subprocess.run(["squeue", "-h", "-u", "root", "-n", "rk-rk-test", "-t", "PENDING,RUNNING", "-o", "%i"],
-                             capture_output=True, text=True).stdout
-        return out.strip() == ""
-    await until("the failed kernel's job to be gone", no_live_job, timeout=10)
+    await until("the failed kernel's job to be gone",
+                lambda: not jobs_named("rk-rk-test", states="PENDING,RUNNING") - before, timeout=10)
