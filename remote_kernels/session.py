@@ -187,7 +187,7 @@ class RemoteKernelSession:
         while True:
             try:
                 return await NodeConnections.shared().acquire(
-                    self.node, interactive=self.opts.interactive_ssh, via=self._via())
+                    self.node, self.job_id, interactive=self.opts.interactive_ssh, via=self._via())
             except asyncssh.ConnectionLost as e:
                 if time.monotonic() + delay > deadline:
                     raise KernelStartError(f"cannot reach node {self.node} over SSH: {describe(e)}") from None
@@ -394,7 +394,8 @@ class RemoteKernelSession:
             if st is None or st.state.finished:
                 return False
             try:
-                new = await pool.acquire(self.node, interactive=self.opts.interactive_ssh, via=self._via())
+                new = await pool.acquire(self.node, self.job_id, interactive=self.opts.interactive_ssh,
+                                         via=self._via())
             except SSH_ERRORS as e:
                 self.log.info("remote kernel %s: reconnect to %s failed (%s); retrying in %.1fs",
                               self.name, self.node, describe(e), delay)

@@ -1,4 +1,8 @@
-"""SSH connections to compute nodes: one per node, shared by all kernels on it.
+"""SSH connections to compute nodes: one per job on a node, shared by the kernels of that job.
+
+Per job, not per node: where sites run pam_slurm_adopt, sshd puts a login into one of the
+user's jobs on the node and ends it with that job, so a connection shared across jobs would
+drop whenever the job it was adopted into ends.
 
 Connections come from ``sshconnect.connect`` (OpenSSH's configuration and host-key
 trust, keepalives).  Each connection keeps a pty
@@ -24,7 +28,7 @@ class NodeConnection:
     def __init__(self, host: str, conn: asyncssh.SSHClientConnection, keeper):
         self.host, self.conn, self._keeper = host, conn, keeper
         self.refs = 0
-        self.key: tuple[str, bool, str] = (host, keeper is not None, "")
+        self.key: tuple = ()   # set by the pool
 
     @property
     def closed(self) -> bool:
@@ -38,13 +42,13 @@ class NodeConnection:
 
 
 class NodeConnections:
-    """Pool of NodeConnection keyed by host, per event loop."""
+    """Pool of NodeConnection keyed by (host, job), per event loop."""
 
     _pools: dict[int, "NodeConnections"] = {}
 
     def __init__(self):
-        self._conns: dict[tuple[str, bool, str], NodeConnection] = {}
-        self._locks: dict[tuple[str, bool, str], asyncio.Lock] = {}
+        self._conns: dict[tuple, NodeConnection] = {}
+        self._locks: dict[tuple, asyncio.Lock] = {}
 
     @classmethod
     def shared(cls) -> "NodeConnections":
@@ -53,14 +57,15 @@ class NodeConnections:
             cls._pools[key] = cls()
         return cls._pools[key]
 
-    async def acquire(self, host: str, connect_timeout: float = 30.0, interactive: bool = True,
+    async def acquire(self, host: str, job: str, connect_timeout: float = 30.0, interactive: bool = True,
                       via=None) -> NodeConnection:
-        """The pool's connection to host, opened if needed.  Release it with release().
+        """The pool's connection to host for job ``job``, opened if needed.  Release it with release().
 
+        Called once the job runs on host (a node may admit the user only then).
         ``interactive``: keep a pty session on the connection (see the module docstring).
         ``via``: an SSHCommandRunner whose login-host connection to tunnel through.
         """
-        key = (host, interactive, via.host if via is not None else "")
+        key = (host, job, interactive, via.host if via is not None else "")
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
             nc = self._conns.get(key)

@@ -109,3 +109,42 @@ def test_untrusted_nodes_fail_with_one_line_and_leave_no_job(cluster, specs, cas
         wait_until("the failed kernel's job to leave the queue", lambda: user_jobs(user, f"rk-{name}") == [], 15)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+# Two kernels of one user on one node, the first shut down while the second works on:
+# "RESULT <first job> <second job> <output after> <the second's reconnects>".
+TWO_KERNELS = """
+import asyncio, sys
+from jupyter_client.manager import AsyncKernelManager
+
+async def run(km, code):
+    kc = km.client(); kc.start_channels()
+    await kc.wait_for_ready(timeout=60)
+    out = []
+    reply = await kc.execute_interactive(code, timeout=60, output_hook=lambda m: out.append(m["content"].get("text", "")))
+    kc.stop_channels()
+    assert reply["content"]["status"] == "ok", reply
+    return "".join(out).strip()
+
+async def main():
+    first, second = AsyncKernelManager(kernel_name=sys.argv[1]), AsyncKernelManager(kernel_name=sys.argv[1])
+    await first.start_kernel(); await second.start_kernel()
+    await run(first, "x = 1"); await run(second, "y = 2")
+    jobs = first.provisioner.session.job_id, second.provisioner.session.job_id
+    await first.shutdown_kernel()
+    after = await run(second, "print(y * 21)")
+    print("RESULT", *jobs, after, second.provisioner.session.reconnects, flush=True)
+    await second.shutdown_kernel()
+asyncio.run(main())
+"""
+
+
+def test_a_users_kernels_on_one_node_outlive_each_others_jobs(cluster, specs):
+    """pam_slurm_adopt puts the user's SSH session to a node into one of their jobs, and ends
+    it with that job: the other kernels on that node keep working."""
+    name = specs.install("rkuser", "rk-two", *ON_C1)
+    res = as_user("rkuser", str(VENV_BIN / "python"), "-c", TWO_KERNELS, name)
+    assert res.returncode == 0, res.stdout[-1500:] + res.stderr[-3000:]
+    _, job1, job2, after, reconnects = next(l for l in res.stdout.splitlines() if l.startswith("RESULT")).split()
+    assert job1 != job2 and after == "42"
+    assert reconnects == "0"   # each job has its own connection: the first's end does not touch it
