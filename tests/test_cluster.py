@@ -192,7 +192,7 @@ def _leftovers(cluster) -> list[str]:
                 continue  # already dead, waiting to be reaped by init
         except OSError:
             continue
-        if comm in ("slurmctld", "slurmd", "slurmstepd", "munged") or (comm == "sshd" and cluster["state"] in cmd):
+        if comm in ("slurmctld", "slurmd", "slurmstepd", "munged") or (comm.startswith("sshd") and cluster["state"] in cmd):
             found.append(f"{proc.name} {cmd}")
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     found += [f"netns {n}" for n in [*cluster["nodes"], cluster["laptop"]["netns"]] if n in netns.split()]
