@@ -97,7 +97,7 @@ def _sshd_sessions(cluster, node: str) -> list[int]:
             comm = Path(f"/proc/{pid}/comm").read_text().strip()
         except OSError:
             continue
-        if comm == "sshd" and pid != listener:
+        if comm.startswith("sshd") and pid != listener:   # a node's sshd runs as sshd-NODE
             found.append(pid)
     return found
 

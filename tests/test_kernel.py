@@ -147,13 +147,18 @@ async def test_kernel_uses_ipc_sockets_on_both_sides(start_kernel):
     assert all(addr.startswith("0100007F:") for addr in listening), listening
 
 
-async def test_kernels_on_one_node_share_one_ssh_connection(start_kernel):
+async def test_kernels_of_two_jobs_on_one_node_have_a_connection_each(start_kernel):
+    """One SSH connection per job: where pam_slurm_adopt ends a login with its job, the end
+    of one kernel's job must not take another's connection (tests/test_site.py as a user)."""
     km1, kc1 = await start_kernel("rk-long")
     km2, kc2 = await start_kernel("rk-long")
     s1, s2 = km1.provisioner.session, km2.provisioner.session
     assert s1.node == s2.node == "c2" and s1.job_id != s2.job_id
-    assert s1.conn is s2.conn and s1.conn.refs == 2
-    assert await value_of(kc1, "1") == await value_of(kc2, "1") == "1"
+    assert s1.conn is not s2.conn and s1.conn.refs == s2.conn.refs == 1
+    conn2 = s2.conn
+    await km1.shutdown_kernel()
+    assert not conn2.closed and s2.reconnects == 0
+    assert await value_of(kc2, "1") == "1"
 
 
 async def test_restart_after_the_job_was_cancelled_submits_a_new_job(start_kernel):
