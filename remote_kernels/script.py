@@ -27,7 +27,7 @@ def render(scheduler: Scheduler, opts: KernelOptions, *, session: str, job_name:
     q = shlex.quote
     lines = ["#!/bin/bash", *scheduler.header(opts.resources(job_name, output))]
     lines.append(f"# remote-kernels session {session}: the launcher below starts the kernel")
-    lines += [f"export {k}={q(v)}" for k, v in sorted(opts.env.items())]
+    lines += [f"export {k}={q(v)}" for k, v in sorted({**scheduler.script_env, **opts.env}.items())]
     for line in opts.setup:
         lines.append(f'{line} || {{ rc=$?; echo "remote-kernels: set-up line failed on $(hostname) '
                      f'(exit $rc):" {q(line)} >&2; exit {EXIT_SETUP_FAILED}; }}')
