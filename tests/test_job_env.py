@@ -7,7 +7,6 @@ kernelspec's env stanza (over the launcher's control channel only) and JPY_SESSI
 
 from __future__ import annotations
 
-import json
 import os
 import pwd
 import re
@@ -18,18 +17,13 @@ from pathlib import Path
 import pytest
 
 from conftest import SERVER_MARKER
-from kernel_helpers import value_of
+from kernel_helpers import kernel_environ, value_of
 
 pytestmark = pytest.mark.cluster
 
 # Secrets a Jupyter server's environment carries (JupyterHub's API token under both names,
 # the server's own token, a gateway's token): none may reach a job.
 SERVER_SECRETS = ("JUPYTERHUB_API_TOKEN", "JPY_API_TOKEN", "JUPYTER_TOKEN", "JUPYTER_GATEWAY_AUTH_TOKEN")
-
-
-async def kernel_environ(kc) -> dict[str, str]:
-    """os.environ inside the kernel."""
-    return json.loads(await value_of(kc, "__import__('json').dumps(dict(__import__('os').environ))"))
 
 
 def proc_environ(pid: int | str) -> bytes:
@@ -75,8 +69,8 @@ async def test_the_job_gets_nothing_of_the_servers_environment_and_the_kernel_it
     assert env["HOME"] == pwd.getpwuid(os.getuid()).pw_dir and env["SLURM_JOB_ID"] == session.job_id
     assert env.get("LC_ALL") != "C"   # the locale scheduler commands run in stays with them
     assert env["JPY_PARENT_PID"] == str(session.node_info["pid"])
-    srun = "import subprocess; print(subprocess.run(['srun', '-n1', 'printenv', 'RK_USER_TOKEN'], " \
-           "capture_output=True, text=True, timeout=60).stdout)"
+    srun = "__import__('subprocess').run(['srun', '-n1', 'printenv', 'RK_USER_TOKEN'], " \
+           "capture_output=True, text=True, timeout=60).stdout"
     assert await value_of(kc, srun) == user_secret
 
     # The launcher (the job's own process) has the job's environment: neither the server's nor the

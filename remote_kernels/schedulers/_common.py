@@ -15,8 +15,9 @@ _TIME = re.compile(r"^(?:(?P<d>\d+)-)?(?P<a>\d+)(?::(?P<b>\d+))?(?::(?P<c>\d+))?
 _MEM = re.compile(r"^(?P<n>\d+)(?P<u>[KMGT]?)$", re.IGNORECASE)
 _MB = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}
 # The submitter's variables given to jobs of schedulers that otherwise start them with no
-# environment at all (HTCondor, Flux): who the user is, where home is, the search path.
-IDENTITY_ENV = ("HOME", "USER", "LOGNAME", "SHELL", "PATH", "LANG")
+# environment at all (HTCondor, Flux): the search path and the language.  Who the user is
+# and where home is, the job script takes from the node (script.IDENTITY).
+SUBMITTER_ENV = ("PATH", "LANG")
 
 
 def seconds(time: str) -> int:

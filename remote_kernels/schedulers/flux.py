@@ -7,7 +7,7 @@ import datetime
 import re
 
 from . import JobState, JobStatus, Resources
-from ._common import (IDENTITY_ENV, StatusOnly, directive_lines, first_host, hms, last_match, output_path,
+from ._common import (SUBMITTER_ENV, StatusOnly, directive_lines, first_host, hms, last_match, output_path,
                       query, seconds)
 
 # flux jobs {state}; INACTIVE jobs are resolved from {result} (flux-jobs(1)).
@@ -21,8 +21,8 @@ F58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 JOB_ID = re.compile(rf"(?P<id>[fƒ][{F58}]+|\d+)")
 UNKNOWN = re.compile(r"unknown job id|job not found|No such file", re.IGNORECASE)
 # flux batch copies the submitter's whole environment by default: start from none (env rule
-# ``-*``) and copy only IDENTITY_ENV, the rules applied in this order (flux-submit(1), ENV RULES).
-SUBMIT = ["flux", "batch", "--env-remove=*", *(f"--env={name}" for name in IDENTITY_ENV)]
+# ``-*``) and copy only SUBMITTER_ENV, the rules applied in this order (flux-submit(1), ENV RULES).
+SUBMIT = ["flux", "batch", "--env-remove=*", *(f"--env={name}" for name in SUBMITTER_ENV)]
 
 
 def decimal_id(job_id: str) -> str:
