@@ -7,6 +7,7 @@ kernelspec's env stanza (over the launcher's control channel only) and JPY_SESSI
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import re
@@ -17,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from conftest import SERVER_MARKER
-from kernel_helpers import kernel_environ, value_of
+from kernel_helpers import SERVER_SCRIPT, kernel_environ, value_of
+from site_helpers import VENV_BIN, UserSpecs, as_user, home
 
 pytestmark = pytest.mark.cluster
 
@@ -85,3 +87,31 @@ async def test_the_job_gets_nothing_of_the_servers_environment_and_the_kernel_it
         assert server_secret not in text and user_secret not in text, where
         assert SERVER_MARKER not in text, where
     assert "export RK_FROM_OPTION=" in records["batch script"]   # the option is the script's, by design
+
+
+# Run in a user's kernel: what it has of the server's environment and of its spec, in words.
+USER_CELL = ("import os; e = os.environ; launcher = open('/proc/%s/environ' % e['JPY_PARENT_PID'], 'rb').read(); "
+             "print([k for k in {names!r} if k in e], any({secret!r} in v for v in e.values()), "
+             "{secret!r}.encode() in launcher, {user_secret!r}.encode() in launcher, "
+             "e.get('RK_USER_TOKEN') == {user_secret!r}, e['HOME'], e['USER'], e['RK_FROM_OPTION'])")
+
+
+async def test_a_users_own_kernel_gets_its_spec_and_nothing_of_their_servers_environment(cluster, server_secret):
+    """The test user installs a spec (option `env`, and an env stanza added to kernel.json by
+    hand, as users do) and runs it from their own Jupyter process, whose environment holds
+    server secrets."""
+    user, specs = cluster["test_user"], UserSpecs()
+    user_secret = f"user-secret-{uuid.uuid4().hex}"
+    try:
+        name = specs.install(user, "rk-env-user", "--env", "RK_FROM_OPTION=option-value")
+        kernel_json = specs.made[-1][1] / "kernel.json"
+        kernel_json.write_text(json.dumps({**json.loads(kernel_json.read_text()), "env": {"RK_USER_TOKEN": user_secret}}))
+        server_env = {SERVER_MARKER: server_secret, **{k: f"{server_secret}-{k}" for k in SERVER_SECRETS}}
+        code = USER_CELL.format(names=[SERVER_MARKER, *SERVER_SECRETS], secret=server_secret, user_secret=user_secret)
+        res = as_user(user, str(VENV_BIN / "python"), "-c", SERVER_SCRIPT, name, code, env=server_env)
+        assert res.returncode == 0, res.stderr[-2000:]
+        result = next(l for l in res.stdout.splitlines() if l.startswith("RESULT")).split(" ", 1)[1]
+        assert result.rsplit(" ", 2)[2] == "ok"
+        assert result.rsplit(" ", 2)[0] == f"[] False False False True {home(user)} {user} option-value"
+    finally:
+        specs.remove_all()

@@ -16,7 +16,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import uuid
 from pathlib import Path
 
 import pytest
@@ -25,6 +24,7 @@ from conftest import SERVER_MARKER
 from conftest import _missing as missing
 
 from kernel_helpers import SERVER_SCRIPT, kernel_environ, processes_mentioning, run_cell, until, value_of
+from site_helpers import VENV_BIN, as_user, unique
 from remote_kernels.cli import main as cli_main
 from remote_kernels.options import KernelOptions
 from remote_kernels.runner import CommandError
@@ -168,10 +168,9 @@ async def test_job_cancelled_from_outside_is_noticed(scheduler_env, make_spec, s
     await until("launcher and kernel processes to end", lambda: not processes_mentioning(sid), timeout=15)
 
 
-# A user's own process submitting through the adapter, with Debian's Python (the scheduler
-# layer is stdlib only): prints the job id.
+# A user's own process submitting a batch script (file argv[2]) through adapter argv[1]; prints the job id.
 USER_SUBMIT = ("import asyncio, sys; from remote_kernels.schedulers import get_scheduler; "
-               "print(asyncio.run(get_scheduler(sys.argv[1]).submit(sys.stdin.read())))")
+               "print(asyncio.run(get_scheduler(sys.argv[1]).submit(open(sys.argv[2]).read())))")
 
 
 @pytest.mark.parametrize("scheduler_env", [s for s in SCHEDULERS if s != "ssh"], indirect=True)
@@ -182,22 +181,23 @@ async def test_a_users_job_gets_none_of_the_submitters_environment(scheduler_env
     environment on the node, and nothing of the submitting process's."""
     name, user = scheduler_env, cluster["test_user"]
     work = Path(tempfile.mkdtemp(prefix="rk-envtest-", dir="/tmp"))
-    shutil.chown(work, user)
-    monkeypatch.setenv("RK_FAKE_SCHEDULER_STATE", str(work / "state"))   # the user's fake scheduler state
-    opts = KernelOptions(environ={}, scheduler=name, time="00:02:00", python="/usr/bin/python3.11",
+    opts = KernelOptions(environ={}, scheduler=name, time="00:02:00", python=str(VENV_BIN / "python"),
                          setup=[f"env -0 > {work}/env.tmp && mv {work}/env.tmp {work}/env && exit 0"])
-    script = render(get_scheduler(name), opts, session=uuid.uuid4().hex[:16], job_name="rk-envtest",
-                    output=f"{work}/%j.log")
+    (work / "job.sh").write_text(render(get_scheduler(name), opts, session=unique("envtest"),
+                                        job_name=unique("rk-envtest"), output=f"{work}/%j.log"))
+    shutil.chown(work, user)
+    monkeypatch.setenv("RK_FAKE_SCHEDULER_STATE", str(work / "state"))   # the user's, for the cancel below too
+    env = {SERVER_MARKER: server_secret, "RK_FAKE_SCHEDULER_STATE": str(work / "state")}
+    if name in FAKE_FLAVOURS:
+        env["PATH"] = f"{FAKES / name}:{VENV_BIN}:/usr/local/bin:/usr/bin:/bin"
     job = None
     try:
-        res = subprocess.run(["runuser", "-u", user, "--", "/usr/bin/python3.11", "-c", USER_SUBMIT, name],
-                             input=script, env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=work,
-                             capture_output=True, text=True, timeout=60)
+        res = as_user(user, str(VENV_BIN / "python"), "-c", USER_SUBMIT, name, str(work / "job.sh"), env=env)
         assert res.returncode == 0, res.stderr
         job = res.stdout.split()[-1]
         await until(f"{name} job {job} to write its environment", (work / "env").exists, timeout=60)
-        env = dict(item.split("=", 1) for item in (work / "env").read_text().split("\0") if "=" in item)
-        assert_own_environment(env, user, server_secret)
+        job_env = dict(item.split("=", 1) for item in (work / "env").read_text().split("\0") if "=" in item)
+        assert_own_environment(job_env, user, server_secret)
     finally:
         if job is not None:
             try:
