@@ -4,7 +4,9 @@
 frontend wrote (its transport, ports and key), runs the kernel on a compute node
 through the same core as the provisioner, and serves exactly those endpoints on the
 login side.  SIGINT interrupts the kernel; SIGTERM/SIGHUP shut it down.  The job is
-cancelled whenever this process exits.
+cancelled whenever this process exits.  The kernel gets the kernelspec's ``env`` stanza
+(as the frontend set it in this process's environment; environment.kernel_env), never
+the rest of this process's environment.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import logging
 import os
 import signal
 
+from .environment import kernel_env
 from .launcher import CHANNELS
 from .options import KernelOptions
 from .session import RemoteKernelSession
@@ -37,8 +40,10 @@ def read_connection_file(path: str) -> dict:
     return info
 
 
-async def serve(name: str, options: KernelOptions, info: dict) -> int:
-    """Run the kernel until it exits or we are told to stop; return an exit code."""
+async def serve(name: str, options: KernelOptions, info: dict, spec_env: dict | None = None) -> int:
+    """Run the kernel until it exits or we are told to stop; return an exit code.
+
+    ``spec_env``: the kernelspec's ``env`` stanza (kernel.json's "env")."""
     # Sockets are created where the frontend says (e.g. ipc paths in a shared directory):
     # private from the moment they exist, not only after a chmod.
     os.umask(0o077)
@@ -56,7 +61,7 @@ async def serve(name: str, options: KernelOptions, info: dict) -> int:
     for sig in (signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(sig, stop.set)
     try:
-        start = loop.create_task(_start(session, info))
+        start = loop.create_task(_start(session, info, kernel_env(spec_env or {}, os.environ)))
         stopper = loop.create_task(stop.wait())
         await asyncio.wait({start, stopper}, return_when=asyncio.FIRST_COMPLETED)
         if not start.done():
@@ -77,13 +82,12 @@ async def serve(name: str, options: KernelOptions, info: dict) -> int:
         await session.close()
 
 
-async def _start(session: RemoteKernelSession, info: dict) -> None:
+async def _start(session: RemoteKernelSession, info: dict, env: dict) -> None:
     await session.start_job()
     if info.get("transport", "tcp") == "ipc":
         endpoints = {ch: f"{info['ip']}-{info[ch]}" for ch in CHANNELS}
     else:
         endpoints = {ch: int(info[ch]) for ch in CHANNELS}
     await session.forward(endpoints)
-    env = {k: v for k, v in os.environ.items() if k.startswith(("JPY_", "JUPYTER_"))}
     await session.start_kernel(info["key"], info.get("signature_scheme", "hmac-sha256"),
                                kernel_name=info.get("kernel_name", ""), cwd=os.getcwd(), env=env)

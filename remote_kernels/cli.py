@@ -190,13 +190,14 @@ def cmd_cancel(args) -> int:
 
 def cmd_run(args) -> int:
     from .argv_mode import read_connection_file, serve
-    from .kernelspec import spec_config
+    from .kernelspec import remote_spec, spec_config
     from .options import KernelOptions
 
     logging.basicConfig(level=args.log_level.upper(), format="[remote-kernels %(levelname)s] %(message)s")
     info = read_connection_file(args.connection_file)
     try:
-        options = KernelOptions(**spec_config(args.kernel))
+        spec = remote_spec(args.kernel)
+        options = KernelOptions(**spec_config(spec))
     except KeyError as e:
         raise SystemExit(f"remote-kernels run: {e.args[0]}") from None
     except TraitError as e:
@@ -204,7 +205,7 @@ def cmd_run(args) -> int:
     from .session import KernelStartError
 
     try:
-        return asyncio.run(serve(args.kernel, options, info))
+        return asyncio.run(serve(args.kernel, options, info, spec.get("env") or {}))
     except KernelStartError as e:
         raise SystemExit(f"remote-kernels run: {e}") from None
     except OSError as e:   # e.g. the frontend's port is taken

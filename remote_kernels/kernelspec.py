@@ -14,9 +14,12 @@ from jupyter_client.kernelspec import KernelSpecManager
 PROVISIONER = "remote-kernels-provisioner"
 
 
-def kernel_json(name: str, display_name: str, config: dict) -> dict:
-    """kernel.json for both ways in: the provisioner stanza and the argv-mode command."""
-    return {
+def kernel_json(name: str, display_name: str, config: dict, env: dict | None = None) -> dict:
+    """kernel.json for both ways in: the provisioner stanza and the argv-mode command.
+
+    ``env``: the kernelspec's own env stanza (sent to the kernel over the launcher's control
+    channel, never written into the batch script)."""
+    spec = {
         "argv": [sys.executable, "-m", "remote_kernels", "run", "--kernel", name, "-f", "{connection_file}"],
         "display_name": display_name,
         "language": "python",
@@ -26,6 +29,9 @@ def kernel_json(name: str, display_name: str, config: dict) -> dict:
             "kernel_provisioner": {"provisioner_name": PROVISIONER, "config": config},
         },
     }
+    if env:
+        spec["env"] = dict(env)
+    return spec
 
 
 def _logos() -> list[Path]:
@@ -37,7 +43,7 @@ def _logos() -> list[Path]:
     return sorted(p for p in res.glob("logo-*") if p.is_file())
 
 
-def install(name: str, display_name: str, config: dict, *, user: bool = False,
+def install(name: str, display_name: str, config: dict, *, env: dict | None = None, user: bool = False,
             prefix: str | None = None, replace: bool = False) -> str:
     """Install the spec; return its directory.  FileExistsError if it exists and not replace.
 
@@ -50,7 +56,7 @@ def install(name: str, display_name: str, config: dict, *, user: bool = False,
         raise FileExistsError(f"kernelspec {name!r} already exists at {dest}; use --replace to overwrite it")
     created = _missing_parents(dest)
     with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "kernel.json").write_text(json.dumps(kernel_json(name, display_name, config), indent=1) + "\n")
+        (Path(tmp) / "kernel.json").write_text(json.dumps(kernel_json(name, display_name, config, env), indent=1) + "\n")
         for logo in _logos():
             shutil.copy(logo, tmp)
         installed = ksm.install_kernel_spec(tmp, name, user=user, prefix=prefix)
@@ -106,6 +112,6 @@ def remote_spec(name: str) -> dict:
     return specs[name]
 
 
-def spec_config(name: str) -> dict:
-    """The provisioner config of installed kernelspec ``name`` (KeyError if it is not ours)."""
-    return remote_spec(name)["metadata"]["kernel_provisioner"].get("config", {})
+def spec_config(spec: dict) -> dict:
+    """The provisioner config of a compute-node kernel.json (as remote_spec returns it)."""
+    return spec["metadata"]["kernel_provisioner"].get("config", {})

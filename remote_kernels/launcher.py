@@ -14,7 +14,9 @@ socket through SSH.  The control protocol is JSON lines:
     -> {"op": "shutdown"}                      <- {"event": "bye"}; the launcher exits, ending the job
     unsolicited                                <- {"event": "exited", "code"} when the kernel ends
 
-The kernel (ipykernel by default) binds ipc sockets ``BASE/rk-SESSION/k-1..5`` only,
+A start request's ``env`` is added to the job's environment for the kernel alone (the
+kernelspec's env stanza travels this way, never in the batch script); the launcher keeps
+the job's.  The kernel (ipykernel by default) binds ipc sockets ``BASE/rk-SESSION/k-1..5`` only,
 so nothing but the owner (and the SSH forward acting for them) can reach it.  The
 key arrives over the control socket and is written only to a 0600 connection file
 inside the 0700 directory.  Dead-man switch: when no control client has been

@@ -30,6 +30,7 @@ from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
 from traitlets import Enum
 
 from . import background
+from .environment import kernel_env
 from .launcher import CHANNELS
 from .options import KernelOptions
 from .session import KernelStartError, RemoteKernelSession
@@ -37,9 +38,6 @@ from .standin import QueuedKernelStandIn
 
 # Under pending kernels, how long launch_kernel waits for the job before returning with a stand-in.
 DEFER_AFTER = 5.0
-
-# Environment variables of the server passed on to the kernel (the rest stays on the login side).
-PASS_ENV_PREFIXES = ("JPY_", "JUPYTER_")
 
 
 class RemoteKernelProvisioner(KernelOptions, KernelProvisionerBase):  # type: ignore[misc]
@@ -145,13 +143,14 @@ class RemoteKernelProvisioner(KernelOptions, KernelProvisionerBase):  # type: ig
         return {ch: int(info[ch]) for ch in CHANNELS}
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
-        env = kwargs.get("env") or {}
-        kernel_env = {k: v for k, v in env.items() if k.startswith(PASS_ENV_PREFIXES)}
+        # kwargs["env"] is the server's whole environment plus the kernelspec's env stanza:
+        # only the stanza's keys and environment.PASS_ENV go to the kernel.
+        env = kernel_env(getattr(self.kernel_spec, "env", None) or {}, kwargs.get("env") or {})
         on_status = kwargs.get("on_status")
         if on_status is not None:   # the session calls it on the background loop
             on_status = background.call_in(asyncio.get_running_loop(), on_status)
         try:
-            await background.run(self._launch(kernel_env, kwargs.get("cwd"), on_status))
+            await background.run(self._launch(env, kwargs.get("cwd"), on_status))
         except background.Cancelled:
             await self._end_all()
             raise KernelStartError("the start was cancelled: the kernel was shut down meanwhile") from None

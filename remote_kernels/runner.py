@@ -31,9 +31,13 @@ class CommandRunner:
     timeout: float = 30.0
     where = "local"
 
-    async def run(self, argv: list[str], *, stdin: str | None = None, check: bool = True) -> tuple[int, str, str]:
-        """Run argv; return (exit code, stdout, stderr).  Raise CommandError on failure if check."""
-        env = dict(os.environ, LC_ALL="C")
+    async def run(self, argv: list[str], *, stdin: str | None = None, check: bool = True,
+                  c_locale: bool = True) -> tuple[int, str, str]:
+        """Run argv; return (exit code, stdout, stderr).  Raise CommandError on failure if check.
+
+        ``c_locale``: run it with LC_ALL=C, so its output reads the same everywhere; False for a
+        command that starts something long-lived, which keeps the locale it would have anyway."""
+        env = dict(os.environ, LC_ALL="C") if c_locale else None
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv, env=env,
@@ -65,7 +69,8 @@ class SSHCommandRunner(CommandRunner):
 
     Nothing of remote-kernels is needed on that host: each argv is quoted word by word
     into the one command line SSH carries.  The connection (the user's ~/.ssh/config,
-    host keys verified) is opened on first use and shared.
+    host keys verified) is opened on first use and shared.  Commands run in the environment
+    sshd gives the user there: nothing of this process's is sent (sshconnect).
     """
 
     def __init__(self, host: str, timeout: float = 30.0):
@@ -88,12 +93,13 @@ class SSHCommandRunner(CommandRunner):
         """The connection to go through (None: direct, or as the SSH configuration says)."""
         return None
 
-    async def run(self, argv: list[str], *, stdin: str | None = None, check: bool = True) -> tuple[int, str, str]:
+    async def run(self, argv: list[str], *, stdin: str | None = None, check: bool = True,
+                  c_locale: bool = True) -> tuple[int, str, str]:
         import asyncssh
 
         from .sshconnect import SSH_ERRORS, describe
 
-        command = remote_command(["env", "LC_ALL=C", *argv])
+        command = remote_command(["env", "LC_ALL=C", *argv] if c_locale else argv)
         try:
             conn = await self.connection()
             result = await conn.run(command, input=stdin, check=False, timeout=self.timeout)

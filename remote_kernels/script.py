@@ -13,6 +13,10 @@ from importlib import resources as ilr
 from .options import KernelOptions
 from .schedulers import Scheduler
 
+# Who the user is and where home is, from the node's user database where the scheduler set
+# none (HTCondor and Flux start jobs with no environment; elsewhere this changes nothing).
+IDENTITY = ('export USER="${USER:-$(id -un)}" LOGNAME="${LOGNAME:-$(id -un)}" '
+            'HOME="${HOME:-$(getent passwd "$(id -un)" | cut -d: -f6)}"')
 EXIT_SETUP_FAILED = 97
 EXIT_NO_PYTHON = 98
 LAUNCHER_EOF = "RK_LAUNCHER_EOF"
@@ -27,7 +31,8 @@ def render(scheduler: Scheduler, opts: KernelOptions, *, session: str, job_name:
     q = shlex.quote
     lines = ["#!/bin/bash", *scheduler.header(opts.resources(job_name, output))]
     lines.append(f"# remote-kernels session {session}: the launcher below starts the kernel")
-    lines += [f"export {k}={q(v)}" for k, v in sorted(opts.env.items())]
+    lines.append(IDENTITY)
+    lines += [f"export {k}={q(v)}" for k, v in sorted({**scheduler.script_env, **opts.env}.items())]
     for line in opts.setup:
         lines.append(f'{line} || {{ rc=$?; echo "remote-kernels: set-up line failed on $(hostname) '
                      f'(exit $rc):" {q(line)} >&2; exit {EXIT_SETUP_FAILED}; }}')

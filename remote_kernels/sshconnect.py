@@ -16,7 +16,9 @@ OpenSSH's rules, which asyncssh does not apply by itself:
 Stricter than OpenSSH on one point: an unknown key is never accepted, whatever
 ``StrictHostKeyChecking`` says.  A configuration whose trust list names no readable
 file would verify nothing: ``connect()`` refuses it (``UntrustedConfig``) before any
-connection is made.  Every connection sends keepalives.
+connection is made.  Every connection sends keepalives, and none sends any of this
+process's environment: a ``SendEnv`` (Debian's ssh_config has ``SendEnv LANG LC_*``) would
+hand the Jupyter server's variables to whatever the session runs (the ``ssh`` backend's jobs).
 """
 
 from __future__ import annotations
@@ -126,7 +128,8 @@ async def connect(host: str, *, tunnel: asyncssh.SSHClientConnection | None = No
         try:
             return await asyncssh.connect(
                 host, config=config_files(), known_hosts=trust, tunnel=via, client_factory=lambda: client,
-                keepalive_interval=KEEPALIVE_INTERVAL, keepalive_count_max=KEEPALIVE_COUNT, **extra, **options)
+                keepalive_interval=KEEPALIVE_INTERVAL, keepalive_count_max=KEEPALIVE_COUNT, send_env=None,
+                **extra, **options)
         except asyncssh.HostKeyNotVerifiable as e:
             raise asyncssh.HostKeyNotVerifiable(f"{e.reason} (known hosts read: {', '.join(trust)})") from None
         except asyncssh.ConnectionLost as e:

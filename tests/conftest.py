@@ -93,14 +93,29 @@ async def start_kernel(kernelspecs):
 
 @pytest.fixture
 def make_spec(kernelspecs):
-    """make_spec(name, **config): install a compute-node spec with exactly this provisioner config."""
+    """make_spec(name, stanza=None, **config): install a compute-node spec with exactly this
+    provisioner config (and ``stanza`` as kernel.json's own "env")."""
     from remote_kernels.kernelspec import install
 
     prefix = kernelspecs.parent.parent.parent
 
-    def make(name: str, **config) -> str:
+    def make(name: str, stanza: dict | None = None, **config) -> str:
         config.setdefault("python", sys.executable)
-        install(name, f"Python 3 ({name})", config, prefix=str(prefix), replace=True)
+        install(name, f"Python 3 ({name})", config, env=stanza, prefix=str(prefix), replace=True)
         return name
 
     return make
+
+
+# A variable only the server's (the test process's) environment has: no job may see it.
+SERVER_MARKER = "RK_SERVER_ONLY_MARKER"
+
+
+@pytest.fixture
+def server_secret(monkeypatch) -> str:
+    """A unique value set as SERVER_MARKER in this process's environment for the test."""
+    import uuid
+
+    value = f"server-secret-{uuid.uuid4().hex}"
+    monkeypatch.setenv(SERVER_MARKER, value)
+    return value

@@ -25,6 +25,13 @@ async def value_of(kc, expr: str) -> str:
     return out.strip()
 
 
+async def kernel_environ(kc) -> dict[str, str]:
+    """os.environ inside the kernel."""
+    import json
+
+    return json.loads(await value_of(kc, "__import__('json').dumps(dict(__import__('os').environ))"))
+
+
 def job_in_queue(job_id: str) -> bool:
     """True while squeue still lists the job as pending/running/completing."""
     out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True).stdout

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -14,7 +16,8 @@ import pytest
 from jupyter_client.asynchronous import AsyncKernelClient
 from jupyter_client.connect import write_connection_file
 
-from kernel_helpers import job_in_queue, processes_mentioning, until, value_of
+from conftest import SERVER_MARKER
+from kernel_helpers import job_in_queue, kernel_environ, processes_mentioning, until, value_of
 
 pytestmark = pytest.mark.cluster
 
@@ -44,13 +47,16 @@ def _job_of(proc_log: list[str]) -> str | None:
     return None
 
 
-async def test_argv_mode_like_vscode(kernelspecs, tmp_path):
+@contextlib.asynccontextmanager
+async def vscode_kernel(spec_dir: Path, tmp_path: Path, env: dict | None = None):
+    """Run a kernelspec's argv exactly as VS Code does (its connection file written first,
+    ``env``: the frontend's environment for the process); yield (process, client, stderr
+    lines) once the kernel answers.  The process is shut down with SIGTERM afterwards."""
     key = uuid.uuid4().hex
     conn_file, _ = write_connection_file(str(tmp_path / "kernel-vscode.json"), ip="127.0.0.1", key=key.encode())
-    # Exactly what VS Code runs: kernel.json's argv with {connection_file} substituted.
-    argv = json.loads((kernelspecs / "rk-test" / "kernel.json").read_text())["argv"]
+    argv = json.loads((spec_dir / "kernel.json").read_text())["argv"]
     argv = [a.replace("{connection_file}", conn_file) for a in argv]
-    proc = await asyncio.create_subprocess_exec(*argv, cwd=str(tmp_path), stderr=asyncio.subprocess.PIPE)
+    proc = await asyncio.create_subprocess_exec(*argv, cwd=str(tmp_path), env=env, stderr=asyncio.subprocess.PIPE)
     log: list[str] = []
 
     async def read_log():
@@ -62,6 +68,22 @@ async def test_argv_mode_like_vscode(kernelspecs, tmp_path):
     kc.start_channels()
     try:
         await wait_for_kernel_info(kc, timeout=60)
+        yield proc, kc, log
+    finally:
+        kc.stop_channels()
+        if proc.returncode is None:   # SIGTERM, as a frontend does, so the job is cancelled
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), 20)
+            except asyncio.TimeoutError:
+                proc.kill()
+                await proc.wait()
+        await reader
+
+
+async def test_argv_mode_like_vscode(kernelspecs, tmp_path):
+    async with vscode_kernel(kernelspecs / "rk-test", tmp_path) as (proc, kc, log):
+        key = kc.session.key.decode()
         assert await value_of(kc, "__import__('socket').gethostname()") in ("c1", "c2")
         assert await value_of(kc, "__import__('os').getcwd()") == str(tmp_path)
         job = _job_of(log)
@@ -84,16 +106,28 @@ async def test_argv_mode_like_vscode(kernelspecs, tmp_path):
         proc.send_signal(signal.SIGTERM)
         await asyncio.wait_for(proc.wait(), 20)
         await until(f"job {job} to leave the queue", lambda: not job_in_queue(job), timeout=15)
-    finally:
-        kc.stop_channels()
-        if proc.returncode is None:   # SIGTERM, as a frontend does, so the job is cancelled
-            proc.terminate()
-            try:
-                await asyncio.wait_for(proc.wait(), 20)
-            except asyncio.TimeoutError:
-                proc.kill()
-                await proc.wait()
-        await reader
+
+
+async def test_argv_mode_gives_the_kernel_its_spec_env_and_nothing_else(make_spec, kernelspecs, tmp_path,
+                                                                          server_secret):
+    """kernel.json's env stanza reaches the kernel (as the frontend set it in the argv process's
+    environment, else from kernel.json); nothing else of that environment reaches the job."""
+    user_secret, substituted = f"user-secret-{uuid.uuid4().hex}", f"subst-{uuid.uuid4().hex}"
+    spec = make_spec("rk-argv-env", stanza={"RK_USER_TOKEN": "placeholder", "RK_STANZA": "from ${RK_SUBST_SOURCE}"})
+    # VS Code applies the stanza itself (here: one key, with its own value); the other comes from kernel.json.
+    env = {**os.environ, "RK_USER_TOKEN": user_secret, "RK_SUBST_SOURCE": substituted}
+    async with vscode_kernel(kernelspecs / spec, tmp_path, env) as (proc, kc, log):
+        kernel = await kernel_environ(kc)
+        assert kernel["RK_USER_TOKEN"] == user_secret and kernel["RK_STANZA"] == f"from {substituted}"
+        assert SERVER_MARKER not in kernel and "RK_SUBST_SOURCE" not in kernel
+        assert not [k for k, v in kernel.items() if server_secret in v]
+        job = _job_of(log)
+        launcher = Path(f"/proc/{kernel['JPY_PARENT_PID']}/environ").read_bytes()   # the job's own process
+        assert f"SLURM_JOB_ID={job}\0".encode() in launcher
+        assert server_secret.encode() not in launcher and user_secret.encode() not in launcher
+        script = subprocess.run(["scontrol", "write", "batch_script", job, "-"],
+                                capture_output=True, text=True, check=True).stdout
+        assert server_secret not in script and user_secret not in script
 
 
 def test_argv_mode_unreadable_connection_file(kernelspecs, tmp_path):

@@ -241,6 +241,9 @@ def test_htcondor_description_and_script_path():
     desc = HTCondor.description(script, path)
     assert desc.endswith(f"executable = {path}\nqueue\n") and "request_cpus = 4\n" in desc
     assert "echo hi" not in desc and "#HTCONDOR" not in desc
+    # None of condor_submit's environment, whatever a site default says; only what the job needs.
+    assert "getenv = false\n" in desc
+    assert "environment = \"RK_JOB_ID=$(ClusterId).$(ProcId) PATH='$ENV(PATH)' LANG='$ENV(LANG)'\"\n" in desc
 
 
 def test_ssh_needs_a_host():

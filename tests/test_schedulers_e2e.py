@@ -10,19 +10,27 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
+from conftest import SERVER_MARKER
 from conftest import _missing as missing
 
-from kernel_helpers import SERVER_SCRIPT, processes_mentioning, run_cell, until, value_of
+from kernel_helpers import SERVER_SCRIPT, kernel_environ, processes_mentioning, run_cell, until, value_of
+from site_helpers import VENV_BIN, as_user, unique
 from remote_kernels.cli import main as cli_main
+from remote_kernels.options import KernelOptions
+from remote_kernels.runner import CommandError
 from remote_kernels.schedulers import get_scheduler
 from remote_kernels.schedulers._common import seconds
+from remote_kernels.script import render
 
 pytestmark = pytest.mark.cluster
 
@@ -34,6 +42,7 @@ SCHEDULERS = ("slurm", "sge", "ssh", *FAKE_FLAVOURS)
 JOB_ID_VARIABLE = {"slurm": "SLURM_JOB_ID", "sge": "JOB_ID", "pbs": "PBS_JOBID", "torque": "PBS_JOBID",
                    "lsf": "LSB_JOBID", "htcondor": "RK_JOB_ID", "flux": "FLUX_JOB_ID"}
 TIME_LIMIT = "00:10:00"
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -74,13 +83,26 @@ def underlying_time_limit(name: str, job: str, tmp_path: Path) -> int | None:
     return seconds(m.group(1)) if m else 0
 
 
+def assert_own_environment(env: dict[str, str], user: str, server_secret: str) -> None:
+    """env is a job's own for user (home, name, search path) and has nothing of the submitter's."""
+    assert SERVER_MARKER not in env and not [k for k, v in env.items() if server_secret in v]
+    me = pwd.getpwnam(user)
+    assert (env.get("HOME"), env.get("USER")) == (me.pw_dir, me.pw_name) and env.get("PATH"), env
+    assert env.get("LC_ALL") != "C"   # the locale the adapter's commands run in stays with them
+
+
 @pytest.mark.parametrize("scheduler_env", SCHEDULERS, indirect=True)
-async def test_kernel_lifecycle(scheduler_env, make_spec, start_kernel, tmp_path):
+async def test_kernel_lifecycle(scheduler_env, make_spec, start_kernel, tmp_path, server_secret):
     name = scheduler_env
     spec = make_spec(f"rk-e2e-{name}", **spec_config(name))
     km, kc = await start_kernel(spec)
     session = km.provisioner.session
     job, sid = session.job_id, session.session_id
+
+    # The job (launcher and kernel) has its own environment on the node, not the server's.
+    env = await kernel_environ(kc)
+    assert_own_environment(env, pwd.getpwuid(os.getuid()).pw_name, server_secret)
+    assert server_secret.encode() not in Path(f"/proc/{env['JPY_PARENT_PID']}/environ").read_bytes()
 
     # It runs on a compute node, in the job the adapter submitted, with the resources asked for.
     host = await value_of(kc, "__import__('socket').gethostname()")
@@ -144,6 +166,45 @@ async def test_job_cancelled_from_outside_is_noticed(scheduler_env, make_spec, s
     code = await km.provisioner.poll()
     assert code != 0 and session.ended_reason, f"poll() {code}, ended_reason {session.ended_reason!r}"
     await until("launcher and kernel processes to end", lambda: not processes_mentioning(sid), timeout=15)
+
+
+# A user's own process submitting a batch script (file argv[2]) through adapter argv[1]; prints the job id.
+USER_SUBMIT = ("import asyncio, sys; from remote_kernels.schedulers import get_scheduler; "
+               "print(asyncio.run(get_scheduler(sys.argv[1]).submit(open(sys.argv[2]).read())))")
+
+
+@pytest.mark.parametrize("scheduler_env", [s for s in SCHEDULERS if s != "ssh"], indirect=True)
+async def test_a_users_job_gets_none_of_the_submitters_environment(scheduler_env, cluster, server_secret,
+                                                                   monkeypatch):
+    """Submitted by the unprivileged test user through the adapter, a kernel's batch script
+    (whose set-up line here records the environment and ends the job) has that user's own
+    environment on the node, and nothing of the submitting process's."""
+    name, user = scheduler_env, cluster["test_user"]
+    work = Path(tempfile.mkdtemp(prefix="rk-envtest-", dir="/tmp"))
+    opts = KernelOptions(environ={}, scheduler=name, time="00:02:00", python=str(VENV_BIN / "python"),
+                         setup=[f"env -0 > {work}/env.tmp && mv {work}/env.tmp {work}/env && exit 0"])
+    (work / "job.sh").write_text(render(get_scheduler(name), opts, session=unique("envtest"),
+                                        job_name=unique("rk-envtest"), output=f"{work}/%j.log"))
+    shutil.chown(work, user)
+    monkeypatch.setenv("RK_FAKE_SCHEDULER_STATE", str(work / "state"))   # the user's, for the cancel below too
+    env = {SERVER_MARKER: server_secret, "RK_FAKE_SCHEDULER_STATE": str(work / "state")}
+    if name in FAKE_FLAVOURS:
+        env["PATH"] = f"{FAKES / name}:{VENV_BIN}:/usr/local/bin:/usr/bin:/bin"
+    job = None
+    try:
+        res = as_user(user, str(VENV_BIN / "python"), "-c", USER_SUBMIT, name, str(work / "job.sh"), env=env)
+        assert res.returncode == 0, res.stderr
+        job = res.stdout.split()[-1]
+        await until(f"{name} job {job} to write its environment", (work / "env").exists, timeout=60)
+        job_env = dict(item.split("=", 1) for item in (work / "env").read_text().split("\0") if "=" in item)
+        assert_own_environment(job_env, user, server_secret)
+    finally:
+        if job is not None:
+            try:
+                await get_scheduler(name).cancel(job)   # it ends by itself; in case it did not
+            except CommandError:
+                pass
+        shutil.rmtree(work, ignore_errors=True)
 
 
 async def test_ssh_hosts_through_a_login_host(cluster, make_spec):

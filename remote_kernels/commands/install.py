@@ -27,8 +27,8 @@ def resolve_from(value: str) -> Path:
                         f"the shipped examples are {', '.join(examples)}")
 
 
-def load_spec_dir(path: str | Path) -> tuple[dict, str]:
-    """(provisioner config, display name) of the compute-node kernelspec in directory ``path``."""
+def load_spec_dir(path: str | Path) -> tuple[dict, str, dict]:
+    """(provisioner config, display name, env stanza) of the compute-node kernelspec in directory ``path``."""
     file = Path(path) / "kernel.json"
     try:
         spec = json.loads(file.read_text())
@@ -39,13 +39,17 @@ def load_spec_dir(path: str | Path) -> tuple[dict, str]:
     prov = spec.get("metadata", {}).get("kernel_provisioner", {}) if isinstance(spec, dict) else {}
     if prov.get("provisioner_name") != PROVISIONER:
         raise CommandFailed(f"--from {path}: not a compute-node kernelspec (no {PROVISIONER} in {file})")
-    return dict(prov.get("config", {})), spec.get("display_name", "")
+    env = spec.get("env") or {}
+    if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
+        raise CommandFailed(f"--from {path}: \"env\" in {file} must map names to strings")
+    return dict(prov.get("config", {})), spec.get("display_name", ""), dict(env)
 
 
 def install_spec(name: str, given: dict, *, from_dir: str | None = None, display_name: str | None = None,
                  user: bool = False, prefix: str | None = None, replace: bool = False) -> str:
-    """Validate, then install; ``given`` (options set on the command line) overrides ``from_dir``'s."""
-    config, from_display = load_spec_dir(resolve_from(from_dir)) if from_dir else ({}, "")
+    """Validate, then install; ``given`` (options set on the command line) overrides ``from_dir``'s
+    config; ``from_dir``'s env stanza is kept."""
+    config, from_display, env = load_spec_dir(resolve_from(from_dir)) if from_dir else ({}, "", {})
     config.update(given)
     config.setdefault("scheduler", "slurm")
     config.setdefault("python", sys.executable)
@@ -57,7 +61,7 @@ def install_spec(name: str, given: dict, *, from_dir: str | None = None, display
     config = {k: v for k, v in config.items() if v not in ("", 0, [], {})}   # unset: the defaults apply
     display = display_name or from_display or f"Python 3 ({name})"
     try:
-        dest = install(name, display, config, user=user, prefix=prefix, replace=replace)
+        dest = install(name, display, config, env=env, user=user, prefix=prefix, replace=replace)
     except (ValueError, OSError) as e:   # existing spec, invalid name, no write access
         raise CommandFailed(str(e)) from None
     print(f"Installed kernelspec {name} ({display}) in {dest}")

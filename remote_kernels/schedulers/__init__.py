@@ -3,6 +3,10 @@
 A scheduler adapter turns resources into a job-script header, submits a script
 (returning the job id), asks about many jobs in one command, and cancels or
 signals a job.  Every adapter reports states from the one enum below.
+
+No job inherits the submitting process's environment (the Jupyter server's, with its
+secrets): each adapter submits so that the job starts from the environment its scheduler
+gives a job of its own on the node (docs/schedulers.md, "The job's environment").
 """
 
 from __future__ import annotations
@@ -68,6 +72,8 @@ class Scheduler:
     """Interface of a scheduler adapter.  Subclasses implement every method."""
 
     name = ""
+    # Variables the job script exports first, for the adapter's own needs (the spec's env may override).
+    script_env: dict[str, str] = {}
 
     def __init__(self, runner: CommandRunner | None = None):
         self.runner = runner or CommandRunner()
@@ -77,7 +83,8 @@ class Scheduler:
         raise NotImplementedError
 
     async def submit(self, script: str) -> str:
-        """Submit the job script (on stdin); return the job id."""
+        """Submit the job script (on stdin); return the job id.  The job must not inherit the
+        submitting process's environment."""
         raise NotImplementedError
 
     async def status(self, job_ids: list[str]) -> dict[str, JobStatus]:

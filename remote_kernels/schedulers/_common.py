@@ -14,6 +14,10 @@ from . import JobState, JobStatus, Scheduler
 _TIME = re.compile(r"^(?:(?P<d>\d+)-)?(?P<a>\d+)(?::(?P<b>\d+))?(?::(?P<c>\d+))?$")
 _MEM = re.compile(r"^(?P<n>\d+)(?P<u>[KMGT]?)$", re.IGNORECASE)
 _MB = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}
+# The submitter's variables given to jobs of schedulers that otherwise start them with no
+# environment at all (HTCondor, Flux): the search path and the language.  Who the user is
+# and where home is, the job script takes from the node (script.IDENTITY).
+SUBMITTER_ENV = ("PATH", "LANG")
 
 
 def seconds(time: str) -> int:

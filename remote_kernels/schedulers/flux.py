@@ -7,7 +7,8 @@ import datetime
 import re
 
 from . import JobState, JobStatus, Resources
-from ._common import StatusOnly, directive_lines, first_host, hms, last_match, output_path, query, seconds
+from ._common import (SUBMITTER_ENV, StatusOnly, directive_lines, first_host, hms, last_match, output_path,
+                      query, seconds)
 
 # flux jobs {state}; INACTIVE jobs are resolved from {result} (flux-jobs(1)).
 STATES = {"NEW": JobState.QUEUED, "DEPEND": JobState.QUEUED, "PRIORITY": JobState.QUEUED,
@@ -19,6 +20,9 @@ F58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 # flux batch prints the id alone: F58 ("ƒ" prefix, "f" in a non-UTF-8 locale) or decimal.
 JOB_ID = re.compile(rf"(?P<id>[fƒ][{F58}]+|\d+)")
 UNKNOWN = re.compile(r"unknown job id|job not found|No such file", re.IGNORECASE)
+# flux batch copies the submitter's whole environment by default: start from none (env rule
+# ``-*``) and copy only SUBMITTER_ENV, the rules applied in this order (flux-submit(1), ENV RULES).
+SUBMIT = ["flux", "batch", "--env-remove=*", *(f"--env={name}" for name in SUBMITTER_ENV)]
 
 
 def decimal_id(job_id: str) -> str:
@@ -55,7 +59,7 @@ class Flux(StatusOnly):
         return decimal_id(last_match(stdout, JOB_ID, "flux batch"))
 
     async def submit(self, script: str) -> str:
-        _, out, _ = await self.runner.run(["flux", "batch"], stdin=script)
+        _, out, _ = await self.runner.run(SUBMIT, stdin=script)
         return self.parse_job_id(out)
 
     @staticmethod

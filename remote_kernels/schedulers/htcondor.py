@@ -16,7 +16,7 @@ import posixpath
 import re
 
 from . import JobState, JobStatus, Resources
-from ._common import StatusOnly, last_match, log_redirect, megabytes, parse_or_gone, query, seconds
+from ._common import SUBMITTER_ENV, StatusOnly, last_match, log_redirect, megabytes, parse_or_gone, query, seconds
 
 PREFIX = "#HTCONDOR "
 # JobStatus codes (HTCondor manual, "Job ClassAd Attributes").
@@ -49,8 +49,12 @@ class HTCondor(StatusOnly):
         cmds += [f"request_gpus = {res.gpus}"] if res.gpus else []
         if res.time:
             cmds.append(f"periodic_remove = JobStatus == 2 && time() - EnteredCurrentStatus > {seconds(res.time)}")
-        # The log is written by the script itself (one file for stdout and stderr, named after the id).
-        cmds.append('environment = "RK_JOB_ID=$(ClusterId).$(ProcId)"')
+        # The job gets none of condor_submit's environment (getenv, false by default, said here
+        # so no site default changes it), and none of its own either: the variables below only,
+        # SUBMITTER_ENV's values taken by condor_submit ($ENV).  RK_JOB_ID names the log, which
+        # the script writes itself (one file for stdout and stderr, named after the id).
+        env = ["RK_JOB_ID=$(ClusterId).$(ProcId)", *(f"{name}='$ENV({name})'" for name in SUBMITTER_ENV)]
+        cmds += ["getenv = false", f'environment = "{" ".join(env)}"']
         if res.output:
             cmds.append(f"initialdir = {posixpath.dirname(res.output) or '.'}")
         cmds += list(res.directives)

@@ -1,4 +1,5 @@
-"""IBM Spectrum LSF: bsub (script on stdin), one ``bjobs -json -o FIELDS IDS``, bkill."""
+"""IBM Spectrum LSF: ``bsub -env none -L /bin/bash`` (script on stdin), one ``bjobs -json -o FIELDS IDS``,
+bkill."""
 
 from __future__ import annotations
 
@@ -26,6 +27,9 @@ FIELDS = "jobid stat exec_host pend_reason exit_reason start_time time_left"
 # "Job <123> is submitted to queue <normal>." / "... to default queue <normal>."
 JOB_ID = re.compile(r"Job <(?P<id>\d+)> is submitted to (?:default )?queue <[^>]*>\.?")
 NOT_FOUND = re.compile(r"Job <[^>]+> is not found")
+# bsub's default is -env all (the server's whole environment).  -env none submits none of it;
+# -L initialises the job's environment as a login on the execution host does (profile, PATH, modules).
+SUBMIT = ["bsub", "-env", "none", "-L", "/bin/bash"]
 
 
 def _value(text: str) -> str:
@@ -57,7 +61,7 @@ class LSF(StatusOnly):
         return last_match(stdout, JOB_ID, "bsub")
 
     async def submit(self, script: str) -> str:
-        _, out, _ = await self.runner.run(["bsub"], stdin=script)
+        _, out, _ = await self.runner.run(SUBMIT, stdin=script)
         return self.parse_job_id(out)
 
     @staticmethod

@@ -1,7 +1,9 @@
 """PBS Professional / OpenPBS: qsub (id on stdout), one ``qstat -f -F json -x IDS``, qdel.
 
 ``PBSFamily`` holds what PBS Pro and Torque (torque.py) share: the ``#PBS`` header,
-qsub's output, qdel, and the meaning of a finished job's exit status.
+qsub's output, qdel, and the meaning of a finished job's exit status.  qsub never gets
+``-V``: the job then carries only PBS_O_* copies of a few submitter variables (HOME, PATH,
+LANG...) and starts in the user's login shell on the node, not in the server's environment.
 """
 
 from __future__ import annotations

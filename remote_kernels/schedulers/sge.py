@@ -1,5 +1,7 @@
 """Grid Engine (SGE, Son of Grid Engine, Open Cluster Scheduler): ``qsub -terse``, one
-``qstat -xml`` (all of the user's jobs; finished jobs leave it), qdel."""
+``qstat -xml`` (all of the user's jobs; finished jobs leave it), qdel.  qsub never gets ``-V``:
+the job has the execution daemon's environment, SGE's variables and SGE_O_* copies of a few
+submitter variables, not the server's environment."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SLURM: sbatch --parsable, one squeue for all jobs (status or time left), scancel."""
+"""SLURM: sbatch --parsable --export=NONE, one squeue for all jobs (status or time left), scancel."""
 
 from __future__ import annotations
 
@@ -26,10 +26,18 @@ JOB_ID = re.compile(r"^(?P<id>\d+(?:_\d+)?)(?:;(?P<cluster>[\w.-]+))?$")
 SQUEUE_FORMAT = "%i|%T|%r|%N|%S"
 TIME_LEFT_FORMAT = "%i|%T|%L"
 NO_TIME_LEFT = ("INVALID", "NOT_SET", "N/A")
+# sbatch's default is --export=ALL (the server's whole environment, recorded by slurmctld).
+# --export=NONE: SLURM_* only, and slurmd loads the user's login environment on the node
+# (`su - USER -c env`: HOME, PATH, LANG, MODULEPATH, an exported `module` function).  On the
+# command line, so that neither SBATCH_EXPORT nor an #SBATCH line can undo it.
+SUBMIT = ["sbatch", "--parsable", "--export=NONE"]
 
 
 class Slurm(Scheduler):
     name = "slurm"
+    # Without it, srun steps started in the job (by the kernel) inherit --export=NONE and get an
+    # empty environment; with it they get the kernel's.
+    script_env = {"SLURM_EXPORT_ENV": "ALL"}
 
     def header(self, res: Resources) -> list[str]:
         opts = [("job-name", res.job_name), ("partition", res.partition), ("account", res.account),
@@ -51,7 +59,7 @@ class Slurm(Scheduler):
         return m.group("id")
 
     async def submit(self, script: str) -> str:
-        _, out, _ = await self.runner.run(["sbatch", "--parsable"], stdin=script)
+        _, out, _ = await self.runner.run(SUBMIT, stdin=script)
         return self.parse_job_id(out)
 
     @staticmethod

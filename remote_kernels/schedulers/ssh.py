@@ -5,7 +5,8 @@ is used).  submit() runs the script detached there (``setsid nohup bash -s``, th
 on stdin) and returns ``HOST:PID``; the process is its own session and process group
 leader, so PID identifies it.  status() asks each host once (``ps`` for all its PIDs);
 cancel() sends SIGTERM to the process group (the launcher stops the kernel and exits).
-Other resources are not enforced: there is no allocation.
+Other resources are not enforced: there is no allocation.  The launcher runs in the
+environment sshd gives the user on the host; nothing of the server's is sent.
 """
 
 from __future__ import annotations
@@ -84,7 +85,8 @@ class SSH(StatusOnly):
         errors = []
         for host in self.hosts(script):
             try:
-                _, out, _ = await host_runner(host, self.runner).run(["sh", "-c", DETACH, "sh", host], stdin=script)
+                _, out, _ = await host_runner(host, self.runner).run(
+                    ["sh", "-c", DETACH, "sh", host], stdin=script, c_locale=False)
             except CommandError as e:
                 errors.append(str(e))
                 continue

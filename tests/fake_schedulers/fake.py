@@ -12,6 +12,14 @@ exported), so it really runs on c1 or c2.  A small state file maps fake ids to S
 ids; status is read from ``squeue`` and rendered in the flavour's format.  A job SLURM
 has forgotten is unknown to the fake too.
 
+The job's environment is what the real command documents, for real: the submitter's whole
+environment where the real command copies it by default (bsub, flux batch) or when told to
+(qsub -V, getenv = true), only the variables its options name otherwise (bsub -env,
+flux batch --env rules, qsub -v, HTCondor's environment), and on top of the user's login
+environment on the node only where the real scheduler starts jobs in a login shell
+(PBS, Torque, bsub -L).  So an adapter that forgets its scheduler's option leaks the
+submitter's environment here as it would on a real cluster.
+
 State lives in $RK_FAKE_SCHEDULER_STATE (a directory).  Stdlib only.
 """
 
@@ -19,14 +27,17 @@ from __future__ import annotations
 
 import datetime
 import fcntl
+import fnmatch
 import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+from string import Template
 
 F58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 SERVER = "fakeserver"
@@ -103,18 +114,25 @@ def status_of(ids: list[str]) -> tuple[dict[str, dict], list[str]]:
     return known, [i for i in ids if i not in known]
 
 
-def sbatch(script: str, fake_id: str, flavour: str, *, name="", queue="", time_s=0, cpus=0, mem_mb=0,
-           output="/dev/null", env: dict[str, str] | None = None) -> None:
-    """Run script under SLURM for fake_id; record the mapping."""
+def sbatch(script: str, fake_id: str, flavour: str, *, env: dict[str, str], login: bool, name="", queue="",
+           time_s=0, cpus=0, mem_mb=0, output="/dev/null") -> None:
+    """Run script under SLURM for fake_id with exactly ``env`` as its environment (and SLURM's
+    SLURM_* variables), on top of the user's login environment on the node if ``login``
+    (sbatch --get-user-env: slurmd's `su - USER -c env`); record the mapping."""
+    command = shutil.which("sbatch")
+    if command is None:
+        die("fake scheduler: sbatch not found on PATH", 2)
+    # sbatch exports its own environment (--export=ALL), which is the job's and nothing else.
     # --ignore-pbs: sbatch would read #PBS and #BSUB lines itself; the fake translates them.
-    argv = ["sbatch", "--parsable", "--ignore-pbs", "--no-requeue", f"--output={output}",
-            "--export=" + ",".join(["ALL", *(f"{k}={v}" for k, v in (env or {}).items())])]
+    argv = [command, "--parsable", "--ignore-pbs", "--no-requeue", f"--output={output}", "--export=ALL"]
+    argv += ["--get-user-env"] if login else []
     argv += [f"--job-name={name}"] if name else []
     argv += [f"--partition={queue}"] if queue else []
     argv += [f"--time={max(1, -(-time_s // 60))}"] if time_s else []
     argv += [f"--cpus-per-task={cpus}"] if cpus else []
     argv += [f"--mem={mem_mb}M"] if mem_mb else []
-    p = subprocess.run(argv, input=script, capture_output=True, text=True)
+    slurm = {k: v for k, v in os.environ.items() if k.startswith("SLURM_")}   # SLURM passes these always
+    p = subprocess.run(argv, input=script, capture_output=True, text=True, env={**slurm, **env})
     if p.returncode != 0:
         die(f"{flavour}: job rejected: {p.stderr.strip()}", 1)
     with State() as st:
@@ -178,6 +196,25 @@ def parse_options(words: list[str], takes_value: set[str], flags: set[str], what
     return out
 
 
+def command_line(args: list[str], takes_value: set[str], flags: set[str], what: str) -> tuple[list, list[str]]:
+    """([(option, value)], positional words) of a command line; unknown options fail."""
+    opts, positional, i = [], [], 0
+    while i < len(args):
+        if args[i] in takes_value or args[i] in flags or args[i].startswith("-"):
+            n = 2 if args[i] in takes_value else 1
+            opts += parse_options(args[i:i + n], takes_value, flags, what)
+            i += n
+        else:
+            positional.append(args[i])
+            i += 1
+    return opts, positional
+
+
+def matching(patterns: list[str], environ: dict[str, str]) -> dict[str, str]:
+    """The variables of environ whose names match one of the glob patterns."""
+    return {k: v for k, v in environ.items() if any(fnmatch.fnmatchcase(k, p) for p in patterns)}
+
+
 def read_script(args: list[str]) -> str:
     return Path(args[0]).read_text() if args else sys.stdin.read()
 
@@ -212,14 +249,32 @@ PBS_TAKES = {"-N", "-q", "-A", "-l", "-o", "-e", "-j", "-r", "-W", "-m", "-M", "
 PBS_FLAGS = {"-V", "-h"}
 
 
+# What qsub copies into every job as PBS_O_NAME (POSIX qsub; PBS Pro and Torque add the host and workdir).
+PBS_O = ("HOME", "LANG", "LOGNAME", "PATH", "MAIL", "SHELL", "TZ")
+
+
+def pbs_env(opts: list[tuple[str, str]], job_id: str) -> dict[str, str]:
+    """A PBS job's variables: PBS_O_* copies, the whole submitter environment with -V, the -v list."""
+    env = {f"PBS_O_{k}": os.environ[k] for k in PBS_O if k in os.environ}
+    env.update(PBS_O_WORKDIR=os.getcwd(), PBS_O_HOST=os.uname().nodename, PBS_JOBID=job_id)
+    if any(opt == "-V" for opt, _ in opts):
+        env.update(os.environ)
+    for opt, value in opts:
+        if opt == "-v":
+            for item in value.split(","):
+                key, sep, val = item.partition("=")
+                if sep or key in os.environ:
+                    env[key] = val if sep else os.environ[key]
+    return env
+
+
 def pbs_qsub(flavour: str, args: list[str]) -> None:
-    files = [a for a in args if not a.startswith("-")]
-    opts = [a for a in args if a.startswith("-")]   # the adapter passes none; keep them strict
-    parse_options(opts, set(), set(), "qsub")
+    given, files = command_line(args, PBS_TAKES, PBS_FLAGS, "qsub")
     script = read_script(files)
     res = dict(name="", queue="", time_s=0, cpus=0, mem_mb=0)
     output = ""
-    for opt, value in parse_options(directive_args(script, "#PBS"), PBS_TAKES, PBS_FLAGS, "qsub"):
+    opts = parse_options(directive_args(script, "#PBS"), PBS_TAKES, PBS_FLAGS, "qsub") + given
+    for opt, value in opts:
         if opt == "-N":
             res["name"] = value
         elif opt == "-q":
@@ -241,7 +296,8 @@ def pbs_qsub(flavour: str, args: list[str]) -> None:
                         elif k == "mem":
                             res["mem_mb"] = mem_mb(v)
     job_id = f"{new_id(flavour)}.{SERVER}"
-    sbatch(script, job_id, flavour, output=output or "/dev/null", env={"PBS_JOBID": job_id}, **res)
+    # MoM runs the job in the user's login shell on the node.
+    sbatch(script, job_id, flavour, output=output or "/dev/null", env=pbs_env(opts, job_id), login=True, **res)
     print(job_id)
 
 
@@ -326,17 +382,39 @@ def pbs_qdel(flavour: str, args: list[str]) -> None:
 
 # --- LSF ------------------------------------------------------------------------------
 
-LSF_TAKES = {"-J", "-q", "-P", "-W", "-n", "-R", "-M", "-gpu", "-o", "-e"}
+LSF_TAKES = {"-J", "-q", "-P", "-W", "-n", "-R", "-M", "-gpu", "-o", "-e", "-env", "-L"}
 LSF_FLAGS = {"-rn", "-r"}
 
 
+def lsf_env(spec: str) -> dict[str, str]:
+    """The submission variables bsub -env SPEC propagates (bsub -env: "none", "all, ~VAR, VAR=val",
+    or "VAR[=val], ..."); without -env, "all"."""
+    items = [i.strip() for i in spec.split(",") if i.strip()]
+    if items == ["none"]:
+        return {}
+    env = dict(os.environ) if items[:1] == ["all"] else {}
+    for item in items[1:] if items[:1] == ["all"] else items:
+        key, sep, val = item.partition("=")
+        if key.startswith("~"):
+            env.pop(key[1:], None)
+        elif sep or key in os.environ:
+            env[key] = val if sep else os.environ[key]
+    return env
+
+
 def lsf_bsub(flavour: str, args: list[str]) -> None:
-    parse_options(args, set(), set(), "bsub")   # the script comes on stdin, options in it
+    given, extra = command_line(args, LSF_TAKES, LSF_FLAGS, "bsub")   # the script comes on stdin
+    if extra:
+        die(f"bsub: this fake takes the job script on stdin, not {extra[0]!r}", 2)
     script = sys.stdin.read()
     res = dict(name="", queue="", time_s=0, cpus=0, mem_mb=0)
-    output = ""
-    for opt, value in parse_options(directive_args(script, "#BSUB"), LSF_TAKES, LSF_FLAGS, "bsub"):
-        if opt == "-J":
+    output, env_spec, login = "", "all", False
+    for opt, value in parse_options(directive_args(script, "#BSUB"), LSF_TAKES, LSF_FLAGS, "bsub") + given:
+        if opt == "-env":
+            env_spec = value
+        elif opt == "-L":   # a login shell initialises the job's environment on the execution host
+            login = True
+        elif opt == "-J":
             res["name"] = value
         elif opt == "-q":
             res["queue"] = value
@@ -351,7 +429,7 @@ def lsf_bsub(flavour: str, args: list[str]) -> None:
             output = value
     job_id = str(new_id(flavour))
     sbatch(script, job_id, flavour, output=output.replace("%J", job_id) or "/dev/null",
-           env={"LSB_JOBID": job_id}, **res)
+           env={**lsf_env(env_spec), "LSB_JOBID": job_id}, login=login, **res)
     queue = res["queue"] or "normal"
     print(f"Job <{job_id}> is submitted to {'' if res['queue'] else 'default '}queue <{queue}>.")
 
@@ -411,12 +489,18 @@ def condor_submit(flavour: str, args: list[str]) -> None:
         key, sep, value = line.partition("=")
         if not sep:
             die(f"ERROR: on line '{line}': not a submit command", 1)
-        desc[key.strip().lower()] = value.strip()
+        # $ENV(NAME): condor_submit's own environment, at submit time.
+        desc[key.strip().lower()] = re.sub(r"\$ENV\((\w+)\)", lambda m: os.environ.get(m.group(1), ""),
+                                           value.strip())
     if not queued or "executable" not in desc:
         die("ERROR: no executable or no queue statement", 1)
     cluster = new_id(flavour)
     job_id = f"{cluster}.0"
-    env = {}
+    # getenv: false (the default) copies nothing of condor_submit's environment, true all of it,
+    # a list the variables it names (HTCondor 10).  No login environment either way.
+    getenv = desc.get("getenv", "false").lower()
+    env = dict(os.environ) if getenv == "true" else {} if getenv == "false" else \
+        matching([p.strip() for p in getenv.split(",")], dict(os.environ))
     m = re.fullmatch(r'"(.*)"', desc.get("environment", ""))
     for item in shlex.split(m.group(1)) if m else []:
         k, _, v = item.partition("=")
@@ -424,7 +508,7 @@ def condor_submit(flavour: str, args: list[str]) -> None:
     limit = re.search(r"> (\d+)", desc.get("periodic_remove", ""))
     sbatch(Path(desc["executable"]).read_text(), job_id, flavour, name=desc.get("batch_name", ""),
            time_s=int(limit.group(1)) if limit else 0, cpus=int(desc.get("request_cpus", 0)),
-           mem_mb=int(desc.get("request_memory", 0)), env=env)
+           mem_mb=int(desc.get("request_memory", 0)), env=env, login=False)
     print(f"{job_id} - {job_id}")
 
 
@@ -474,7 +558,7 @@ def condor_rm(flavour: str, args: list[str]) -> None:
 
 # --- Flux ---------------------------------------------------------------------------------
 
-FLUX_TAKES = {"--job-name", "-q", "-t", "--output", "--setattr", "-N", "-n", "-c", "-g"}
+FLUX_TAKES = {"--job-name", "-q", "-t", "--output", "--setattr", "-N", "-n", "-c", "-g", "--env", "--env-remove"}
 
 
 def f58(n: int) -> str:
@@ -496,23 +580,52 @@ def flux_decimal(job_id: str) -> str:
     return str(n)
 
 
-def flux_words(script: str) -> list[str]:
+def flux_words(args: list[str]) -> list[str]:
+    """Option words with their values split off: --opt=value, -c4."""
     words = []
-    for w in directive_args(script, "#flux:"):
-        m = re.fullmatch(r"(--[\w-]+)=(.*)|(-[a-zA-Z])(\S+)", w)   # --opt=value, -c4
+    for w in args:
+        m = re.fullmatch(r"(--[\w-]+)=(.*)|(-[a-zA-Z])(\S+)", w)
         words += [m.group(1) or m.group(3), m.group(2) if m.group(1) else m.group(4)] if m else [w]
     return words
+
+
+def flux_env(rules: list[str]) -> dict[str, str]:
+    """The job's environment: flux's ENV RULES applied in order to the submitter's whole
+    environment (the implicit first rule): -PATTERN removes, VAR=VAL sets ($var from the
+    environment built so far, then the process's), any other rule copies the submitter's
+    variables matching it.  Glob patterns only."""
+    env = dict(os.environ)
+    for rule in rules:
+        if rule.startswith(("/", "-/", "^")):
+            die(f"flux batch: this fake supports glob env rules only, not {rule!r}", 2)
+        if rule.startswith("-"):
+            for key in matching([rule[1:]], env):
+                del env[key]
+        elif "=" in rule:
+            key, _, value = rule.partition("=")
+            try:
+                env[key] = Template(value).substitute({**os.environ, **env})
+            except (KeyError, ValueError) as e:
+                die(f"flux batch: --env={rule}: {e}", 1)
+        else:
+            env.update(matching([rule], dict(os.environ)))
+    return env
 
 
 def flux(flavour: str, args: list[str]) -> None:
     sub, rest = (args[0], args[1:]) if args else ("", [])
     if sub == "batch":
-        parse_options(rest, set(), set(), "flux batch")
+        given, extra = command_line(flux_words(rest), FLUX_TAKES, set(), "flux batch")
+        if extra:
+            die(f"flux batch: this fake takes the job script on stdin, not {extra[0]!r}", 2)
         script = sys.stdin.read()
         res = dict(name="", queue="", time_s=0, cpus=0, mem_mb=0)
-        output = ""
-        for opt, value in parse_options(flux_words(script), FLUX_TAKES, set(), "flux batch"):
-            if opt == "--job-name":
+        output, rules = "", []
+        for opt, value in parse_options(flux_words(directive_args(script, "#flux:")), FLUX_TAKES, set(),
+                                        "flux batch") + given:
+            if opt in ("--env", "--env-remove"):
+                rules.append(value if opt == "--env" else "-" + value)
+            elif opt == "--job-name":
                 res["name"] = value
             elif opt == "-q":
                 res["queue"] = value
@@ -525,7 +638,7 @@ def flux(flavour: str, args: list[str]) -> None:
         n = FLUX_ID_BASE + new_id(flavour)
         job_id = str(n)
         sbatch(script, job_id, flavour, output=output.replace("{{id.dec}}", job_id).replace("{{id}}", f58(n))
-               or "/dev/null", env={"FLUX_JOB_ID": job_id}, **res)
+               or "/dev/null", env={**flux_env(rules), "FLUX_JOB_ID": job_id}, login=False, **res)
         print(f58(n))
     elif sub == "jobs":
         if len(rest) < 3 or rest[:2] != ["-n", "-o"]:
