@@ -33,8 +33,9 @@ from . import script
 from .registry import Entry
 from .launcher import CHANNELS
 from .options import KernelOptions
-from .runner import SSHCommandRunner, runner_for
+from .runner import CommandError, SSHCommandRunner, runner_for
 from .schedulers import JobState, JobStatus, get_scheduler
+from .schedulers.limits import SiteFacts
 from .ssh import NodeConnection, NodeConnections
 from .sshconnect import SSH_ERRORS, describe
 from .watcher import JobWatcher
@@ -92,6 +93,9 @@ class RemoteKernelSession:
         self.entry: Entry | None = None
         # Called with (JobStatus, seconds waited) at each poll while the job waits to start.
         self.on_status: Callable[[JobStatus, float], None] | None = None
+        # Seconds queued before the start gives up (0: never); a caller may set a default.
+        self.queue_timeout = options.queue_timeout
+        self._waitable: set[str] = set()   # reasons the site's facts showed to clear with time
         self._endpoints: dict[str, str | int] = {}
         self._closing = False
         self._start_task: asyncio.Task | None = None
@@ -148,7 +152,7 @@ class RemoteKernelSession:
                     await self.runner.run(["mkdir", "-p", "-m", "700", REMOTE_JOB_DIR])
                 self.job_id = await self._submit(text)
             except Exception as e:
-                raise KernelStartError(f"{self.scheduler.name} refused the job: {e}") from None
+                raise KernelStartError(await self._refusal(e)) from None
             self.timings["submit"] = time.monotonic() - self._t0
             self.entry = Entry(session_id=self.session_id, spec=self.name, scheduler=self.scheduler.name,
                                job_id=self.job_id, kernel_id=self.kernel_id)
@@ -263,7 +267,7 @@ class RemoteKernelSession:
             status = await self.watcher.wait_update(self.job_id)
             if self.on_status is not None:
                 self.on_status(status, time.monotonic() - self._t0)
-            summary = (status.state, status.reason)
+            summary = (status.state, status.reason, status.start_time)
             if summary != last:
                 last = summary
                 extra = f", estimated start {status.start_time}" if status.state is JobState.QUEUED and status.start_time else ""
@@ -271,17 +275,55 @@ class RemoteKernelSession:
                               f" ({status.reason})" if status.reason else "", extra)
             if status.state is JobState.RUNNING and status.node:
                 return status
+            never = await self._never_starts(status)
+            if never:
+                raise KernelStartError(never)
             if status.state.finished:
                 tail = await self.job_log_tail()
                 raise KernelStartError(
                     f"job {self.job_id} ended before the kernel started ({status.native or status.state.value}"
                     f"{', ' + status.reason if status.reason else ''})" + (f": {tail}" if tail else ""))
             waited = time.monotonic() - self._t0
-            if self.opts.queue_timeout and waited > self.opts.queue_timeout:
+            if self.queue_timeout and waited > self.queue_timeout:
                 raise KernelStartError(
                     f"job {self.job_id} still {status.state.value} after {waited:.0f}s"
                     f" (reason: {status.reason or 'none given'}); cancelled it. Raise queue_timeout or "
                     "choose a less busy partition")
+
+    def _asked(self):
+        """The spec's request (for why-never messages)."""
+        return self.opts.resources(job_name="", output="")
+
+    async def _site_facts(self, kind: str):
+        """The adapter's facts for a why-never message; none (a vaguer message) if the query fails."""
+        try:
+            return await self.scheduler.site_facts(self.job_id, kind)
+        except (CommandError, OSError, ValueError) as e:
+            self.log.debug("remote kernel %s: reading the site's limits failed: %s", self.name, e)
+            return SiteFacts()
+
+    async def _never_starts(self, status: JobStatus) -> str | None:
+        """The one line saying why the job can never start (the caller cancels it), or None."""
+        kind = self.scheduler.never(status)
+        said = status.reason or status.native
+        if kind is None or said in self._waitable:
+            return None
+        line = self.scheduler.explain(kind, said, self._asked(), await self._site_facts(kind))
+        if line is None:
+            self._waitable.add(said)   # the facts show it clears with time; not asked again
+            return None
+        return f"{self.scheduler.name} job {self.job_id} can never start ({said}): {line}"
+
+    async def _refusal(self, error: Exception) -> str:
+        """The one line for a refused submission: the limit and the fix when the error names one."""
+        refused = self.scheduler.refused(str(error))
+        line = None
+        if refused is not None:
+            kind, said = refused
+            line = self.scheduler.explain(kind, said, self._asked(), await self._site_facts(kind))
+        if line is None:
+            return f"{self.scheduler.name} refused the job: {error}"
+        return f"{self.scheduler.name} refused the job ({said}): {line}"
 
     async def _connect_launcher(self, timeout: float | None = None) -> None:
         """Open the control channel to the launcher's socket once it listens."""

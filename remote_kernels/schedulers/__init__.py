@@ -14,7 +14,12 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from typing import TYPE_CHECKING
+
 from ..runner import CommandRunner
+
+if TYPE_CHECKING:
+    from .limits import SiteFacts
 
 
 class JobState(enum.Enum):
@@ -97,6 +102,29 @@ class Scheduler:
 
     async def cancel(self, job_id: str) -> None:
         raise NotImplementedError
+
+    # --- jobs that can never start (limits.py) -------------------------------------------
+    # Pure, from the adapter's tables, except site_facts: the one query made for the message,
+    # only once never() or refused() has given a verdict.
+
+    def never(self, status: JobStatus) -> str | None:
+        """The kind of limit (limits.py) that ``status`` says the job can never get past; None
+        while it may still start."""
+        return None
+
+    def refused(self, error: str) -> tuple[str, str] | None:
+        """(kind, the scheduler's words) when a refused submission's error names a limit."""
+        return None
+
+    async def site_facts(self, job_id: str | None, kind: str) -> "SiteFacts":
+        """What the message for ``kind`` names (partition limits, node sizes...), in one query."""
+        from .limits import SiteFacts
+        return SiteFacts()
+
+    def explain(self, kind: str, said: str, res: Resources, facts: "SiteFacts") -> str | None:
+        """The one line naming the limit and the fix; None if the facts show the job may start."""
+        from .limits import explain
+        return explain(kind, said, res, facts)
 
 
 def get_scheduler(name: str, runner: CommandRunner | None = None) -> Scheduler:

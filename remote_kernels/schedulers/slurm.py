@@ -1,11 +1,19 @@
-"""SLURM: sbatch --parsable --export=NONE, one squeue for all jobs (status or time left), scancel."""
+"""SLURM: sbatch --parsable --export=NONE, one squeue for all jobs (status or time left), scancel.
+
+A job SLURM says can never start (a pending reason below, or a refused submission) is
+explained from ``scontrol -o show partition``/``node``/``job`` (and the QOS from
+``sacctmgr``), read once when such a reason is first seen.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 from ..runner import CommandError
 from . import JobState, JobStatus, Resources, Scheduler
+from . import limits as L
+from ._common import seconds
 
 # squeue's %T words -> our states (SLURM 22.05+ job_state_string).
 STATES = {
@@ -31,6 +39,46 @@ NO_TIME_LEFT = ("INVALID", "NOT_SET", "N/A")
 # (`su - USER -c env`: HOME, PATH, LANG, MODULEPATH, an exported `module` function).  On the
 # command line, so that neither SBATCH_EXPORT nor an #SBATCH line can undo it.
 SUBMIT = ["sbatch", "--parsable", "--export=NONE"]
+
+# Pending reasons (squeue %r, SLURM 22.05's job_reason_string) that say the job, as asked, can
+# never start -> the limit.  Everything else (Resources, Priority, Dependency, BeginTime,
+# Grp*, *PerUser*, *PerAccount*, PartitionDown, Reservation...) clears with time: waited out.
+NEVER_REASONS = {
+    "PartitionTimeLimit": L.TIME, "PartitionNodeLimit": L.NODES, "PartitionConfig": L.PARTITION_CONFIG,
+    "MaxMemPerLimit": L.MEM_PER, "BadConstraints": L.CONSTRAINT, "InvalidAccount": L.ACCOUNT,
+    "AccountNotAllowed": L.ACCOUNT, "InvalidQOS": L.QOS, "QOSNotAllowed": L.QOS,
+    "DependencyNeverSatisfied": L.DEPENDENCY, "ReservationDeleted": L.RESERVATION,
+}
+# A QOS's or association's limit on one job (or on a job's share of a node): QOSMax*PerJob*,
+# QOSMax*PerNode, QOSMin*, AssocMax*PerJob*, AssocMax*PerNode (and the older prefix-less
+# Max*PerJob* names).  A job over it never starts.
+PER_JOB_LIMIT = re.compile(r"^(?P<owner>QOS|Assoc)?Max\w*Per(?:Job|Node)\w*$|^(?P<min>QOS)Min\w+$")
+# "ReqNodeNotAvail, UnavailableNodes:c[1-2]": never only if a node it names does not exist.
+UNAVAILABLE_NODES = re.compile(r"^ReqNodeNotAvail, UnavailableNodes:(?P<nodes>\S+)$")
+# sbatch's refusals (slurm_errno.c's messages, sbatch's own CPU/memory checks) -> the limit;
+# the first phrase found wins (sbatch prints its specific line before the generic one).
+REFUSALS = (
+    ("Invalid partition name specified", L.PARTITION),
+    ("Requested time limit is invalid", L.TIME),
+    ("CPU count per node can not be satisfied", L.CPUS),
+    ("More processors requested than permitted", L.CPUS),
+    ("Memory specification can not be satisfied", L.MEM),
+    ("Memory required by task is not available", L.MEM),
+    ("Node count specification invalid", L.NODES),
+    ("Invalid account or account/partition combination specified", L.ACCOUNT),
+    ("Invalid qos specification", L.QOS),
+    ("Invalid feature specification", L.CONSTRAINT),
+    ("Invalid node name specified", L.NODELIST),
+    ("Invalid generic resource (gres) specification", L.GRES),
+    ("Requested reservation is invalid", L.RESERVATION),
+    ("Requested node configuration is not available", L.PARTITION_CONFIG),
+    ("Requested partition configuration not available now", L.PARTITION_CONFIG),
+)
+FACTS_ARGV = {"partitions": ["scontrol", "-o", "show", "partition"], "nodes": ["scontrol", "-o", "show", "node"]}
+SACCTMGR_QOS = ["sacctmgr", "-n", "-P", "show", "qos", "format=Name,MaxWall,MaxTRES,MaxTRESPerNode,MinTRES"]
+UNSET = ("", "(null)", "N/A", "UNLIMITED", "NONE", "Partition_Limit")
+# One "Key=Value" of `scontrol -o` output (a value may hold spaces: OS=Linux 6.1 #1 SMP).
+SCONTROL_KEY = re.compile(r"(?:^|\s)([A-Za-z][\w:/.]*)=")
 
 
 class Slurm(Scheduler):
@@ -112,3 +160,144 @@ class Slurm(Scheduler):
 
     async def cancel(self, job_id: str) -> None:
         await self.runner.run(["scancel", job_id])
+
+    # --- jobs that can never start -----------------------------------------------------
+
+    def never(self, status: JobStatus) -> str | None:
+        if status.state not in (JobState.QUEUED, JobState.HELD):
+            return None
+        reason = status.reason
+        if reason in NEVER_REASONS:
+            return NEVER_REASONS[reason]
+        m = PER_JOB_LIMIT.match(reason)
+        if m:
+            return L.ASSOC_LIMIT if m.group("owner") == "Assoc" else L.QOS_LIMIT
+        return L.NODELIST if UNAVAILABLE_NODES.match(reason) else None
+
+    def refused(self, error: str) -> tuple[str, str] | None:
+        return next(((kind, phrase) for phrase, kind in REFUSALS if phrase in error), None)
+
+    async def site_facts(self, job_id: str | None, kind: str) -> L.SiteFacts:
+        argvs = dict(FACTS_ARGV)
+        if job_id:
+            argvs["job"] = ["scontrol", "-o", "show", "job", job_id]
+        if kind in (L.QOS, L.QOS_LIMIT):
+            argvs["qos"] = SACCTMGR_QOS
+        results = await asyncio.gather(*(self.runner.run(a, check=False) for a in argvs.values()))
+        outs = {k: out if code == 0 else "" for k, (code, out, _) in zip(argvs, results)}
+        return self.parse_facts(outs.get("partitions", ""), outs.get("nodes", ""), outs.get("job", ""),
+                                outs.get("qos", ""))
+
+    def explain(self, kind: str, said: str, res: Resources, facts: L.SiteFacts) -> str | None:
+        m = UNAVAILABLE_NODES.match(said)
+        if m:
+            missing = [n for n in expand_hostlist(m.group("nodes")) if n not in facts.nodes]
+            if not facts.nodes or not missing:
+                return None   # down, drained or reserved nodes that exist: they come back
+            said = f"{', '.join(missing)} unknown to SLURM"
+        return L.explain(kind, said, res, facts)
+
+    @classmethod
+    def parse_facts(cls, partitions: str, nodes: str, job: str = "", qos: str = "") -> L.SiteFacts:
+        """SiteFacts from ``scontrol -o show partition``, ``... node``, ``... job ID`` and sacctmgr's QOS."""
+        return L.SiteFacts(partitions=parse_partitions(partitions), nodes=parse_nodes(nodes),
+                           ask=parse_job(job) if job.strip() else None, qos=parse_qos(qos))
+
+
+def scontrol_records(text: str) -> list[dict[str, str]]:
+    """One dict per line of ``scontrol -o show ...`` output (Key=Value words)."""
+    records = []
+    for line in text.splitlines():
+        keys = list(SCONTROL_KEY.finditer(line))
+        if keys:
+            records.append({m.group(1): line[m.end():keys[i + 1].start() if i + 1 < len(keys) else len(line)].strip()
+                            for i, m in enumerate(keys)})
+    return records
+
+
+def expand_hostlist(text: str) -> list[str]:
+    """SLURM host list "c[1-2,05],d7" -> ["c1", "c2", "c05", "d7"]."""
+    hosts = []
+    for m in re.finditer(r"([^,\[]+)(?:\[([^\]]*)\])?([^,\[]*)", text):
+        prefix, ranges, suffix = m.groups()
+        if ranges is None:
+            hosts.append(prefix + suffix)
+            continue
+        for part in ranges.split(","):
+            first, _, last = part.partition("-")
+            width = len(first)
+            for n in range(int(first), int(last or first) + 1):
+                hosts.append(f"{prefix}{n:0{width}d}{suffix}")
+    return [h for h in hosts if h]
+
+
+def _number(text: str) -> int | None:
+    return int(text) if text.isdigit() else None
+
+
+def _duration(text: str) -> int | None:
+    try:
+        return None if text in UNSET else seconds(text)
+    except ValueError:
+        return None
+
+
+def _mb(text: str) -> int:
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([KMGT]?)", text or "")
+    return round(float(m.group(1)) * {"K": 1 / 1024, "": 1, "M": 1, "G": 1024, "T": 1024 ** 2}[m.group(2)]) if m else 0
+
+
+def _value(text: str) -> str:
+    return "" if text in UNSET else text
+
+
+def parse_partitions(text: str) -> dict[str, L.Partition]:
+    found = {}
+    for r in scontrol_records(text):
+        name = r.get("PartitionName", "")
+        found[name] = L.Partition(
+            name=name, default=r.get("Default") == "YES", max_time=_duration(r.get("MaxTime", "")),
+            min_nodes=_number(r.get("MinNodes", "")) or 0, max_nodes=_number(r.get("MaxNodes", "")),
+            max_cpus_per_node=_number(r.get("MaxCPUsPerNode", "")),
+            max_mem_per_node=_number(r.get("MaxMemPerNode", "")), max_mem_per_cpu=_number(r.get("MaxMemPerCPU", "")),
+            nodes=tuple(expand_hostlist(_value(r.get("Nodes", "")))),
+            allow_accounts=r.get("AllowAccounts", "ALL"), allow_qos=r.get("AllowQos", "ALL"))
+    return found
+
+
+def parse_nodes(text: str) -> dict[str, L.Node]:
+    found = {}
+    for r in scontrol_records(text):
+        name = r.get("NodeName", "")
+        features = _value(r.get("AvailableFeatures", ""))
+        found[name] = L.Node(name=name, cpus=_number(r.get("CPUTot", "")) or 0,
+                             mem=_number(r.get("RealMemory", "")) or 0,
+                             features=tuple(f for f in features.split(",") if f))
+    return found
+
+
+def parse_job(text: str) -> L.Ask:
+    """The job's effective request from ``scontrol -o show job ID``."""
+    r = (scontrol_records(text) or [{}])[0]
+    cpus = _number(r.get("CPUs/Task", "")) or _number(r.get("NumCPUs", "")) or 0
+    mem = _mb(r.get("MinMemoryNode", "")) or _mb(r.get("MinMemoryCPU", "")) * max(1, cpus)
+    return L.Ask(partition=_value(r.get("Partition", "")), account=_value(r.get("Account", "")),
+                 qos=_value(r.get("QOS", "")), time=_duration(r.get("TimeLimit", "")), cpus=cpus, mem=mem,
+                 nodes=_number(r.get("NumNodes", "").split("-")[0]) or 0,
+                 constraint=_value(r.get("Features", "")), reservation=_value(r.get("Reservation", "")))
+
+
+def parse_qos(text: str) -> dict[str, L.QosLimits]:
+    """``sacctmgr -n -P show qos format=Name,MaxWall,MaxTRES,MaxTRESPerNode,MinTRES`` lines."""
+    def tres(field: str) -> dict[str, str]:
+        return dict(item.split("=", 1) for item in field.split(",") if "=" in item)
+
+    found = {}
+    for line in text.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) < 5 or not parts[0]:
+            continue
+        name, max_wall, max_tres, per_node, min_tres = parts[:5]
+        found[name] = L.QosLimits(name=name, max_wall=_duration(max_wall), max_tres=tres(max_tres),
+                                  max_tres_per_node=tres(per_node), min_tres=tres(min_tres))
+    return found

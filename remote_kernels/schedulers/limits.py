@@ -1,0 +1,275 @@
+"""Why a job can never start, in one line: the site facts such a line names, and the lines.
+
+An adapter maps what its scheduler says (a pending reason, a refused submission, an error
+state) to a *kind* of limit (``TIME``, ``CPUS``...).  ``explain(kind, said, res, facts)``
+turns that kind, the request and the site's facts into the line the user reads, naming
+the limit and the fix.  Pure: the adapter's ``site_facts`` gathers the facts (the one
+place doing I/O); a fact that is missing only makes the line less specific.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from . import Resources
+from ._common import megabytes, seconds
+
+# Kinds of limit a job can never get past.
+TIME, CPUS, MEM, MEM_PER, NODES, PARTITION, PARTITION_CONFIG = (
+    "time", "cpus", "mem", "mem-per", "nodes", "partition", "partition-config")
+ACCOUNT, QOS, QOS_LIMIT, ASSOC_LIMIT = "account", "qos", "qos-limit", "assoc-limit"
+CONSTRAINT, NODELIST, GRES, RESERVATION, DEPENDENCY, NEVER = (
+    "constraint", "nodelist", "gres", "reservation", "dependency", "never")
+
+
+@dataclass
+class Partition:
+    """A partition (queue) and the limits it puts on each job; None: unlimited."""
+
+    name: str
+    default: bool = False
+    max_time: int | None = None          # seconds
+    min_nodes: int = 0
+    max_nodes: int | None = None
+    max_cpus_per_node: int | None = None
+    max_mem_per_node: int | None = None  # MB
+    max_mem_per_cpu: int | None = None   # MB
+    nodes: tuple[str, ...] = ()
+    allow_accounts: str = "ALL"
+    allow_qos: str = "ALL"
+
+
+@dataclass
+class Node:
+    name: str
+    cpus: int = 0
+    mem: int = 0                         # MB
+    features: tuple[str, ...] = ()
+
+
+@dataclass
+class QosLimits:
+    """A QOS's per-job limits: MaxWall (seconds) and TRES (name -> value as printed)."""
+
+    name: str
+    max_wall: int | None = None
+    max_tres: dict[str, str] = field(default_factory=dict)
+    max_tres_per_node: dict[str, str] = field(default_factory=dict)
+    min_tres: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Ask:
+    """What the scheduler's own record says the job asks for (its effective request)."""
+
+    partition: str = ""
+    account: str = ""
+    qos: str = ""
+    time: int | None = None              # seconds
+    cpus: int = 0
+    mem: int = 0                         # MB per node
+    nodes: int = 0
+    constraint: str = ""
+    reservation: str = ""
+
+
+@dataclass
+class SiteFacts:
+    partitions: dict[str, Partition] = field(default_factory=dict)
+    nodes: dict[str, Node] = field(default_factory=dict)
+    qos: dict[str, QosLimits] = field(default_factory=dict)
+    ask: Ask | None = None
+    detail: str = ""                     # the scheduler's own account of it (SGE's error reason...)
+
+
+def hint(option: str) -> str:
+    """How a user sets option: the install flag and the per-launch variable."""
+    return f"--{option} or RK_{option.upper()}"
+
+
+def wall(total: int) -> str:
+    """Seconds as SLURM prints a limit: H:MM:SS, or D-HH:MM:SS from a day on."""
+    d, rest = divmod(total, 86400)
+    h, rest = divmod(rest, 3600)
+    return (f"{d}-{h:02d}" if d else f"{h}") + f":{rest // 60:02d}:{rest % 60:02d}"
+
+
+def size(mb: int) -> str:
+    return f"{mb // 1024}G" if mb >= 1024 and mb % 1024 == 0 else f"{mb}M"
+
+
+def effective(res: Resources, facts: SiteFacts) -> Ask:
+    """The request: the scheduler's record where it has a value, else the spec's options."""
+    a = facts.ask or Ask()
+    part = a.partition or res.partition or next((p.name for p in facts.partitions.values() if p.default), "")
+    return Ask(partition=part, account=a.account or res.account, qos=a.qos or res.qos,
+               time=a.time if a.time is not None else (seconds(res.time) if res.time else None),
+               cpus=a.cpus or res.cpus, mem=a.mem or (megabytes(res.mem) if res.mem else 0),
+               nodes=a.nodes or 1, constraint=a.constraint or res.constraint,
+               reservation=a.reservation or res.reservation)
+
+
+def _members(p: Partition, facts: SiteFacts) -> list[Node]:
+    return [facts.nodes[n] for n in p.nodes if n in facts.nodes]
+
+
+def _largest(p: Partition, facts: SiteFacts, attr: str) -> int:
+    """The most CPUs (or MB) one node of p offers a job, within the partition's per-node cap."""
+    best = max((getattr(n, attr) for n in _members(p, facts)), default=0)
+    cap = p.max_cpus_per_node if attr == "cpus" else p.max_mem_per_node
+    return min(best, cap) if cap and best else (cap or best)
+
+
+def _elsewhere(facts: SiteFacts, here: str, fits) -> str:
+    """', or use partition X' for the other partitions where fits(partition) holds."""
+    names = [p.name for p in facts.partitions.values() if p.name != here and fits(p)]
+    return f", or use partition {' or '.join(names)}" if names else ""
+
+
+def _time(a: Ask, p: Partition | None, facts: SiteFacts) -> str:
+    if p is None or p.max_time is None:
+        return f"the time limit asked for is more than the partition allows; ask for less with {hint('time')}"
+    asked = f" (asked for {wall(a.time)})" if a.time else ""
+    return (f"partition {p.name} allows at most {wall(p.max_time)}{asked}; ask for less with {hint('time')}"
+            + _elsewhere(facts, p.name, lambda q: q.max_time is None or q.max_time >= (a.time or p.max_time + 1)))
+
+
+def _cpus(a: Ask, p: Partition | None, facts: SiteFacts) -> str:
+    most = _largest(p, facts, "cpus") if p else 0
+    if not most:
+        return f"no node can give the job {a.cpus or 'the'} CPUs asked for; ask for fewer with {hint('cpus')}"
+    return (f"no node of partition {p.name} has {a.cpus or 'the'} CPUs (the largest has {most}); ask for fewer "
+            f"with {hint('cpus')}" + _elsewhere(facts, p.name, lambda q: _largest(q, facts, "cpus") >= a.cpus > 0))
+
+
+def _mem(a: Ask, p: Partition | None, facts: SiteFacts) -> str:
+    most = _largest(p, facts, "mem") if p else 0
+    asked = size(a.mem) if a.mem else "the memory asked for"
+    if not most:
+        return f"no node can give the job {asked}; ask for less with {hint('mem')}"
+    return (f"no node of partition {p.name} has {asked} of memory for a job (the largest has {size(most)}); "
+            f"ask for less with {hint('mem')}" + _elsewhere(facts, p.name, lambda q: _largest(q, facts, "mem") >= a.mem > 0))
+
+
+def _mem_per(a: Ask, p: Partition | None, facts: SiteFacts) -> str:
+    caps = [f"{size(v)} per {w}" for v, w in ((p.max_mem_per_node, "node"), (p.max_mem_per_cpu, "CPU")) if v] if p else []
+    where = f"partition {p.name}" if p else "the partition"
+    return f"{where} allows at most {' and '.join(caps) or 'less memory per node or CPU'}; ask for less with {hint('mem')}"
+
+
+def _nodes(a: Ask, p: Partition | None, facts: SiteFacts) -> str:
+    if p is None:
+        return "the node count asked for is outside the partition's limits; remove --nodes from the spec's directives"
+    most = "unlimited" if p.max_nodes is None else str(p.max_nodes)
+    return (f"partition {p.name} takes jobs of {p.min_nodes or 1} to {most} nodes (asked for {a.nodes}); a kernel "
+            f"needs one node: remove --nodes from the spec's directives" + _elsewhere(
+                facts, p.name, lambda q: q.min_nodes <= a.nodes <= (q.max_nodes or a.nodes)))
+
+
+def _partition(a: Ask, p: Partition | None, facts: SiteFacts) -> str:
+    names = ", ".join(facts.partitions) or "those `sinfo` lists"
+    return f"partition {a.partition or '(default)'} does not exist; choose one of {names} with {hint('partition')}"
+
+
+def _listed(allowed: str, value: str) -> bool:
+    return allowed in ("ALL", "") or value in allowed.split(",")
+
+
+def _account(a: Ask, p: Partition | None, facts: SiteFacts) -> str:
+    only = f"; partition {p.name} takes only {p.allow_accounts}" if p and not _listed(p.allow_accounts, a.account) else ""
+    return (f"account {a.account or '(your default)'} is not one you may use here{only}; set one of yours with "
+            f"{hint('account')} (`sacctmgr show assoc user=$USER format=account,partition` lists them)")
+
+
+def _qos(a: Ask, p: Partition | None, facts: SiteFacts) -> str:
+    only = f"; partition {p.name} takes only {p.allow_qos}" if p and not _listed(p.allow_qos, a.qos) else ""
+    known = f" (the QOS are {', '.join(facts.qos)})" if facts.qos else ""
+    return (f"QOS {a.qos or '(your default)'} is not valid for you here{only}{known}; set one you may use with "
+            f"{hint('qos')} (`sacctmgr show assoc user=$USER format=qos` lists them)")
+
+
+def _partition_config(a: Ask, p: Partition | None, facts: SiteFacts) -> str:
+    """SLURM's "PartitionConfig": find the partition limit the request breaks, from the facts."""
+    if p is None:
+        return _partition(a, p, facts) if facts.partitions else \
+            "the partition's configuration does not allow this job; `scontrol show partition` shows its limits"
+    checks = [(p.max_time is not None and a.time is not None and a.time > p.max_time, _time),
+              (a.cpus > 0 and 0 < _largest(p, facts, "cpus") < a.cpus, _cpus),
+              (a.mem > 0 and 0 < _largest(p, facts, "mem") < a.mem, _mem),
+              (not p.min_nodes <= a.nodes <= (p.max_nodes or a.nodes), _nodes),
+              (not _listed(p.allow_accounts, a.account), _account),
+              (not _listed(p.allow_qos, a.qos), _qos)]
+    for broken, message in checks:
+        if broken:
+            return message(a, p, facts)
+    return (f"partition {p.name} does not take this job as asked (its access or size limits); "
+            f"`scontrol show partition {p.name}` shows them")
+
+
+# The resource a QOS/association limit's name is about (SLURM's reason words) -> (words, option).
+TRES_WORDS = [("WallDuration", "wall time", "time"), ("CpuMinutes", "CPU-minutes (CPUs x time)", "cpus"),
+              ("Cpu", "CPUs", "cpus"), ("Memory", "memory", "mem"), ("Mem", "memory", "mem"),
+              ("Node", "nodes", "nodes"), ("GRES", "GPUs and other GRES", "gpus"),
+              ("Billing", "billing units", "cpus"), ("License", "licenses", ""), ("BB", "burst buffer", ""),
+              ("Energy", "energy", ""), ("Unknown", "TRES", "")]
+TRES_KEYS = {"cpus": "cpu", "mem": "mem", "nodes": "node", "gpus": "gres/gpu"}
+
+
+def _tres(said: str) -> tuple[str, str]:
+    body = re.sub(r"^(QOS|Assoc)(Max|Min)?", "", said)
+    return next(((w, o) for key, w, o in TRES_WORDS if body.startswith(key)), ("resources", ""))
+
+
+def _limit(a: Ask, said: str, facts: SiteFacts, owner: str, other: str) -> str:
+    words, option = _tres(said)
+    minimum = re.match(r"^(QOS|Assoc)Min", said) is not None
+    q = facts.qos.get(a.qos) if owner.startswith("QOS") else None
+    value = ""
+    if q is not None:
+        if option == "time" and q.max_wall:
+            value = wall(q.max_wall)
+        else:
+            table = q.min_tres if minimum else (q.max_tres_per_node if "PerNode" in said else q.max_tres)
+            value = table.get(TRES_KEYS.get(option, ""), "")
+    per = "per node" if "PerNode" in said else "per job"
+    limit = f"{owner} {'requires at least' if minimum else 'allows at most'} " + \
+        (f"{value} of {words} {per}" if value else f"a certain amount of {words} {per} ({said})")
+    change = f"ask for {'more' if minimum else 'less'} with {hint(option)}" if option and option != "nodes" \
+        else "change the request"
+    return f"{limit}; {change}, or use another {other} with {hint(other.split()[-1])}"
+
+
+def explain(kind: str, said: str, res: Resources, facts: SiteFacts) -> str:
+    """The one-line why-and-fix for a job that can never start.
+
+    kind: the limit (a constant above); said: the scheduler's own words (its reason);
+    res: the spec's request; facts: what the adapter read about the site.
+    """
+    a = effective(res, facts)
+    p = facts.partitions.get(a.partition)
+    if kind == QOS_LIMIT:
+        return _limit(a, said, facts, f"QOS {a.qos}" if a.qos else "your QOS", "QOS")
+    if kind == ASSOC_LIMIT:
+        return _limit(a, said, facts, f"account {a.account}'s association" if a.account else "your association",
+                      "account")
+    simple = {TIME: _time, CPUS: _cpus, MEM: _mem, MEM_PER: _mem_per, NODES: _nodes, PARTITION: _partition,
+              PARTITION_CONFIG: _partition_config, ACCOUNT: _account, QOS: _qos}
+    if kind in simple:
+        return simple[kind](a, p, facts)
+    if kind == CONSTRAINT:
+        have = sorted({f for n in (_members(p, facts) if p else facts.nodes.values()) for f in n.features})
+        return (f"no node{' of partition ' + p.name if p else ''} has the features {a.constraint or 'asked for'} "
+                f"(they have: {', '.join(have) or 'none'}); change {hint('constraint')}")
+    if kind == NODELIST:
+        return (f"the spec names nodes that do not exist ({said}; the nodes are {', '.join(facts.nodes) or 'unknown'}); "
+                "fix the node list in the spec's directives")
+    if kind == GRES:
+        return f"no node{' of partition ' + p.name if p else ''} has the GPUs or GRES asked for; change {hint('gpus')}"
+    if kind == RESERVATION:
+        return (f"reservation {a.reservation or '(asked for)'} does not exist or was deleted; set another with "
+                f"{hint('reservation')} (`scontrol show reservation` lists them)")
+    if kind == DEPENDENCY:
+        return "its dependency can never be satisfied; fix or remove --dependency in the spec's directives"
+    detail = f": {facts.detail}" if facts.detail else ""
+    return f"{said}{detail}; change the spec's request (`remote-kernels show NAME` prints its batch script)"
