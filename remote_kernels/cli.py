@@ -10,6 +10,7 @@ import sys
 from traitlets import TraitError
 
 from . import __version__
+from .commands import CHECK_QUEUE_TIMEOUT
 from .examples import shipped_examples
 
 EXAMPLES = """\
@@ -106,9 +107,14 @@ def _add_spec_commands(sub) -> None:
                        description="Start a kernel of NAME as a Jupyter server would, show the job's progress "
                                    "while it is queued, run a cell printing the node's hostname, print a "
                                    "timing table per phase and shut the kernel down. Exit status 0 only if "
-                                   "every step worked; otherwise the failed phase and the error are printed.",
+                                   "every step worked; otherwise the failed phase and the error are printed. "
+                                   "A job that can never start fails at once; one still queued after "
+                                   "--queue-timeout seconds is cancelled.",
                        epilog=OVERRIDES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("name", help="compute-node kernelspec name")
+    p.add_argument("--queue-timeout", type=float, default=CHECK_QUEUE_TIMEOUT, metavar="SECONDS",
+                   help=f"give up (and cancel the job) if it is still queued after SECONDS (default "
+                        f"{CHECK_QUEUE_TIMEOUT:g}; 0: wait for ever); a spec's own queue_timeout wins")
 
 
 def _add_job_commands(sub) -> None:
@@ -175,7 +181,10 @@ def cmd_remove(args) -> int:
 
 def cmd_check(args) -> int:
     from .commands.check import check
-    return asyncio.run(check(args.name))
+    from .commands import CommandFailed
+    if args.queue_timeout < 0:
+        raise CommandFailed(f"--queue-timeout {args.queue_timeout:g} is negative; use seconds, or 0 to wait for ever")
+    return asyncio.run(check(args.name, queue_timeout=args.queue_timeout))
 
 
 def cmd_ps(args) -> int:

@@ -13,7 +13,8 @@ stand-in answers on the kernel's endpoints (standin.py), and shutting down withd
 
 Launch keyword ``on_status``: ``km.start_kernel(on_status=callback)`` has the session
 call ``callback(JobStatus, seconds_waited)`` (on the caller's loop) at each poll while
-the job waits to start.
+the job waits to start.  Launch keyword ``queue_timeout``: seconds after which a start
+still queued gives up (cancelling the job) when the spec sets no ``queue_timeout``.
 """
 
 from __future__ import annotations
@@ -150,7 +151,8 @@ class RemoteKernelProvisioner(KernelOptions, KernelProvisionerBase):  # type: ig
         if on_status is not None:   # the session calls it on the background loop
             on_status = background.call_in(asyncio.get_running_loop(), on_status)
         try:
-            await background.run(self._launch(env, kwargs.get("cwd"), on_status))
+            await background.run(self._launch(env, kwargs.get("cwd"), on_status,
+                                              kwargs.get("queue_timeout") or 0))
         except background.Cancelled:
             await self._end_all()
             raise KernelStartError("the start was cancelled: the kernel was shut down meanwhile") from None
@@ -166,7 +168,7 @@ class RemoteKernelProvisioner(KernelOptions, KernelProvisionerBase):  # type: ig
         multi = getattr(self.parent, "parent", None)
         return bool(getattr(multi, "use_pending_kernels", False))
 
-    async def _launch(self, env: dict, cwd: str | None, on_status) -> None:
+    async def _launch(self, env: dict, cwd: str | None, on_status, queue_timeout: float = 0) -> None:
         """On the background loop: start the kernel, in the current job if it is usable."""
         if self._held:   # restarted while the start was pending; jupyter_client removed the ipc files
             self._held = False
@@ -185,6 +187,7 @@ class RemoteKernelProvisioner(KernelOptions, KernelProvisionerBase):  # type: ig
                 self, name=_short_name(self), kernel_id=self.kernel_id or "", log=self.log)
             background.track(session)
             session.on_status = on_status
+            session.queue_timeout = session.queue_timeout or queue_timeout
             if self._defer_start():
                 await self._start_deferred(session, env, cwd)
                 return

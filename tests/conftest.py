@@ -44,7 +44,9 @@ TEST_SPECS = {
     "rk-env": ["--setup", "export RK_FROM_SETUP=set-up-ran", "--env", "RK_FROM_SPEC=spec value"],
     # Specs that must fail with a clear message and leave nothing behind.
     "rk-bad-partition": ["--partition", "nosuch"],
-    "rk-bad-time": ["--partition", "debug", "--time", "10:00:00"],
+    "rk-bad-time": ["--partition", "debug", "--time", "10:00:00"],   # over debug's MaxTime 4:00:00
+    "rk-bad-cpus": ["--partition", "debug", "--cpus", "16"],          # nodes have 8 CPUs
+    "rk-bad-mem": ["--partition", "debug", "--mem", "8G"],            # nodes have 4096 MB
     "rk-bad-python": ["--python", "/nonexistent/bin/python3"],
     "rk-bad-setup": ["--setup", "module load nosuch"],
     "rk-no-ipykernel": ["--python", "/usr/bin/python3"],   # Debian's Python, without ipykernel

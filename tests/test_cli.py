@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import re
@@ -99,6 +100,38 @@ def test_check_unknown_partition_fails_fast_with_slurms_message(cli):
     assert res.stderr.startswith("FAILED at submit: ") and "Invalid partition name specified" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
     assert jobs_named("rk-rkc-nopart") == before
+
+
+def _users_job_listed(job: str) -> bool:
+    """True while this user's job ``job`` (an id parsed from the output) is live in squeue."""
+    out = subprocess.run(["squeue", "-h", "-u", getpass.getuser(), "-j", job, "-t", "PENDING,RUNNING,COMPLETING",
+                          "-o", "%i"], capture_output=True, text=True).stdout
+    return job in out.split()
+
+
+def test_check_of_a_spec_that_can_never_run_fails_at_once_with_the_limit(cli):
+    cli.install("rkc-never", "--partition", "debug", "--time", "10:00:00")   # debug's MaxTime is 4:00:00
+    t0 = time.monotonic()
+    res = cli("check", "rkc-never")
+    elapsed = time.monotonic() - t0
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+    m = re.match(r"FAILED at queue wait: slurm job (\d+) can never start \(Partition\w+\): partition debug allows "
+                 r"at most 4:00:00 \(asked for 10:00:00\); ask for less with --time or RK_TIME, or use partition "
+                 r"long$", res.stderr.strip())
+    assert m, res.stderr
+    assert elapsed < 10, f"took {elapsed:.1f}s"
+    wait_until(f"job {m.group(1)} to leave the queue", lambda: not _users_job_listed(m.group(1)), timeout=10)
+
+
+def test_check_gives_up_after_its_queue_timeout_and_says_so(cli):
+    cli.install("rkc-later", "--directive=--begin=now+1hour")   # pends (BeginTime), which clears with time
+    res = cli("check", "rkc-later", "--queue-timeout", "2")
+    assert res.returncode == 1
+    m = re.match(r"FAILED at queue wait: job (\d+) still queued after \d+s \(reason: BeginTime\); cancelled it\. "
+                 r".* \(check waits at most 2s in the queue: --queue-timeout\)$", res.stderr.strip())
+    assert m, res.stderr
+    wait_until(f"job {m.group(1)} to leave the queue", lambda: not _users_job_listed(m.group(1)), timeout=10)
 
 
 def test_check_names_the_phase_that_failed(cli):

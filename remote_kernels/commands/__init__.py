@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 
+# How long `remote-kernels check` waits for a queued job when the spec sets no queue_timeout:
+# an orphaned check never waits for ever.
+CHECK_QUEUE_TIMEOUT = 600.0
+
+
 class CommandFailed(Exception):
     """A subcommand failed; the message is the one line shown to the user."""
 

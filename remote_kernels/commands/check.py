@@ -10,7 +10,7 @@ from typing import TextIO
 from jupyter_client.manager import AsyncKernelManager
 
 from ..schedulers import JobState, JobStatus
-from . import table
+from . import CHECK_QUEUE_TIMEOUT, table
 from .specs import find_spec
 
 CELL = "import socket; print(socket.gethostname())"
@@ -38,13 +38,14 @@ class Progress:
         text = f"job {self.session.job_id} {status.state.value}" + (f" ({status.reason})" if status.reason else "")
         if status.state is JobState.QUEUED and status.start_time:
             text += f", estimated start {status.start_time}"
+        summary = (status.state, status.reason, status.start_time)
         if self.tty:
             self.out.write(f"\r\x1b[K{text}: {waited:.0f}s")
             self.out.flush()
             self._open_line = True
-        elif (status.state, status.reason) != self._last:
+        elif summary != self._last:
             print(f"{text} after {waited:.1f}s", file=self.out, flush=True)
-        self._last = (status.state, status.reason)
+        self._last = summary
         self.ran = self.ran or status.state in RAN
 
     def end_line(self) -> None:
@@ -64,6 +65,12 @@ def _failed_start_phase(km: AsyncKernelManager, progress: Progress) -> str:
     return next((label for key, label in START_PHASES if key not in timings), "kernel ready")
 
 
+def _gave_up(progress: Progress, queue_timeout: float, waited: float) -> bool:
+    """True when the start ended because check's own queue timeout passed (the spec sets none)."""
+    s = progress.session
+    return bool(queue_timeout) and s is not None and not s.opts.queue_timeout and waited >= queue_timeout
+
+
 async def _run_cell(kc) -> tuple[str, str]:
     out: list[str] = []
 
@@ -77,8 +84,11 @@ async def _run_cell(kc) -> tuple[str, str]:
     return reply["content"]["status"], "".join(out).strip()
 
 
-async def check(name: str, out: TextIO = sys.stdout) -> int:
-    """The end-to-end test of kernelspec ``name``; prints progress, node and timings."""
+async def check(name: str, out: TextIO = sys.stdout, queue_timeout: float = CHECK_QUEUE_TIMEOUT) -> int:
+    """The end-to-end test of kernelspec ``name``; prints progress, node and timings.
+
+    A job still queued after ``queue_timeout`` seconds (0: no limit) is cancelled, unless the
+    spec sets its own ``queue_timeout``."""
     find_spec(name)
     km = AsyncKernelManager(kernel_name=name)
     progress = Progress(km, out)
@@ -88,7 +98,7 @@ async def check(name: str, out: TextIO = sys.stdout) -> int:
     t0 = time.monotonic()
     try:
         try:
-            await km.start_kernel(on_status=progress)
+            await km.start_kernel(on_status=progress, queue_timeout=queue_timeout)
         finally:
             progress.end_line()
         session = km.provisioner.session
@@ -120,6 +130,8 @@ async def check(name: str, out: TextIO = sys.stdout) -> int:
         if phase == "start":
             phase = _failed_start_phase(km, progress)
         message = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        if phase == "queue wait" and _gave_up(progress, queue_timeout, time.monotonic() - t0):
+            message += f" (check waits at most {queue_timeout:g}s in the queue: --queue-timeout)"
         print(f"FAILED at {phase}: {message}", file=sys.stderr)
         return 1
     finally:
