@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import getpass
 import subprocess
 import sys
 import textwrap
@@ -17,6 +18,13 @@ from slurm_helpers import wait_until
 pytestmark = pytest.mark.cluster
 
 NOT_BEFORE_AN_HOUR = ["--begin=now+1hour"]   # SLURM keeps the job PENDING (reason BeginTime)
+
+
+def job_state(job_id: str) -> str:
+    """This user's job's squeue state ('' once it has left the queue)."""
+    out = subprocess.run(["squeue", "-h", "-u", getpass.getuser(), "-j", job_id, "-o", "%T"],
+                         capture_output=True, text=True).stdout
+    return out.strip()
 
 
 async def test_queue_timeout_cancels_the_job_and_says_why(make_spec):
@@ -183,3 +191,36 @@ async def test_wall_time_limit_is_reported(make_spec, start_kernel):
     code = await _wait_for_death(km, within=130)
     assert code == 124
     assert "TIMEOUT" in km.provisioner.session.ended_reason
+
+
+async def test_job_waiting_for_resources_keeps_waiting_and_shows_why(make_spec, caplog):
+    """A reason that clears with time (Resources: the node is busy) is waited out, logged and
+    passed to on_status, with SLURM's estimated start once the backfill scheduler has one."""
+    import logging
+    import uuid
+
+    caplog.set_level(logging.INFO)
+    blocker = subprocess.run(["sbatch", "--parsable", f"--job-name=rk-block-{uuid.uuid4().hex[:8]}", "-w", "c1",
+                              "-c", "5", "--time=3", "--output=/dev/null", "--wrap", "sleep 170"],
+                             capture_output=True, text=True, check=True).stdout.strip().split(";")[0]
+    seen = []
+    start = None
+    try:
+        await until(f"blocker job {blocker} to run on c1", lambda: job_state(blocker) == "RUNNING", timeout=60)
+        make_spec("rk-busy-node", partition="debug", cpus=4, time="00:10:00", directives=["--nodelist=c1"])
+        km = AsyncKernelManager(kernel_name="rk-busy-node")
+        start = asyncio.ensure_future(km.start_kernel(on_status=lambda st, waited: seen.append(st)))
+        await until("an estimated start for the waiting job",
+                    lambda: any(st.reason in ("Resources", "Priority") and st.start_time for st in seen), timeout=60)
+        assert not start.done(), start.exception() if start.done() else None
+        job = km.provisioner.session.job_id
+        waiting = next(st for st in seen if st.start_time)
+        logged = [r.getMessage() for r in caplog.records]
+        assert any(f"job {job} queued ({waiting.reason}), estimated start {waiting.start_time}" in m for m in logged), logged
+    finally:
+        if start is not None:
+            start.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await start
+        subprocess.run(["scancel", blocker], check=True)
+    await until(f"job {job} to leave the queue", lambda: not job_state(job), timeout=10)

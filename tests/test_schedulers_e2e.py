@@ -8,6 +8,7 @@ schedulers' command lines and hand the job to SLURM, so it really runs on a node
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import pwd
@@ -205,6 +206,33 @@ async def test_a_users_job_gets_none_of_the_submitters_environment(scheduler_env
             except CommandError:
                 pass
         shutil.rmtree(work, ignore_errors=True)
+@pytest.mark.parametrize("scheduler_env", ["slurm", "pbs", "flux"], indirect=True)
+async def test_request_over_the_partition_limit_fails_at_once(scheduler_env, make_spec):
+    """A wall time over the partition's limit (debug: 4:00:00): SLURM's pending reason, PBS's
+    "Can Never Run" comment, Flux's unsatisfiable-request exception.  The start fails within
+    seconds, with no queue_timeout, in one line; the job is gone (as its scheduler sees it)."""
+    from jupyter_client.manager import AsyncKernelManager
+    from remote_kernels.session import KernelStartError
+
+    name = scheduler_env
+    make_spec(f"rk-e2e-never-{name}", **dict(spec_config(name), partition="debug", time="10:00:00"))
+    km = AsyncKernelManager(kernel_name=f"rk-e2e-never-{name}")
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    with pytest.raises(KernelStartError) as err:
+        await km.start_kernel()
+    elapsed, message = loop.time() - t0, str(err.value)
+    m = re.match(rf"^{name} job (\S+) can never start \(", message)
+    assert m and "\n" not in message, message
+    assert elapsed < 10, f"took {elapsed:.1f}s: {message}"
+    if name == "slurm":
+        assert "partition debug allows at most 4:00:00" in message
+    job = m.group(1)
+
+    async def job_left():
+        return (await get_scheduler(name).status([job]))[job].state.finished
+
+    await until_async(f"{name} job {job} to end", job_left, timeout=15)
 
 
 async def test_ssh_hosts_through_a_login_host(cluster, make_spec):

@@ -9,6 +9,7 @@ import re
 from . import JobState, JobStatus, Resources
 from ._common import (SUBMITTER_ENV, StatusOnly, directive_lines, first_host, hms, last_match, output_path,
                       query, seconds)
+from .limits import NEVER
 
 # flux jobs {state}; INACTIVE jobs are resolved from {result} (flux-jobs(1)).
 STATES = {"NEW": JobState.QUEUED, "DEPEND": JobState.QUEUED, "PRIORITY": JobState.QUEUED,
@@ -19,6 +20,9 @@ FORMAT = "{id.dec}|{state}|{result}|{urgency}|{nodelist}|{t_run}|{t_remaining}|{
 F58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 # flux batch prints the id alone: F58 ("ƒ" prefix, "f" in a non-UTF-8 locale) or decimal.
 JOB_ID = re.compile(rf"(?P<id>[fƒ][{F58}]+|\d+)")
+# A job exception note saying the scheduler can never allocate the request (sched-simple and
+# Fluxion deny such a job at once with an "alloc" exception).
+UNSATISFIABLE = re.compile(r"unsatisfiable", re.IGNORECASE)
 UNKNOWN = re.compile(r"unknown job id|job not found|No such file", re.IGNORECASE)
 # flux batch copies the submitter's whole environment by default: start from none (env rule
 # ``-*``) and copy only SUBMITTER_ENV, the rules applied in this order (flux-submit(1), ENV RULES).
@@ -88,3 +92,6 @@ class Flux(StatusOnly):
 
     async def cancel(self, job_id: str) -> None:
         await self.runner.run(["flux", "cancel", job_id])
+
+    def never(self, status: JobStatus) -> str | None:
+        return NEVER if UNSATISFIABLE.search(status.reason) else None

@@ -271,5 +271,5 @@ def explain(kind: str, said: str, res: Resources, facts: SiteFacts) -> str:
                 f"{hint('reservation')} (`scontrol show reservation` lists them)")
     if kind == DEPENDENCY:
         return "its dependency can never be satisfied; fix or remove --dependency in the spec's directives"
-    detail = f": {facts.detail}" if facts.detail else ""
-    return f"{said}{detail}; change the spec's request (`remote-kernels show NAME` prints its batch script)"
+    detail = f"{facts.detail}; " if facts.detail else ""
+    return f"{detail}change the spec's request (`remote-kernels show NAME` prints its batch script)"

@@ -12,6 +12,7 @@ import json
 import re
 
 from . import JobState, JobStatus, Resources
+from .limits import NEVER
 from ._common import (StatusOnly, directive_lines, first_host, hms, last_match, log_redirect,
                       megabytes, query, seconds)
 
@@ -29,6 +30,8 @@ EXIT_STATES = {-29: JobState.TIMEOUT, -27: JobState.OOM, -26: JobState.OOM,
                256 + 15: JobState.CANCELLED, 256 + 9: JobState.CANCELLED}
 # qsub prints the id alone: 123.server, 123[].server (array), 123 (no server suffix).
 JOB_ID = re.compile(r"(?P<id>\d+(?:\[\d*\])?(?:\.[A-Za-z0-9_.-]+)?)")
+# The scheduler's comment on a job it will never run ("Not Running: ..." is one that waits).
+NEVER_RUN = "Can Never Run"
 # qstat's complaint about an id it no longer knows (purged from history).
 UNKNOWN = re.compile(r"Unknown Job Id", re.IGNORECASE)
 
@@ -86,6 +89,10 @@ class PBSFamily(StatusOnly):
 
 class PBSPro(PBSFamily):
     name = "pbs"
+
+    def never(self, status: JobStatus) -> str | None:
+        queued = status.state in (JobState.QUEUED, JobState.HELD)
+        return NEVER if queued and status.reason.startswith(NEVER_RUN) else None
 
     def resource_lines(self, res: Resources) -> list[str]:
         chunk = [f"ncpus={res.cpus}"] if res.cpus else []

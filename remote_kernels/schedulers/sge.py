@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 
 from . import JobState, JobStatus, Resources
+from .limits import NEVER, SiteFacts
 from ._common import (StatusOnly, directive_lines, first_host, hms, last_match, megabytes, output_path, query,
                       seconds, xml_root)
 
@@ -25,6 +26,8 @@ STATE_RULES = [
 # qsub -terse prints the id alone; "123.1-10:1" for an array job.
 JOB_ID = re.compile(r"(?P<id>\d+)(?:\.\d+-\d+:\d+)?")
 NEVER = re.compile(r"(?!)")   # qstat -xml lists what exists; any stderr line is a failure
+# qstat -j's "error reason    1:  <why>" lines of a job in error state.
+ERROR_REASON = re.compile(r"^error reason\s+\d+:\s*(.+)$", re.MULTILINE)
 # The parallel environment kernels with several CPUs ask for (a site's own name may differ:
 # use a directive, e.g. "-pe threads 4", and leave cpus unset).
 PE = "smp"
@@ -80,3 +83,19 @@ class SGE(StatusOnly):
 
     async def cancel(self, job_id: str) -> None:
         await self.runner.run(["qdel", job_id])
+
+    def never(self, status: JobStatus) -> str | None:
+        """A job in error state (E) stays there until someone clears it (qmod -cj): it never starts."""
+        return NEVER if "E" in status.native and not status.state.finished else None
+
+    async def site_facts(self, job_id: str | None, kind: str) -> SiteFacts:
+        if not job_id:
+            return SiteFacts()
+        code, out, _ = await self.runner.run(["qstat", "-j", job_id], check=False)
+        return SiteFacts(detail=self.parse_error_reason(out) if code == 0 else "")
+
+    @staticmethod
+    def parse_error_reason(stdout: str) -> str:
+        """The "error reason" of ``qstat -j ID`` (why the job went to error state), on one line."""
+        reasons = [m.group(1).strip() for m in ERROR_REASON.finditer(stdout)]
+        return " | ".join(reasons)

@@ -86,6 +86,9 @@ def die(msg: str, code: int = 1):
 # --- SLURM underneath -------------------------------------------------------------
 
 SQUEUE_FIELDS = ["id", "state", "reason", "node", "start", "left", "limit", "used"]
+# SLURM reasons of a job over its partition's limits: the fakes' schedulers call such a job one
+# that can never run, in their own words (PBS's "Can Never Run:" comment, Flux's alloc exception).
+NEVER_RUNS = ("PartitionTimeLimit", "PartitionConfig", "PartitionNodeLimit")
 
 
 def squeue(slurm_ids: list[str]) -> dict[str, dict]:
@@ -315,6 +318,15 @@ def pbs_row(job_id: str, row: dict, finished: str) -> dict:
             "limit": limit_seconds(row["limit"]), "used": limit_seconds(row["used"]), "start": row["start"]}
 
 
+def pbs_comment(r: dict) -> str:
+    """The scheduler's comment: "Can Never Run: ..." / "Not Running: ..." while queued."""
+    if r["state"] == "R":
+        return "Job run"
+    if r["state"] in ("Q", "H") and r["reason"]:
+        return f"{'Can Never Run' if r['reason'] in NEVER_RUNS else 'Not Running'}: {r['reason']}"
+    return r["reason"]
+
+
 def pbs_qstat(flavour: str, args: list[str]) -> None:
     ids = [a for a in args if not a.startswith("-")]
     opts = [a for a in args if a.startswith("-")]
@@ -335,7 +347,7 @@ def pbs_qstat(flavour: str, args: list[str]) -> None:
             timeouts = {"TIMEOUT": -29, "OUT_OF_MEMORY": -27}
             job = {"Job_Name": "fake", "job_state": r["state"], "queue": "workq", "server": SERVER,
                    "Resource_List": {"walltime": hms(r["limit"])} if r["limit"] else {},
-                   "comment": r["reason"] or ("Job run" if r["state"] == "R" else "")}
+                   "comment": pbs_comment(r)}
             if r["node"]:
                 job["exec_host"] = f"{r['node']}/0"
                 job["exec_vnode"] = f"({r['node']}:ncpus=1)"
@@ -647,6 +659,8 @@ def flux(flavour: str, args: list[str]) -> None:
         known, unknown = status_of(ids)
         for job_id, row in known.items():
             print(flux_line(fmt, job_id, row))
+            if row["state"] == "PENDING" and row["reason"] in NEVER_RUNS:
+                scancel(job_id)   # Flux denies such a job: it is inactive, nothing of it is left
         for job_id in unknown:
             print(f"flux-jobs: ERROR: {job_id}: unknown job id", file=sys.stderr)
         sys.exit(1 if unknown else 0)
@@ -663,12 +677,14 @@ def flux_line(fmt: str, job_id: str, row: dict) -> str:
     results = {"COMPLETED": "COMPLETED", "CANCELLED": "CANCELED", "TIMEOUT": "TIMEOUT"}
     state = states.get(row["state"], "INACTIVE")
     held = row["state"] == "PENDING" and row["reason"].startswith("JobHeld")
-    result = results.get(row["state"], "FAILED") if state == "INACTIVE" else ""
+    never = row["state"] == "PENDING" and row["reason"] in NEVER_RUNS   # denied at once: a fatal alloc exception
+    state = "INACTIVE" if never else state
+    result = ("FAILED" if never else results.get(row["state"], "FAILED")) if state == "INACTIVE" else ""
     values = {"id.dec": job_id, "state": state, "result": result,
               "urgency": "0" if held else "16", "nodelist": row["node"],
               "t_run": str(float(epoch(row["start"]))) if row["node"] else "0.0",
               "t_remaining": str(float(limit_seconds(row["left"]))) if state == "RUN" else "0.0",
-              "exception.note": ""}
+              "exception.note": f"alloc: unsatisfiable request ({row['reason']})" if never else ""}
     return re.sub(r"\{([\w.]+)\}", lambda m: values[m.group(1)], fmt)
 
 
