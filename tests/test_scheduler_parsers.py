@@ -1,5 +1,5 @@
-"""The non-SLURM adapters' parsers, headers and shared helpers, on the samples in tests/samples/
-(see its README for where each comes from).  No cluster needed."""
+"""The non-SLURM adapters' parsers, headers, never-start verdicts and shared helpers, on the
+samples in tests/samples/ (see its README for where each comes from).  No cluster needed."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from remote_kernels.runner import CommandError
 from remote_kernels.schedulers import JobState, JobStatus, Resources, get_scheduler
 from remote_kernels.schedulers._common import first_host, log_redirect, megabytes, query, seconds
 from remote_kernels.schedulers.flux import Flux, decimal_id
+from remote_kernels.schedulers.limits import NEVER, SiteFacts
 from remote_kernels.schedulers.htcondor import HTCondor
 from remote_kernels.schedulers.lsf import LSF
 from remote_kernels.schedulers.pbs import PBSPro
@@ -174,6 +175,41 @@ def test_flux_states_results_and_host_lists():
     assert st[ids[2]].node == "c2" and st[ids[2]].time_left == "00:47:30"
     assert st[ids[3]].node == "c1"   # c[1-2]
     assert st[ids[5]].reason == "cancel: job canceled by user"
+
+
+# --- jobs that can never start: only where the scheduler's own status says "never" ------------
+
+def test_pbs_can_never_run_comment_is_never():
+    st = PBSPro.parse_status(read("pbs/qstat-never.json"))
+    assert PBSPro().never(st["7010.pbs01"]) == NEVER and st["7010.pbs01"].reason.startswith("Can Never Run: ")
+    assert PBSPro().never(st["7011.pbs01"]) is None   # "Not Running: ..." waits for resources
+    assert [PBSPro().never(j) for j in PBSPro.parse_status(read("pbs/qstat-f-F-json-x.json")).values()] == [None] * 9
+
+
+def test_flux_unsatisfiable_request_is_never():
+    st = Flux.parse_status(read("flux/flux-jobs-unsatisfiable.txt"))
+    assert Flux().never(st["1099511627901"]) == NEVER and st["1099511627901"].state is JobState.FAILED
+    assert Flux().never(st["1099511627902"]) is None
+    assert all(Flux().never(j) is None for j in Flux.parse_status(read("flux/flux-jobs.txt")).values())
+
+
+def test_sge_error_state_is_never_and_qstat_j_says_why():
+    error = SGE.parse_status(read("sge/qstat-xml-error.xml"))["17"]
+    assert SGE().never(error) == NEVER
+    assert all(SGE().never(j) is None for j in SGE.parse_status(read("sge/qstat-xml.xml")).values())
+    why = SGE.parse_error_reason(read("sge/qstat-j-error.txt"))
+    assert why.startswith("11/25/2026 11:30:04 [1001:4242]: error: can't open output file") and "\n" not in why
+    line = SGE().explain(NEVER, error.reason, Resources(), SiteFacts(detail=why))
+    assert line.startswith(why + "; change the spec's request")
+
+
+@pytest.mark.parametrize("adapter", [Torque, LSF, HTCondor, SSH])
+def test_adapters_whose_status_never_says_never(adapter):
+    """Their documented status has no "can never run" verdict: their jobs are waited out."""
+    samples = {Torque: "torque/qstat-x.xml", LSF: "lsf/bjobs-json.json", HTCondor: "htcondor/condor_q-json.json"}
+    jobs = adapter.parse_status(read(samples[adapter])).values() if adapter in samples else \
+        SSH.parse_ps("c1", read("ssh/ps.txt")).values()
+    assert jobs and all(adapter().never(j) is None for j in jobs)
 
 
 def test_ssh_ps_only_session_leaders_are_jobs():

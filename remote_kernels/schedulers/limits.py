@@ -193,7 +193,7 @@ def _partition_config(a: Ask, p: Partition | None, facts: SiteFacts) -> str:
     """SLURM's "PartitionConfig": find the partition limit the request breaks, from the facts."""
     if p is None:
         return _partition(a, p, facts) if facts.partitions else \
-            "the partition's configuration does not allow this job; `scontrol show partition` shows its limits"
+            "the partition does not take this job as asked; change the spec's request (`scontrol show partition` shows its limits)"
     checks = [(p.max_time is not None and a.time is not None and a.time > p.max_time, _time),
               (a.cpus > 0 and 0 < _largest(p, facts, "cpus") < a.cpus, _cpus),
               (a.mem > 0 and 0 < _largest(p, facts, "mem") < a.mem, _mem),
@@ -203,8 +203,8 @@ def _partition_config(a: Ask, p: Partition | None, facts: SiteFacts) -> str:
     for broken, message in checks:
         if broken:
             return message(a, p, facts)
-    return (f"partition {p.name} does not take this job as asked (its access or size limits); "
-            f"`scontrol show partition {p.name}` shows them")
+    return (f"partition {p.name} does not take this job as asked (its access or size limits); change the "
+            f"spec's request (`scontrol show partition {p.name}` shows them)")
 
 
 # The resource a QOS/association limit's name is about (SLURM's reason words) -> (words, option).
@@ -233,11 +233,11 @@ def _limit(a: Ask, said: str, facts: SiteFacts, owner: str, other: str) -> str:
             table = q.min_tres if minimum else (q.max_tres_per_node if "PerNode" in said else q.max_tres)
             value = table.get(TRES_KEYS.get(option, ""), "")
     per = "per node" if "PerNode" in said else "per job"
-    limit = f"{owner} {'requires at least' if minimum else 'allows at most'} " + \
-        (f"{value} of {words} {per}" if value else f"a certain amount of {words} {per} ({said})")
+    bound = f"{'at least' if minimum else 'up to'} {value}" if value else f"within a limit ({said})"
+    limit = f"{owner} {'requires' if minimum else 'allows'} {words} {bound} {per}"
     change = f"ask for {'more' if minimum else 'less'} with {hint(option)}" if option and option != "nodes" \
         else "change the request"
-    return f"{limit}; {change}, or use another {other} with {hint(other.split()[-1])}"
+    return f"{limit}; {change}, or use another {other} with {hint(other.lower())}"
 
 
 def explain(kind: str, said: str, res: Resources, facts: SiteFacts) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 
 from . import JobState, JobStatus, Resources
-from .limits import NEVER, SiteFacts
+from .limits import NEVER as NEVER_STARTS, SiteFacts
 from ._common import (StatusOnly, directive_lines, first_host, hms, last_match, megabytes, output_path, query,
                       seconds, xml_root)
 
@@ -86,7 +86,7 @@ class SGE(StatusOnly):
 
     def never(self, status: JobStatus) -> str | None:
         """A job in error state (E) stays there until someone clears it (qmod -cj): it never starts."""
-        return NEVER if "E" in status.native and not status.state.finished else None
+        return NEVER_STARTS if "E" in status.native and not status.state.finished else None
 
     async def site_facts(self, job_id: str | None, kind: str) -> SiteFacts:
         if not job_id:
