@@ -33,9 +33,12 @@ async def kernel_environ(kc) -> dict[str, str]:
 
 
 def job_in_queue(job_id: str) -> bool:
-    """True while squeue still lists the job as pending/running/completing."""
-    out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True).stdout
-    return bool(out.strip())
+    """True while squeue still lists this user's job ``job_id`` as pending/running/completing."""
+    import getpass
+
+    out = subprocess.run(["squeue", "-h", "-u", getpass.getuser(), "-j", job_id, "-o", "%i"],
+                         capture_output=True, text=True).stdout
+    return job_id in out.split()
 
 
 def processes_mentioning(text: str) -> list[str]:
