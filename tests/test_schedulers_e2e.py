@@ -206,6 +206,8 @@ async def test_a_users_job_gets_none_of_the_submitters_environment(scheduler_env
             except CommandError:
                 pass
         shutil.rmtree(work, ignore_errors=True)
+
+
 @pytest.mark.parametrize("scheduler_env", ["slurm", "pbs", "flux"], indirect=True)
 async def test_request_over_the_partition_limit_fails_at_once(scheduler_env, make_spec):
     """A wall time over the partition's limit (debug: 4:00:00): SLURM's pending reason, PBS's
