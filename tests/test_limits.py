@@ -191,9 +191,24 @@ def test_one_line_names_the_limit_and_the_fix(kind, said, res, expected):
      "per job; ask for less with --time or RK_TIME, or use another QOS with --qos or RK_QOS"),
 ])
 def test_qos_limits_name_the_value_from_sacctmgr(reason, qos, expected):
-    # sacctmgr-qos.txt is hand-written: accounting is not on the test cluster yet (see the README).
+    # sacctmgr-qos.txt is hand-written: the test cluster's QOS set no TRES limits (see the README).
     line = SLURM.explain(L.QOS_LIMIT, reason, Resources(qos=qos), facts(qos=read("sacctmgr-qos.txt")))
     assert line == expected
+
+
+def test_captured_qos_wall_limit_names_the_qos_and_its_max_wall():
+    """Captured with accounting on (slurmdbd): rkuser's job in account physics, QOS short
+    (MaxWall 00:30:00), asking for an hour."""
+    st = Slurm.parse_status(read("squeue-qoslimit.txt"))
+    (job, status), = st.items()
+    kind = SLURM.never(status)
+    assert kind == L.QOS_LIMIT and status.reason == "QOSMaxWallDurationPerJobLimit"
+    f = facts(job=read("scontrol-show-job-qoslimit.txt"), qos=read("sacctmgr-qos-captured.txt"))
+    assert (f.ask.account, f.ask.qos, f.ask.time) == ("physics", "short", 3600)
+    assert f.qos["short"].max_wall == 1800 and f.qos["normal"].max_wall is None
+    assert SLURM.explain(kind, status.reason, Resources(), f) == (
+        "QOS short allows wall time up to 0:30:00 per job; ask for less with --time or RK_TIME, or use another "
+        "QOS with --qos or RK_QOS")
 
 
 def test_invalid_qos_lists_the_known_ones():
@@ -215,7 +230,8 @@ def test_captured_sbatch_refusals_name_their_limit():
     assert {args: k[0] for args, k in kinds.items()} == {
         "-p nosuch": L.PARTITION, "-p debug --cpus-per-task=16": L.CPUS, "-p debug --mem=8G": L.MEM,
         "--nodelist=c9": L.NODELIST, "--constraint=gpu": L.CONSTRAINT, "--gres=gpu:1": L.GRES,
-        "-p long --nodelist=c1": L.PARTITION_CONFIG, "--reservation=nosuch": L.RESERVATION}
+        "-p long --nodelist=c1": L.PARTITION_CONFIG, "--reservation=nosuch": L.RESERVATION,
+        "--account=nosuch": L.ACCOUNT, "--qos=nosuch": L.QOS, "--account=chemistry --qos=short": L.QOS}
     assert SLURM.refused("sbatch: error: Batch job submission failed: Socket timed out") is None
 
 
