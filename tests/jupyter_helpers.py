@@ -236,7 +236,8 @@ class KernelWebsocket:
 
     def execute(self, code: str, timeout: float = 60, on_started=None) -> tuple[dict, str]:
         """Run code; return (execute_reply content, stdout+stderr+traceback text).
-        on_started() is called once iopub shows the request's execute_input."""
+        on_started() is called once with the request's first output (a cell that prints before
+        it blocks is then surely running its own code)."""
         msg_id = self.send("execute_request", {"code": code, "silent": False, "store_history": True,
                                                "user_expressions": {}, "allow_stdin": False,
                                                "stop_on_error": True})
@@ -250,10 +251,11 @@ class KernelWebsocket:
             kind = msg["msg_type"]
             if kind == "stream":
                 out.append(msg["content"]["text"])
+                if on_started is not None:
+                    on_started()
+                    on_started = None
             elif kind == "error":
                 out.append("\n".join(msg["content"]["traceback"]))
-            elif kind == "execute_input" and on_started is not None:
-                on_started()
             elif kind == "execute_reply":
                 reply = msg["content"]
             elif kind == "status" and msg["content"]["execution_state"] == "idle":

@@ -32,6 +32,21 @@ async def kernel_environ(kc) -> dict[str, str]:
     return json.loads(await value_of(kc, "__import__('json').dumps(dict(__import__('os').environ))"))
 
 
+# A cell that says when it sleeps: an interrupt sent after execute_input but before the
+# cell's code runs can land in ipykernel's own code and be lost; after this output it cannot.
+SLEEPING_CELL = "print('rk-sleeping', flush=True); import time; time.sleep(60)"
+
+
+async def start_sleeping_cell(kc, timeout: float = 30) -> str:
+    """Execute SLEEPING_CELL; return its msg_id once its output shows it is sleeping."""
+    msg_id = kc.execute(SLEEPING_CELL)
+    while True:
+        msg = await kc.get_iopub_msg(timeout=timeout)
+        if (msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "stream"
+                and "rk-sleeping" in msg["content"]["text"]):
+            return msg_id
+
+
 def job_in_queue(job_id: str) -> bool:
     """True while squeue still lists this user's job ``job_id`` as pending/running/completing."""
     import getpass

@@ -17,7 +17,7 @@ from jupyter_client.asynchronous import AsyncKernelClient
 from jupyter_client.connect import write_connection_file
 
 from conftest import SERVER_MARKER
-from kernel_helpers import job_in_queue, kernel_environ, processes_mentioning, until, value_of
+from kernel_helpers import job_in_queue, kernel_environ, processes_mentioning, start_sleeping_cell, until, value_of
 
 pytestmark = pytest.mark.cluster
 
@@ -92,9 +92,7 @@ async def test_argv_mode_like_vscode(kernelspecs, tmp_path):
         umask = next(l for l in Path(f"/proc/{proc.pid}/status").read_text().splitlines() if l.startswith("Umask:"))
         assert umask.split()[1] == "0077"
         # SIGINT to the argv process interrupts the running cell.
-        msg_id = kc.execute("import time; time.sleep(60)")
-        while (await kc.get_iopub_msg(timeout=30))["msg_type"] != "execute_input":
-            pass
+        msg_id = await start_sleeping_cell(kc)
         proc.send_signal(signal.SIGINT)
         reply = await kc.get_shell_msg(timeout=5)
         assert reply["parent_header"]["msg_id"] == msg_id

@@ -17,7 +17,7 @@ import pexpect
 import pytest
 
 from jupyter_helpers import VENV_BIN, JupyterServer, ensure_jobs_gone, frontend_env, submitted_jobs
-from kernel_helpers import job_in_queue
+from kernel_helpers import SLEEPING_CELL, job_in_queue
 from slurm_helpers import wait_until
 
 pytestmark = pytest.mark.cluster
@@ -48,7 +48,7 @@ def test_server_rest_and_websocket(server):
 
             # Interrupt over REST while a cell sleeps.
             reply, out = ws.execute(
-                "import time; time.sleep(60)", timeout=30,
+                SLEEPING_CELL, timeout=30,
                 on_started=lambda: threading.Thread(
                     target=server.request, args=("POST", f"/api/kernels/{kid}/interrupt")).start())
             assert reply["status"] == "error" and reply["ename"] == "KeyboardInterrupt", out

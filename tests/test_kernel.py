@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from kernel_helpers import job_in_queue, processes_mentioning, run_cell, until, value_of
+from kernel_helpers import job_in_queue, processes_mentioning, run_cell, start_sleeping_cell, until, value_of
 
 pytestmark = pytest.mark.cluster
 
@@ -37,12 +37,7 @@ async def test_setup_lines_and_env_reach_the_kernel(start_kernel):
 
 
 async def _interrupt_sleep(km, kc, interrupt) -> dict:
-    msg_id = kc.execute("import time; time.sleep(60)")
-    # Wait until the cell is running (busy on iopub for this request).
-    while True:
-        msg = await kc.get_iopub_msg(timeout=30)
-        if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "execute_input":
-            break
+    msg_id = await start_sleeping_cell(kc)
     await interrupt()
     reply = await kc.get_shell_msg(timeout=5)   # deadline: the issue asks for < 1 s, bench measures it
     assert reply["parent_header"]["msg_id"] == msg_id

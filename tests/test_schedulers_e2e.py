@@ -24,7 +24,7 @@ import pytest
 from conftest import SERVER_MARKER
 from conftest import _missing as missing
 
-from kernel_helpers import SERVER_SCRIPT, kernel_environ, processes_mentioning, run_cell, until, value_of
+from kernel_helpers import SERVER_SCRIPT, kernel_environ, processes_mentioning, run_cell, start_sleeping_cell, until, value_of
 from site_helpers import VENV_BIN, as_user, unique
 from remote_kernels.cli import main as cli_main
 from remote_kernels.options import KernelOptions
@@ -120,11 +120,7 @@ async def test_kernel_lifecycle(scheduler_env, make_spec, start_kernel, tmp_path
     assert st.state.value == "running" and st.node == host
 
     # Interrupting a sleeping cell.
-    msg_id = kc.execute("import time; time.sleep(60)")
-    while True:
-        msg = await kc.get_iopub_msg(timeout=30)
-        if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "execute_input":
-            break
+    await start_sleeping_cell(kc)
     await km.interrupt_kernel()
     reply = await kc.get_shell_msg(timeout=5)
     assert reply["content"]["ename"] == "KeyboardInterrupt"
