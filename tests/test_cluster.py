@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import CLUSTER_SCRIPT
-from site_helpers import as_user, held_node, home
+from site_helpers import as_user, held_node, home, unique, user_jobs
 from slurm_helpers import sbatch_wait, wait_until
 
 pytestmark = pytest.mark.cluster
@@ -167,7 +167,8 @@ def _cluster(cmd: str) -> subprocess.CompletedProcess:
 def test_up_when_up_changes_nothing(cluster):
     res = _cluster("up")
     assert res.returncode == 0, res.stderr
-    assert "starting" not in res.stdout and "creating" not in res.stdout, res.stdout
+    for action in ("starting", "creating", "restarting", "accounting:"):   # accounting: a sacctmgr write
+        assert action not in res.stdout, res.stdout
 
 
 def test_up_repairs_a_dead_slurmd(cluster, tmp_path):
@@ -192,7 +193,8 @@ def _leftovers(cluster) -> list[str]:
                 continue  # already dead, waiting to be reaped by init
         except OSError:
             continue
-        if comm in ("slurmctld", "slurmd", "slurmstepd", "munged") or (comm.startswith("sshd") and cluster["state"] in cmd):
+        if comm in ("slurmctld", "slurmd", "slurmstepd", "munged", "slurmdbd") or (
+                comm.startswith("sshd") or comm == "mariadbd") and cluster["state"] in cmd:
             found.append(f"{proc.name} {cmd}")
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     found += [f"netns {n}" for n in [*cluster["nodes"], cluster["laptop"]["netns"]] if n in netns.split()]
@@ -210,3 +212,117 @@ def test_down_leaves_nothing_and_up_restores(cluster, tmp_path):
     assert res.returncode == 0, res.stdout + res.stderr
     assert _cluster("status").returncode == 0
     assert sbatch_wait(tmp_path, "-w", "c2", wrap="hostname").strip() == "c2"
+
+
+# --- accounting: slurmdbd over the cluster's own MariaDB, associations enforced -----------------
+
+def _sbatch_as(user: str, *args: str) -> subprocess.CompletedProcess:
+    return as_user(user, "sbatch", "--parsable", "-o", "/dev/null", *args, "--wrap", "true", timeout=60)
+
+
+def _sacct(user: str, job: str, name: str) -> dict | None:
+    """The accounting record of ``user``'s job ``job`` named ``name`` (sacct -j, as the user), or None."""
+    fields = ["JobID", "JobName", "User", "Account", "QOS", "State", "ExitCode"]
+    res = as_user(user, "sacct", "-n", "-P", "-X", "-j", job, "-o", ",".join(fields), timeout=30)
+    assert res.returncode == 0, res.stderr
+    # ids restart from 1 when the cluster is rebuilt: the unique name picks this run's record
+    rows = [dict(zip(fields, line.split("|"))) for line in res.stdout.splitlines()]
+    return next((r for r in rows if r["JobID"] == job and r["JobName"] == name), None)
+
+
+@pytest.mark.parametrize("flag, words", [
+    ("--account=nosuch", "Invalid account or account/partition combination specified"),
+    ("--qos=nosuch", "Invalid qos specification"),
+])
+def test_unknown_account_or_qos_is_refused(cluster, flag, words):
+    name = unique("rk-acct")
+    res = _sbatch_as("rkuser", "-J", name, flag)
+    assert res.returncode == 1 and res.stdout == "", res
+    assert res.stderr == f"sbatch: error: Batch job submission failed: {words}\n"
+    assert user_jobs("rkuser", name) == []
+
+
+def test_qos_outside_the_users_associations_is_refused(cluster):
+    """rkcsh's only account (chemistry) may use QOS normal, not short."""
+    acct = cluster["accounting"]
+    assert "short" not in acct["accounts"][acct["users"]["rkcsh"]["default_account"]]
+    name = unique("rk-acct")
+    res = _sbatch_as("rkcsh", "-J", name, "--qos=short")
+    assert res.returncode == 1
+    assert res.stderr == "sbatch: error: Batch job submission failed: Invalid qos specification\n"
+    assert user_jobs("rkcsh", name) == []
+
+
+def test_job_over_its_qos_wall_limit_pends_with_the_qos_reason(cluster):
+    """SLURM's default (no DenyOnLimit): accepted, then held back by the QOS limit, never run."""
+    assert cluster["accounting"]["qos"]["short"]["max_wall"] == "00:30:00"
+    name = unique("rk-acct")
+    res = _sbatch_as("rkuser", "-J", name, "--qos=short", "--time=00:31:00")
+    assert res.returncode == 0, res.stderr
+    job = res.stdout.strip().split(";")[0]
+    try:
+        def reason():
+            out = subprocess.run(["squeue", "-h", "-u", "rkuser", "-j", job, "-o", "%T %r"], capture_output=True,
+                                 text=True).stdout.split()
+            return out if out and out[1] != "None" else None
+        assert wait_until(f"job {job} to be held back", reason) == ["PENDING", "QOSMaxWallDurationPerJobLimit"]
+    finally:
+        subprocess.run(["scancel", job], capture_output=True)
+
+
+@pytest.mark.parametrize("user, args, account, qos", [
+    ("rkuser", [], "physics", "normal"),                     # the user's default account and QOS
+    ("rkuser", ["--account=chemistry"], "chemistry", "normal"),
+    ("rkuser", ["--qos=short", "--time=00:30:00"], "physics", "short"),
+    ("rkcsh", [], "chemistry", "normal"),
+    ("root", [], "root", "normal"),
+])
+def test_job_in_an_allowed_account_runs_and_is_accounted(cluster, user, args, account, qos):
+    if not any(a.startswith("--account") for a in args):
+        assert cluster["accounting"]["users"][user]["default_account"] == account
+    name = unique("rk-acct")
+    res = _sbatch_as(user, "--wait", "-J", name, *args)
+    assert res.returncode == 0, res.stderr
+    job = res.stdout.strip().split(";")[0]
+    record = wait_until(f"sacct to show job {job} completed",
+                        lambda: (r := _sacct(user, job, name)) and r["State"] == "COMPLETED" and r)
+    assert (record["User"], record["Account"], record["QOS"], record["ExitCode"]) == (user, account, qos, "0:0")
+
+
+def test_every_user_has_an_association(cluster):
+    """Jobs of a user without one all fail: root (the test suite) and each site user has one."""
+    out = subprocess.run(["sacctmgr", "-nP", "show", "assoc", f"cluster={cluster['accounting']['cluster']}",
+                          "format=user,account"], capture_output=True, text=True, check=True).stdout
+    have = {tuple(line.split("|")) for line in out.splitlines()}
+    for user in ["root", *cluster["users"]]:
+        for account in cluster["accounting"]["users"][user]["accounts"]:
+            assert (user, account) in have
+
+
+def test_mariadb_listens_only_on_its_unix_socket(cluster):
+    tcp = subprocess.run(["ss", "-H", "-ltnp"], capture_output=True, text=True, check=True).stdout
+    assert '"mariadbd"' not in tcp
+    unix = subprocess.run(["ss", "-H", "-lxp"], capture_output=True, text=True, check=True).stdout
+    socks = [l.split()[4] for l in unix.splitlines() if '"mariadbd"' in l]
+    assert socks == [f"{cluster['state']}/mariadb/run/mariadbd.sock"]
+
+
+def test_slurmdbd_conf_is_private(cluster):
+    conf = Path("/etc/slurm/slurmdbd.conf").stat()
+    assert (conf.st_mode & 0o777, conf.st_uid) == (0o600, 0)
+
+
+def test_up_repairs_dead_mariadb_and_slurmdbd(cluster):
+    run = Path(cluster["state"], "run")
+    for pidfile in (Path(cluster["state"], "mariadb", "run", "mariadbd.pid"), run / "slurmdbd.pid"):
+        subprocess.run(["kill", "-9", pidfile.read_text().strip()], check=True)
+    wait_until("status to report them down", lambda: _cluster("status").returncode != 0)
+    res = _cluster("up")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "starting mariadbd" in res.stdout and "starting slurmdbd" in res.stdout
+    assert "accounting:" not in res.stdout   # the data survived: nothing to add
+    name = unique("rk-acct")
+    res = _sbatch_as("rkuser", "--wait", "-J", name)
+    assert res.returncode == 0, res.stderr
+    job = res.stdout.strip().split(";")[0]
+    wait_until(f"sacct to show job {job}", lambda: _sacct("rkuser", job, name))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import secrets
 import shutil
 import signal
 import socket
@@ -55,15 +56,29 @@ SSH_INCLUDE_MARK = "# remote-kernels test cluster (managed)"
 GLOBAL_KNOWN_HOSTS = Path("/etc/ssh/ssh_known_hosts")
 KNOWN_HOSTS_MARK = "remote-kernels-test-cluster"
 CERT_NODES = ("c2",)
+# Accounting, as sites have it: slurmdbd over a MariaDB of the cluster's own (under STATE, unix socket
+# only), associations enforced.  Every user who submits jobs needs an association, or all their jobs fail.
+CLUSTER_NAME = "rkcluster"
+SLURMDBD_CONF = SLURM_CONF.with_name("slurmdbd.conf")
+DBD_PORT = 6819              # SLURM's default
+ACCT_DB, ACCT_DB_USER = "slurm_acct_db", "slurm"
+QOS = {"normal": "", "short": "00:30:00"}    # name: MaxWall per job ("" none); normal is SLURM's default QOS
+# account: the QOS its jobs may use ("root" is SLURM's own account, made with the cluster)
+ACCOUNTS = {"root": ("normal", "short"), "physics": ("normal", "short"), "chemistry": ("normal",)}
+# user: their accounts, the first being their default; root and every user of USERS
+USER_ACCOUNTS = {"root": ("root",), "rkuser": ("physics", "chemistry"), "rkcsh": ("chemistry",)}
 
 
 def log(msg: str) -> None:
     print(f"cluster: {msg}", flush=True)
 
 
-def run(argv: list[str], check: bool = True, quiet: bool = False) -> subprocess.CompletedProcess:
-    """Run argv; raise with its output when it fails and ``check`` is set."""
-    proc = subprocess.run(argv, capture_output=True, text=True)
+def run(argv: list[str], check: bool = True, quiet: bool = False, env: dict | None = None,
+        stdin: str | None = None) -> subprocess.CompletedProcess:
+    """Run argv (``env`` added to ours, ``stdin`` fed to it); raise with its output when it fails and
+    ``check`` is set."""
+    proc = subprocess.run(argv, capture_output=True, text=True, input=stdin,
+                          env={**os.environ, **env} if env else None)
     if check and proc.returncode != 0:
         raise SystemExit(
             f"cluster: command failed ({proc.returncode}): {' '.join(argv)}\n{proc.stdout}{proc.stderr}"
@@ -155,7 +170,10 @@ def write_if_changed(path: Path, text: str, mode: int = 0o644) -> bool:
         os.chmod(path, mode)
         return False
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
+    tmp.unlink(missing_ok=True)
+    # Created private, then given its mode: a secret in text is never readable by others meanwhile.
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+        f.write(text)
     os.chmod(tmp, mode)
     tmp.replace(path)
     return True
@@ -169,7 +187,7 @@ def slurm_conf() -> str:
     )
     return f"""\
 # Written by remote-kernels tests/cluster/cluster.py -- the project's test cluster.
-ClusterName=rkcluster
+ClusterName={CLUSTER_NAME}
 SlurmctldHost={login}({LOGIN_ADDR})
 SlurmUser=root
 SlurmdUser=root
@@ -186,7 +204,9 @@ TaskPlugin=task/cgroup
 PrologFlags=contain
 MpiDefault=none
 JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/none
+AccountingStorageType=accounting_storage/slurmdbd
+AccountingStorageHost={LOGIN_ADDR}
+AccountingStorageEnforce=associations,limits,qos
 JobCompType=jobcomp/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU_Memory
@@ -237,13 +257,14 @@ Subsystem sftp /usr/lib/openssh/sftp-server
 # --- pieces ------------------------------------------------------------------
 
 def ensure_packages() -> None:
-    missing = [b for b in ("slurmctld", "slurmd", "munged", "sshd", "tcsh") if not _which(b)]
+    programs = ("slurmctld", "slurmd", "munged", "sshd", "tcsh", "slurmdbd", "mariadbd", "mariadb-install-db")
+    missing = [b for b in programs if not _which(b)]
     if not PAM_SLURM_ADOPT.exists():
         missing.append(str(PAM_SLURM_ADOPT))
     if missing:
         raise SystemExit(
-            f"cluster: missing {', '.join(missing)}; install with: "
-            "apt-get install slurm-wlm munge openssh-server tcsh libpam-slurm-adopt (make deps does this)"
+            f"cluster: missing {', '.join(missing)}; install with: apt-get install slurm-wlm munge "
+            "openssh-server tcsh libpam-slurm-adopt slurmdbd mariadb-server (make deps does this)"
         )
 
 
@@ -501,6 +522,234 @@ def ensure_slurm_conf() -> bool:
     return write_if_changed(SLURM_CONF, slurm_conf()) or cgroup
 
 
+# --- accounting: MariaDB, slurmdbd, associations -------------------------------
+
+def mariadb_dir() -> Path:
+    return STATE / "mariadb"
+
+
+def mariadb_cnf() -> str:
+    d = mariadb_dir()
+    return f"""\
+# MariaDB of the remote-kernels test cluster (written by tests/cluster/cluster.py).  Its own
+# server and clients read only this file (--defaults-file), never /etc/mysql.
+[mariadbd]
+user=mysql
+datadir={d}/data
+socket={d}/run/mariadbd.sock
+pid-file={d}/run/mariadbd.pid
+# No TCP at all: slurmdbd, the only client, comes over the unix socket.
+skip-networking
+# What slurmdbd checks at start (it logs an error below half of these): SLURM's recommendation.
+innodb_buffer_pool_size=1G
+innodb_lock_wait_timeout=900
+[client]
+socket={d}/run/mariadbd.sock
+"""
+
+
+def mariadb_sql(sql: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run sql as MariaDB's root: OS root over our socket (unix_socket auth); the SQL on stdin, not argv."""
+    return run(["mariadb", f"--defaults-file={mariadb_dir() / 'my.cnf'}", "-u", "root", "--batch",
+                "--skip-column-names"], check=check, stdin=sql)
+
+
+def mariadbd_pids(ours: bool) -> list[int]:
+    """mariadbd/mysqld processes started with our config (ours) or not (anyone else's, e.g. the one
+    Debian's package scripts start where services may start)."""
+    mine = f"--defaults-file={mariadb_dir() / 'my.cnf'}".encode()
+    found = []
+    for pid in pids_named("mariadbd") + pids_named("mysqld"):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if (mine in argv) == ours and not _zombie(pid):
+            found.append(pid)
+    return found
+
+
+def ensure_mariadb_datadir(cnf: Path) -> None:
+    """The data directory, made whole or not at all: an interrupted install is started over."""
+    data, new = mariadb_dir() / "data", mariadb_dir() / "data.new"
+    if data.is_dir():
+        return
+    log("creating the MariaDB data directory")
+    shutil.rmtree(new, ignore_errors=True)
+    new.mkdir(mode=0o700)
+    shutil.chown(new, "mysql", "mysql")
+    run(["mariadb-install-db", f"--defaults-file={cnf}", f"--datadir={new}", "--user=mysql",
+         "--skip-test-db", "--auth-root-authentication-method=socket"])
+    new.rename(data)
+
+
+def ensure_mariadb() -> bool:
+    """The cluster's own mariadbd (user mysql), the only one running; True if it was (re)started."""
+    d = mariadb_dir()
+    for sub in (d, d / "run"):
+        sub.mkdir(parents=True, exist_ok=True)
+    os.chmod(STATE, 0o755)   # user mysql must reach its directories
+    os.chmod(d, 0o755)
+    shutil.chown(d / "run", "mysql", "mysql")
+    cnf = d / "my.cnf"
+    changed = write_if_changed(cnf, mariadb_cnf())
+    others = pids_named("mysqld_safe") + mariadbd_pids(ours=False)
+    if others:
+        log("stopping a MariaDB server not started by cluster.py (the cluster runs its own)")
+        kill_pids(others, timeout=30)
+    ensure_mariadb_datadir(cnf)
+    pid = pid_alive(d / "run" / "mariadbd.pid", "mariadbd")
+    if pid and changed:
+        log("my.cnf changed: restarting mariadbd")
+        kill_pids([pid], timeout=30)
+        pid = None
+    if pid:
+        return False
+    kill_pids(mariadbd_pids(ours=True), timeout=30)   # one whose pid file was lost
+    log("starting mariadbd")
+    with open(STATE / "log" / "mariadbd.log", "a") as out:
+        proc = subprocess.Popen([_which("mariadbd"), f"--defaults-file={cnf}"], stdin=subprocess.DEVNULL,
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def accepting() -> bool:
+        if proc.poll() is not None:
+            raise SystemExit(f"cluster: mariadbd exited ({proc.returncode}); see {STATE}/log/mariadbd.log")
+        return mariadb_sql("SELECT 1", check=False).returncode == 0
+    wait_for("mariadbd to accept connections", accepting, 30)
+    return True
+
+
+def ensure_accounting_db(password: str) -> None:
+    """slurmdbd's database and DB user (password as in slurmdbd.conf): made or mended, idempotently."""
+    sql = (f"CREATE DATABASE IF NOT EXISTS {ACCT_DB};\n"
+           f"CREATE USER IF NOT EXISTS '{ACCT_DB_USER}'@'localhost' IDENTIFIED BY '{password}';\n"
+           f"ALTER USER '{ACCT_DB_USER}'@'localhost' IDENTIFIED BY '{password}';\n"
+           f"GRANT ALL ON {ACCT_DB}.* TO '{ACCT_DB_USER}'@'localhost';\n")
+    mariadb_sql(sql)
+
+
+def slurmdbd_conf(password: str) -> str:
+    login = socket.gethostname().split(".")[0]
+    return f"""\
+# Written by remote-kernels tests/cluster/cluster.py -- the test cluster's accounting daemon.
+# Holds the database password: 0600, owned by SlurmUser (root).
+AuthType=auth/munge
+DbdHost={login}
+DbdPort={DBD_PORT}
+SlurmUser=root
+PidFile={STATE}/run/slurmdbd.pid
+LogFile={STATE}/log/slurmdbd.log
+StorageType=accounting_storage/mysql
+# localhost = the unix socket; which one comes from MYSQL_UNIX_PORT, set when cluster.py starts slurmdbd.
+StorageHost=localhost
+StorageLoc={ACCT_DB}
+StorageUser={ACCT_DB_USER}
+StoragePass={password}
+"""
+
+
+def ensure_slurmdbd_conf() -> tuple[str, bool]:
+    """slurmdbd.conf, keeping the database password it has (a new one otherwise): (password, changed)."""
+    old = SLURMDBD_CONF.read_text() if SLURMDBD_CONF.exists() else ""
+    found = [l.partition("=")[2] for l in old.splitlines() if l.startswith("StoragePass=")]
+    password = found[0] if found and found[0].isalnum() else secrets.token_hex(16)
+    changed = write_if_changed(SLURMDBD_CONF, slurmdbd_conf(password), mode=0o600)
+    os.chown(SLURMDBD_CONF, 0, 0)
+    return password, changed
+
+
+def cluster_registered() -> bool:
+    """Whether slurmdbd's database has the cluster (read from MariaDB: slurmdbd may be down)."""
+    sql = f"SELECT name FROM {ACCT_DB}.cluster_table WHERE name = '{CLUSTER_NAME}' AND deleted = 0"
+    res = mariadb_sql(sql, check=False)
+    return res.returncode == 0 and res.stdout.split() == [CLUSTER_NAME]
+
+
+def dbd_answers() -> bool:
+    return run(["sacctmgr", "-nP", "show", "cluster", "format=cluster"], check=False).returncode == 0
+
+
+def ensure_slurmdbd(db_restarted: bool) -> None:
+    """slurmdbd, after the database and its user; restarted with its config or its database."""
+    password, changed = ensure_slurmdbd_conf()
+    pid = pid_alive(STATE / "run" / "slurmdbd.pid", "slurmdbd")
+    if pid and (changed or db_restarted):
+        log(f"{'slurmdbd.conf changed' if changed else 'mariadbd restarted'}: restarting slurmdbd")
+        kill_pids([pid])
+        pid = None
+    if pid:
+        return
+    kill_pids(pids_named("slurmdbd"))
+    ensure_accounting_db(password)
+    ctld = pid_alive(STATE / "run" / "slurmctld.pid", "slurmctld")
+    if ctld and not cluster_registered():
+        # It would flood a slurmdbd without the cluster's tables with its jobs; up starts it again.
+        log("accounting database without the cluster: stopping slurmctld until it is registered")
+        kill_pids([ctld])
+    log("starting slurmdbd")
+    run(["slurmdbd"], env={"MYSQL_UNIX_PORT": str(mariadb_dir() / "run" / "mariadbd.sock")})
+    wait_for("slurmdbd to answer", dbd_answers, 60, 0.3)
+
+
+def sacctmgr_rows(*what: str) -> list[list[str]]:
+    out = run(["sacctmgr", "-nP", "show", *what]).stdout
+    return [line.split("|") for line in out.splitlines()]
+
+
+def sacctmgr_write(*args: str) -> None:
+    log(f"accounting: {' '.join(args)}")
+    run(["sacctmgr", "-i", *args])
+
+
+def ensure_associations() -> None:
+    """The cluster, QOS, accounts and user associations of the data above; only what is missing or
+    different is written (reads only when all is there)."""
+    def associations() -> dict:
+        return {(acct, user): q for acct, user, q in
+                sacctmgr_rows("assoc", f"cluster={CLUSTER_NAME}", "format=account,user,qos")}
+    assocs = associations()   # a cluster has at least its root account's: none means no cluster yet
+    if not assocs and [CLUSTER_NAME] not in sacctmgr_rows("cluster", "format=cluster"):
+        sacctmgr_write("add", "cluster", CLUSTER_NAME)
+        assocs = associations()
+    qos = dict(sacctmgr_rows("qos", "format=name,maxwall"))
+    for name, wall in QOS.items():
+        if name not in qos:
+            sacctmgr_write("add", "qos", name, *([f"MaxWall={wall}"] if wall else []))
+        elif qos[name] != wall:
+            sacctmgr_write("modify", "qos", "where", f"name={name}", "set", f"MaxWall={wall or -1}")
+    for acct, allowed in ACCOUNTS.items():
+        want = ",".join(sorted(allowed))
+        if (acct, "") not in assocs:
+            sacctmgr_write("add", "account", acct, f"cluster={CLUSTER_NAME}", f"qos={want}",
+                           f"description={acct} (test cluster)", "organization=remote-kernels")
+        elif assocs[(acct, "")] != want:
+            sacctmgr_write("modify", "account", "where", f"name={acct}", f"cluster={CLUSTER_NAME}",
+                           "set", f"qos={want}")
+    defaults = dict(sacctmgr_rows("user", "format=user,defaultaccount"))
+    for user in ("root", *USERS):
+        accounts = USER_ACCOUNTS.get(user)
+        if not accounts:
+            raise SystemExit(f"cluster: {user} has no accounts in USER_ACCOUNTS; every user who submits jobs "
+                             "needs an association (add theirs there)")
+        missing = [a for a in accounts if (a, user) not in assocs]
+        if missing:
+            sacctmgr_write("add", "user", user, f"account={','.join(missing)}", f"cluster={CLUSTER_NAME}",
+                           f"defaultaccount={accounts[0]}")
+        if user in defaults and defaults[user] != accounts[0]:
+            sacctmgr_write("modify", "user", "where", f"name={user}", "set", f"defaultaccount={accounts[0]}")
+
+
+def accounting_info() -> dict:
+    """What tests may rely on (cluster.json): QOS, accounts and who is in which."""
+    return {
+        "cluster": CLUSTER_NAME,
+        "qos": {name: {"max_wall": wall or None} for name, wall in QOS.items()},
+        "accounts": {acct: list(allowed) for acct, allowed in ACCOUNTS.items()},
+        "users": {user: {"default_account": accts[0], "accounts": list(accts)}
+                  for user, accts in USER_ACCOUNTS.items()},
+    }
+
+
 def ensure_slurmctld(conf_changed: bool) -> None:
     pid = pid_alive(STATE / "run" / "slurmctld.pid", "slurmctld")
     if pid and conf_changed:
@@ -574,6 +823,7 @@ def write_cluster_json() -> None:
         "users": USERS,
         "state": str(STATE),
         "laptop": {"netns": LAPTOP, "addr": LAPTOP_LINK[1], "login_host": "login", "login_addr": LAPTOP_LINK[0]},
+        "accounting": accounting_info(),
     }
     write_if_changed(STATE / "cluster.json", json.dumps(info, indent=2) + "\n")
 
@@ -595,6 +845,10 @@ def up() -> None:
     for node in [*NODES, "login"]:
         ensure_sshd(node, restart=node in restart)
     changed = ensure_slurm_conf()
+    # Accounting first: slurmctld (enforcing associations) needs slurmdbd, and the associations of
+    # every user who has jobs, when it starts.
+    ensure_slurmdbd(db_restarted=ensure_mariadb())
+    ensure_associations()
     ensure_slurmctld(changed)
     for node in NODES:
         ensure_slurmd(node, changed)
@@ -602,7 +856,8 @@ def up() -> None:
     for node in NODES:
         wait_sshd(node)
     write_cluster_json()
-    log(f"up in {time.monotonic() - t0:.1f}s: nodes {', '.join(NODES)}; partitions debug (default), long")
+    log(f"up in {time.monotonic() - t0:.1f}s: nodes {', '.join(NODES)}; partitions debug (default), long; "
+        f"accounts {', '.join(a for a in ACCOUNTS if a != 'root')}")
 
 
 def down() -> None:
@@ -612,17 +867,21 @@ def down() -> None:
     if login_sshd:
         kill_pids([login_sshd])
     kill_pids(pids_named("slurmctld"))
+    kill_pids(pids_named("slurmdbd"))
+    kill_pids(mariadbd_pids(ours=True), timeout=30)   # its data directory stays: the next up is fast
     kill_pids(pids_named("munged"))
     if run(["ip", "link", "show", BRIDGE], check=False).returncode == 0:
         run(["ip", "link", "del", BRIDGE])
     for pidfile in (STATE / "run").glob("*.pid"):
         pidfile.unlink()
-    log("down: no daemons, namespaces or links left")
+    log("down: no daemons, namespaces or links left (the accounting database is kept)")
 
 
 def status() -> int:
     ok = True
     rows = [("munged", pid_alive(MUNGE_RUN / "munged.pid", "munged")),
+            ("mariadbd", pid_alive(mariadb_dir() / "run" / "mariadbd.pid", "mariadbd")),
+            ("slurmdbd", pid_alive(STATE / "run" / "slurmdbd.pid", "slurmdbd")),
             ("slurmctld", pid_alive(STATE / "run" / "slurmctld.pid", "slurmctld"))]
     for node in NODES:
         rows.append((f"slurmd {node}", pid_alive(STATE / "run" / f"slurmd-{node}.pid", "slurmd")))
@@ -635,6 +894,9 @@ def status() -> int:
         ok = ok and bool(alive)
     if pid_alive(STATE / "run" / "slurmctld.pid", "slurmctld"):
         print(run(["sinfo", "-N", "-o", "%N %P %t %c %m"], check=False).stdout, end="")
+    if pid_alive(STATE / "run" / "slurmdbd.pid", "slurmdbd"):
+        print(run(["sacctmgr", "show", "assoc", f"cluster={CLUSTER_NAME}", "format=account,user,qos"],
+                  check=False).stdout, end="")
     return 0 if ok else 1
 
 
