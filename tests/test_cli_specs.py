@@ -38,7 +38,7 @@ def spec(cli, name: str) -> dict:
 
 
 def test_install_from_a_spec_dir_overrides_given_fields(cli):
-    res = cli("install", "gpu", "--from", str(EXAMPLES / "slurm-gpu"), "--partition", "debug",
+    res = cli("install", "gpu", "--no-check", "--from", str(EXAMPLES / "slurm-gpu"), "--partition", "debug",
               "--setup", "module load cuda/12", "--grace", "600", "--queue-timeout", "120", "--prefix", str(cli.prefix))
     assert res.returncode == 0, res.stderr
     written = spec(cli, "gpu")
@@ -53,7 +53,7 @@ def test_install_from_a_shipped_example_by_name(cli):
     names = sorted(p.name for p in EXAMPLES.iterdir() if (p / "kernel.json").is_file())
     assert "slurm-gpu" in names
     for example in names:
-        res = cli("install", f"by-name-{example}", "--from", example, "--prefix", str(cli.prefix))
+        res = cli("install", f"by-name-{example}", "--no-check", "--from", example, "--prefix", str(cli.prefix))
         assert res.returncode == 0, res.stderr
         shipped = json.loads((EXAMPLES / example / "kernel.json").read_text())
         written = spec(cli, f"by-name-{example}")
