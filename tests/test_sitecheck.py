@@ -110,3 +110,20 @@ def test_install_writes_a_request_within_the_qos(accounting, spec_dirs):
     res = _install(name, "--account", "physics", "--qos", "short", "--time", "00:20:00")
     assert res.returncode == 0 and res.stderr == "", res.stderr
     assert (spec_dirs(name) / "kernel.json").is_file()
+
+
+def test_login_host_spec_is_checked_on_that_host(cluster):
+    """From the laptop (no SLURM commands there), as the tcsh user: the queries run on the login host."""
+    name = unique("rk-sitecheck-laptop")
+    lh = cluster["laptop"]["login_host"]
+    args = ("install", name, "--user", "--login-host", lh, "--partition", "debug", "--time", "10:00:00")
+    spec_dir = home("rkcsh") / ".local/share/jupyter/kernels" / name
+    try:
+        res = as_user("rkcsh", RK, *args, netns=cluster["laptop"]["netns"], timeout=90)
+        assert res.returncode == 1 and res.stderr == PREFIX + PARTITION_CASES[0][1] + SUFFIX + "\n", res.stderr
+        assert not spec_dir.exists()
+        res = as_user("rkcsh", RK, *args, "--no-check", netns=cluster["laptop"]["netns"], timeout=90)
+        assert res.returncode == 0 and spec_dir.is_dir(), res.stderr
+    finally:
+        import shutil
+        shutil.rmtree(spec_dir, ignore_errors=True)
