@@ -47,7 +47,12 @@ def _add_install(sub) -> None:
                        description="Install a kernelspec whose kernel runs in a batch job on a compute node.\n"
                                    "Options not given are left out (the scheduler's defaults apply) or, with\n"
                                    "--from, taken from that spec; a list option given replaces the spec's list.\n"
-                                   "Bad values are refused before anything is written.",
+                                   "Bad values are refused before anything is written, and so is a request\n"
+                                   "the site would never run: for SLURM, install first checks on the login side\n"
+                                   "(or on --login-host) the partition, the time against its MaxTime, CPUs,\n"
+                                   "memory and GPUs against its largest node, and, with slurmdbd accounting, the\n"
+                                   "account, the QOS and its limits; and an absolute --python on a network\n"
+                                   "filesystem.  Other schedulers are not checked.",
                        epilog=OVERRIDES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("name", help="kernelspec name (letters, digits, -, _, .)")
     p.add_argument("--from", dest="from_dir", metavar="EXAMPLE|DIR",
@@ -86,6 +91,9 @@ def _add_install(sub) -> None:
     where.add_argument("--sys-prefix", action="store_true", help="install into sys.prefix (this env)")
     where.add_argument("--prefix", metavar="DIR", help="install under DIR/share/jupyter/kernels")
     p.add_argument("--replace", action="store_true", help="overwrite an existing kernelspec of that name")
+    p.add_argument("--no-check", dest="check", action="store_false",
+                   help="do not check the request against the site (partition, limits, account, QOS, Python); "
+                        "write the spec as given")
 
 
 def _add_spec_commands(sub) -> None:
@@ -160,7 +168,7 @@ def cmd_install(args) -> int:
     if "env" in given:
         given["env"] = dict(given["env"])
     install_spec(args.name, given, from_dir=args.from_dir, display_name=args.display_name, user=args.user,
-                 prefix=sys.prefix if args.sys_prefix else args.prefix, replace=args.replace)
+                 prefix=sys.prefix if args.sys_prefix else args.prefix, replace=args.replace, check=args.check)
     return 0
 
 

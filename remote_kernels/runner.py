@@ -63,6 +63,9 @@ class CommandRunner:
             raise CommandError(argv, proc.returncode, stdout, stderr)
         return proc.returncode, stdout, stderr
 
+    async def close(self) -> None:
+        """Let go of what run() holds open (nothing here)."""
+
 
 class SSHCommandRunner(CommandRunner):
     """Runs argv lists on a login host over SSH (for a Jupyter server off the cluster).
@@ -114,6 +117,13 @@ class SSHCommandRunner(CommandRunner):
         if check and code != 0:
             raise CommandError(argv, code, stdout, stderr)
         return code, stdout, stderr
+
+    async def close(self) -> None:
+        async with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                await self._conn.wait_closed()
+                self._conn = None
 
 
 def remote_command(argv: list[str]) -> str:

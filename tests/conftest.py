@@ -31,6 +31,17 @@ def cluster() -> dict:
     return json.loads(CLUSTER_JSON.read_text())
 
 
+@pytest.fixture(scope="session")
+def accounting(cluster) -> dict:
+    """The cluster's slurmdbd accounting answers and has rkuser's associations: {account: QOS list}."""
+    res = subprocess.run(["sacctmgr", "-n", "-P", "show", "assoc", "user=rkuser", "format=Account,QOS"],
+                         capture_output=True, text=True, timeout=30)
+    assocs = dict(line.split("|", 1) for line in res.stdout.split() if "|" in line)
+    if res.returncode != 0 or "short" not in assocs.get("physics", ""):
+        _missing(f"no slurmdbd accounting with rkuser in account physics, QOS short: {res.stdout}{res.stderr}")
+    return assocs
+
+
 def pytest_collection_modifyitems(config, items):
     """Run tests that take the cluster down and up again after all the others."""
     items.sort(key=lambda item: item.get_closest_marker("disruptive") is not None)
@@ -42,12 +53,13 @@ TEST_SPECS = {
     "rk-test": ["--display-name", "Python 3 (compute node, test)"],
     "rk-long": ["--partition", "long", "--time", "00:30:00"],
     "rk-env": ["--setup", "export RK_FROM_SETUP=set-up-ran", "--env", "RK_FROM_SPEC=spec value"],
-    # Specs that must fail with a clear message and leave nothing behind.
-    "rk-bad-partition": ["--partition", "nosuch"],
-    "rk-bad-time": ["--partition", "debug", "--time", "10:00:00"],   # over debug's MaxTime 4:00:00
-    "rk-bad-cpus": ["--partition", "debug", "--cpus", "16"],          # nodes have 8 CPUs
-    "rk-bad-mem": ["--partition", "debug", "--mem", "8G"],            # nodes have 4096 MB
-    "rk-bad-python": ["--python", "/nonexistent/bin/python3"],
+    # Specs that must fail with a clear message and leave nothing behind (--no-check: install
+    # would refuse most of them).
+    "rk-bad-partition": ["--no-check", "--partition", "nosuch"],
+    "rk-bad-time": ["--no-check", "--partition", "debug", "--time", "10:00:00"],   # over debug's MaxTime 4:00:00
+    "rk-bad-cpus": ["--no-check", "--partition", "debug", "--cpus", "16"],          # nodes have 8 CPUs
+    "rk-bad-mem": ["--no-check", "--partition", "debug", "--mem", "8G"],            # nodes have 4096 MB
+    "rk-bad-python": ["--no-check", "--python", "/nonexistent/bin/python3"],
     "rk-bad-setup": ["--setup", "module load nosuch"],
     "rk-no-ipykernel": ["--python", "/usr/bin/python3"],   # Debian's Python, without ipykernel
 }

@@ -90,7 +90,7 @@ def test_check_good_spec_reports_node_and_timings(cli):
 
 
 def test_check_unknown_partition_fails_fast_with_slurms_message(cli):
-    cli.install("rkc-nopart", "--partition", "nosuch")
+    cli.install("rkc-nopart", "--no-check", "--partition", "nosuch")
     before = jobs_named("rk-rkc-nopart")
     t0 = time.monotonic()
     res = cli("check", "rkc-nopart")
@@ -110,7 +110,7 @@ def _users_job_listed(job: str) -> bool:
 
 
 def test_check_of_a_spec_that_can_never_run_fails_at_once_with_the_limit(cli):
-    cli.install("rkc-never", "--partition", "debug", "--time", "10:00:00")   # debug's MaxTime is 4:00:00
+    cli.install("rkc-never", "--no-check", "--partition", "debug", "--time", "10:00:00")   # debug's MaxTime is 4:00:00
     t0 = time.monotonic()
     res = cli("check", "rkc-never")
     elapsed = time.monotonic() - t0
@@ -135,7 +135,7 @@ def test_check_gives_up_after_its_queue_timeout_and_says_so(cli):
 
 
 def test_check_names_the_phase_that_failed(cli):
-    cli.install("rkc-nopy", "--python", "/nonexistent/bin/python3")
+    cli.install("rkc-nopy", "--no-check", "--python", "/nonexistent/bin/python3")
     res = cli("check", "rkc-nopy")
     assert res.returncode == 1
     assert res.stderr.startswith("FAILED at job start -> launcher ready: job ")

@@ -38,7 +38,7 @@ def spec(cli, name: str) -> dict:
 
 
 def test_install_from_a_spec_dir_overrides_given_fields(cli):
-    res = cli("install", "gpu", "--from", str(EXAMPLES / "slurm-gpu"), "--partition", "debug",
+    res = cli("install", "gpu", "--no-check", "--from", str(EXAMPLES / "slurm-gpu"), "--partition", "debug",
               "--setup", "module load cuda/12", "--grace", "600", "--queue-timeout", "120", "--prefix", str(cli.prefix))
     assert res.returncode == 0, res.stderr
     written = spec(cli, "gpu")
@@ -53,7 +53,7 @@ def test_install_from_a_shipped_example_by_name(cli):
     names = sorted(p.name for p in EXAMPLES.iterdir() if (p / "kernel.json").is_file())
     assert "slurm-gpu" in names
     for example in names:
-        res = cli("install", f"by-name-{example}", "--from", example, "--prefix", str(cli.prefix))
+        res = cli("install", f"by-name-{example}", "--no-check", "--from", example, "--prefix", str(cli.prefix))
         assert res.returncode == 0, res.stderr
         shipped = json.loads((EXAMPLES / example / "kernel.json").read_text())
         written = spec(cli, f"by-name-{example}")
@@ -179,3 +179,25 @@ def test_parse_time_left():
     assert (found["231"].state, found["231"].time_left) == (JobState.RUNNING, "9:59")
     assert (found["232"].state, found["232"].time_left) == (JobState.QUEUED, "1-00:00:00")
     assert found["233"].time_left == ""
+
+
+MOUNTS = "/dev/sda1 / ext4 rw 0 0\nnfs1:/apps /apps nfs4 rw 0 0\nfs:/home /shared\\040home lustre rw 0 0\n"
+
+
+def test_python_is_refused_only_when_the_login_side_can_tell():
+    from remote_kernels.commands.sitecheck import mount_of, python_problem
+
+    assert mount_of("/apps/py/bin/python3", MOUNTS) == ("/apps", "nfs4")
+    assert mount_of("/shared home/u/bin/python", MOUNTS) == ("/shared home", "lustre")
+    assert mount_of("/appsx/python", MOUNTS) == ("/", "ext4")
+    assert python_problem("/apps/py/bin/python3", False, MOUNTS, "the login node") == (
+        "Python /apps/py/bin/python3 not found on the login node (in /apps, a shared nfs4 filesystem the compute "
+        "nodes see too); set --python to a path that exists on the compute nodes")
+    assert python_problem("/apps/py/bin/python3", True, MOUNTS, "login") is None      # there
+    assert python_problem("/opt/py/bin/python3", False, MOUNTS, "login") is None      # local: nodes may have it
+    assert python_problem("python3", False, MOUNTS, "login") is None                  # found on the node's PATH
+
+
+def test_install_no_check_is_offered_in_help(cli):
+    text = " ".join(cli("install", "--help").stdout.split())
+    assert "--no-check" in text and "Other schedulers are not checked" in text

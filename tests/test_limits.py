@@ -245,3 +245,76 @@ def test_missing_facts_give_a_vaguer_line_not_an_error():
 def test_wall_and_size():
     assert [L.wall(s) for s in (59, 14400, 36000, 86400 * 7)] == ["0:00:59", "4:00:00", "10:00:00", "7-00:00:00"]
     assert [L.size(m) for m in (512, 1024, 4096, 6000)] == ["512M", "1G", "4G", "6000M"]
+
+
+# --- a request checked without a job (remote-kernels install) ---------------------------------
+# The test cluster's accounting (cluster.py's associations), as sacctmgr prints them: hand-written.
+ASSOC = "rkcluster|physics||normal,short|\nrkcluster|chemistry||normal|\nother|biology||normal|\n"
+CONFIG = "ClusterName = rkcluster\nAccountingStorageType = accounting_storage/slurmdbd\n" \
+         "AccountingStorageEnforce = associations,limits,qos\n"
+
+
+def site(enforce: str = "associations,limits,qos") -> L.SiteFacts:
+    from remote_kernels.schedulers.slurm import parse_accounting, parse_config
+    f = facts(qos=read("sacctmgr-qos-captured.txt"))
+    f.accounting = parse_accounting(parse_config(CONFIG.replace("associations,limits,qos", enforce)), ASSOC,
+                                    "physics\n")
+    return f
+
+
+def test_accounting_facts_parse():
+    acct = site().accounting
+    assert acct.enforce == {"associations", "limits", "qos"} and acct.default_account == "physics"
+    assert [(x.account, x.qos) for x in acct.assocs] == [("physics", ("normal", "short")), ("chemistry", ("normal",))]
+
+
+@pytest.mark.parametrize("res, kind, said", [
+    (Resources(partition="debug", time="10:00:00"), L.TIME, "partition"),
+    (Resources(cpus=9), L.CPUS, "partition"),
+    (Resources(partition="long", mem="5G"), L.MEM, "partition"),
+    (Resources(gpus=1), L.GRES, "partition"),
+    (Resources(partition="gpu"), L.PARTITION, "partition"),
+    (Resources(account="biology"), L.ACCOUNT, "account"),          # another cluster's association
+    (Resources(qos="big"), L.QOS, "qos"),
+    (Resources(account="chemistry", qos="short"), L.QOS, "qos"),
+    (Resources(qos="short", time="31"), L.QOS_LIMIT, "QOSMaxWallDurationPerJobLimit"),   # default account physics
+])
+def test_broken_names_the_first_limit(res, kind, said):
+    found = L.broken(res, site())
+    assert (found.kind, found.said) == (kind, said)
+    assert SLURM.check(res, site()) == L.explain(kind, said, res, found.facts)
+
+
+@pytest.mark.parametrize("res", [Resources(), Resources(partition="debug", time="4:00:00", cpus=8, mem="4G"),
+                                 Resources(partition="long", time="7-0"), Resources(account="chemistry"),
+                                 Resources(qos="short", time="30"), Resources(partition="urgent", time="1:00:00")])
+def test_requests_within_the_limits_pass(res):
+    assert L.broken(res, site()) is None
+
+
+def test_unenforced_or_unknown_accounting_is_not_checked():
+    for f in (site(enforce="none"), facts()):
+        assert L.broken(Resources(account="nosuch", qos="nosuch"), f) is None
+    assert L.broken(Resources(qos="nosuch"), site(enforce="associations")) is None   # QOS not enforced
+    assert L.broken(Resources(qos="short", time="1:00:00"), site(enforce="associations,qos")) is None
+
+
+def test_qos_tres_limits_are_checked():
+    f = site()
+    f.qos["short"].max_tres = {"cpu": "4", "mem": "2G", "gres/gpu": "1"}
+    assert L.broken(Resources(qos="short", cpus=5), f).said == "QOSMaxCpuPerJobLimit"
+    assert L.broken(Resources(qos="short", mem="3G"), f).said == "QOSMaxMemoryPerJob"
+    assert SLURM.check(Resources(qos="short", cpus=5), f) == (
+        "QOS short allows CPUs up to 4 per job; ask for less with --cpus or RK_CPUS, or use another QOS with "
+        "--qos or RK_QOS")
+
+
+def test_gpu_count_of_node_gres():
+    from remote_kernels.schedulers.slurm import gpu_count
+    assert [gpu_count(g) for g in ("(null)", "gpu:2", "gpu:a100:4(S:0-1),gpu:v100:1", "mps:100,gpu:1")] == [0, 2, 5, 1]
+
+
+def test_directives_that_change_the_request_skip_the_check():
+    assert SLURM.checkable(Resources(directives=["--exclusive", "--mail-type=END"])) is None
+    for d in ("--partition=long", "-p long", "#SBATCH --time=5:00:00", "-c4", "--mem-per-cpu=1G", "-A proj"):
+        assert SLURM.checkable(Resources(directives=[d])), d

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sys
@@ -14,6 +15,7 @@ from ..kernelspec import PROVISIONER, install, on_search_path
 from ..options import KernelOptions
 from ..schedulers import get_scheduler
 from . import CommandFailed
+from .sitecheck import site_problem
 
 
 def resolve_from(value: str) -> Path:
@@ -46,18 +48,25 @@ def load_spec_dir(path: str | Path) -> tuple[dict, str, dict]:
 
 
 def install_spec(name: str, given: dict, *, from_dir: str | None = None, display_name: str | None = None,
-                 user: bool = False, prefix: str | None = None, replace: bool = False) -> str:
-    """Validate, then install; ``given`` (options set on the command line) overrides ``from_dir``'s
-    config; ``from_dir``'s env stanza is kept."""
+                 user: bool = False, prefix: str | None = None, replace: bool = False, check: bool = True) -> str:
+    """Validate, check against the site (unless not ``check``: sitecheck.py), then install;
+    ``given`` (options set on the command line) overrides ``from_dir``'s config; ``from_dir``'s
+    env stanza is kept."""
     config, from_display, env = load_spec_dir(resolve_from(from_dir)) if from_dir else ({}, "", {})
     config.update(given)
     config.setdefault("scheduler", "slurm")
     config.setdefault("python", sys.executable)
     try:
-        KernelOptions(environ={}, **config)   # the spec is validated as written, without RK_* overrides
+        opts = KernelOptions(environ={}, **config)   # the spec is validated as written, without RK_* overrides
         get_scheduler(config["scheduler"])
     except (TraitError, ValueError) as e:
         raise CommandFailed(str(e)) from None
+    if check:
+        problem, note = asyncio.run(site_problem(opts))
+        if problem:
+            raise CommandFailed(f"{problem} (--no-check installs it anyway)")
+        if note:
+            print(f"remote-kernels install: note: {note}", file=sys.stderr)
     config = {k: v for k, v in config.items() if v not in ("", 0, [], {})}   # unset: the defaults apply
     display = display_name or from_display or f"Python 3 ({name})"
     try:

@@ -126,6 +126,19 @@ class Scheduler:
         from .limits import explain
         return explain(kind, said, res, facts)
 
+    # --- a request checked before any job (remote-kernels install) ---------------------------
+    checks_requests = False   # True: site_facts(None, limits.REQUEST) reads what limits.broken needs
+
+    def checkable(self, res: Resources) -> str | None:
+        """Why checking ``res`` would check the wrong request (its directives change it), or None."""
+        return None
+
+    def check(self, res: Resources, facts: "SiteFacts") -> str | None:
+        """The start-time line for the limit ``res`` breaks at this site (pure), or None."""
+        from .limits import broken
+        found = broken(res, facts)
+        return None if found is None else self.explain(found.kind, found.said, res, found.facts)
+
 
 def get_scheduler(name: str, runner: CommandRunner | None = None) -> Scheduler:
     """The adapter called ``name``; ValueError naming the known ones otherwise."""

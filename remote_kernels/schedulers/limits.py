@@ -3,14 +3,16 @@
 An adapter maps what its scheduler says (a pending reason, a refused submission, an error
 state) to a *kind* of limit (``TIME``, ``CPUS``...).  ``explain(kind, said, res, facts)``
 turns that kind, the request and the site's facts into the line the user reads, naming
-the limit and the fix.  Pure: the adapter's ``site_facts`` gathers the facts (the one
-place doing I/O); a fact that is missing only makes the line less specific.
+the limit and the fix.  ``broken(res, facts)`` finds, without a job, the limit a request
+breaks (what ``remote-kernels install`` checks), for the same ``explain``.  Pure: the
+adapter's ``site_facts`` gathers the facts (the one place doing I/O); a fact that is
+missing only makes the line less specific, or the check silent.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from . import Resources
 from ._common import megabytes, seconds
@@ -21,6 +23,7 @@ TIME, CPUS, MEM, MEM_PER, NODES, PARTITION, PARTITION_CONFIG = (
 ACCOUNT, QOS, QOS_LIMIT, ASSOC_LIMIT = "account", "qos", "qos-limit", "assoc-limit"
 CONSTRAINT, NODELIST, GRES, RESERVATION, DEPENDENCY, NEVER = (
     "constraint", "nodelist", "gres", "reservation", "dependency", "never")
+REQUEST = "request"   # site_facts for checking a request without a job: everything broken() reads
 
 
 @dataclass
@@ -46,6 +49,7 @@ class Node:
     cpus: int = 0
     mem: int = 0                         # MB
     features: tuple[str, ...] = ()
+    gpus: int = 0
 
 
 @dataclass
@@ -72,6 +76,26 @@ class Ask:
     nodes: int = 0
     constraint: str = ""
     reservation: str = ""
+    gpus: int = 0
+
+
+@dataclass
+class Association:
+    """One of the user's associations: an account (on one partition, "": all) and its QOS."""
+
+    account: str
+    partition: str = ""
+    qos: tuple[str, ...] = ()
+    default_qos: str = ""
+
+
+@dataclass
+class Accounting:
+    """The user's accounting, where the site enforces it (``enforce``: SLURM's words)."""
+
+    enforce: frozenset[str] = frozenset()
+    default_account: str = ""
+    assocs: list[Association] = field(default_factory=list)
 
 
 @dataclass
@@ -81,6 +105,7 @@ class SiteFacts:
     qos: dict[str, QosLimits] = field(default_factory=dict)
     ask: Ask | None = None
     detail: str = ""                     # the scheduler's own account of it (SGE's error reason...)
+    accounting: Accounting | None = None  # None: no accounting, or it could not be read
 
 
 def hint(option: str) -> str:
@@ -107,7 +132,7 @@ def effective(res: Resources, facts: SiteFacts) -> Ask:
                time=a.time if a.time is not None else (seconds(res.time) if res.time else None),
                cpus=a.cpus or res.cpus, mem=a.mem or (megabytes(res.mem) if res.mem else 0),
                nodes=a.nodes or 1, constraint=a.constraint or res.constraint,
-               reservation=a.reservation or res.reservation)
+               reservation=a.reservation or res.reservation, gpus=a.gpus or res.gpus)
 
 
 def _members(p: Partition, facts: SiteFacts) -> list[Node]:
@@ -117,7 +142,7 @@ def _members(p: Partition, facts: SiteFacts) -> list[Node]:
 def _largest(p: Partition, facts: SiteFacts, attr: str) -> int:
     """The most CPUs (or MB) one node of p offers a job, within the partition's per-node cap."""
     best = max((getattr(n, attr) for n in _members(p, facts)), default=0)
-    cap = p.max_cpus_per_node if attr == "cpus" else p.max_mem_per_node
+    cap = {"cpus": p.max_cpus_per_node, "mem": p.max_mem_per_node}.get(attr)
     return min(best, cap) if cap and best else (cap or best)
 
 
@@ -189,20 +214,26 @@ def _qos(a: Ask, p: Partition | None, facts: SiteFacts) -> str:
             f"{hint('qos')} (`sacctmgr show assoc user=$USER format=qos` lists them)")
 
 
+def _over(a: Ask, p: Partition, facts: SiteFacts) -> str | None:
+    """The kind of partition limit (or node size) request a breaks in p; None if none is known broken."""
+    checks = [(p.max_time is not None and a.time is not None and a.time > p.max_time, TIME),
+              (a.cpus > 0 and 0 < _largest(p, facts, "cpus") < a.cpus, CPUS),
+              (a.mem > 0 and 0 < _largest(p, facts, "mem") < a.mem, MEM),
+              (a.gpus > 0 and bool(_members(p, facts)) and _largest(p, facts, "gpus") < a.gpus, GRES),
+              (not p.min_nodes <= a.nodes <= (p.max_nodes or a.nodes), NODES),
+              (not _listed(p.allow_accounts, a.account), ACCOUNT),
+              (not _listed(p.allow_qos, a.qos), QOS)]
+    return next((kind for broken, kind in checks if broken), None)
+
+
 def _partition_config(a: Ask, p: Partition | None, facts: SiteFacts) -> str:
     """SLURM's "PartitionConfig": find the partition limit the request breaks, from the facts."""
     if p is None:
         return _partition(a, p, facts) if facts.partitions else \
             "the partition does not take this job as asked; change the spec's request (`scontrol show partition` shows its limits)"
-    checks = [(p.max_time is not None and a.time is not None and a.time > p.max_time, _time),
-              (a.cpus > 0 and 0 < _largest(p, facts, "cpus") < a.cpus, _cpus),
-              (a.mem > 0 and 0 < _largest(p, facts, "mem") < a.mem, _mem),
-              (not p.min_nodes <= a.nodes <= (p.max_nodes or a.nodes), _nodes),
-              (not _listed(p.allow_accounts, a.account), _account),
-              (not _listed(p.allow_qos, a.qos), _qos)]
-    for broken, message in checks:
-        if broken:
-            return message(a, p, facts)
+    kind = _over(a, p, facts)
+    if kind is not None:
+        return explain(kind, "PartitionConfig", Resources(), replace(facts, ask=a))
     return (f"partition {p.name} does not take this job as asked (its access or size limits); change the "
             f"spec's request (`scontrol show partition {p.name}` shows them)")
 
@@ -273,3 +304,71 @@ def explain(kind: str, said: str, res: Resources, facts: SiteFacts) -> str:
         return "its dependency can never be satisfied; fix or remove --dependency in the spec's directives"
     detail = f"{facts.detail}; " if facts.detail else ""
     return f"{detail}change the spec's request (`remote-kernels show NAME` prints its batch script)"
+
+
+@dataclass
+class Broken:
+    """A limit a request breaks: its kind, the scheduler's word for it, and the facts to explain
+    it with (the user's default account and QOS filled in)."""
+
+    kind: str
+    said: str
+    facts: SiteFacts
+
+
+# A QOS's per-job limit -> (SLURM's reason word, the request's field, the TRES key).
+QOS_CHECKS = (("QOSMaxCpuPerJobLimit", "cpus", "cpu"), ("QOSMaxMemoryPerJob", "mem", "mem"),
+              ("QOSMaxGRESPerJob", "gpus", "gres/gpu"))
+
+
+def _tres_amount(value: str, key: str) -> int | None:
+    try:
+        return megabytes(value) if key == "mem" else int(value)
+    except ValueError:
+        return None
+
+
+def _qos_broken(a: Ask, q: QosLimits) -> str | None:
+    """SLURM's reason word for the per-job limit of QOS q that request a exceeds, or None."""
+    if q.max_wall is not None and a.time is not None and a.time > q.max_wall:
+        return "QOSMaxWallDurationPerJobLimit"
+    for said, attr, key in QOS_CHECKS:
+        most = _tres_amount(q.max_tres.get(key, ""), key)
+        if most is not None and getattr(a, attr) > most:
+            return said
+    least = _tres_amount(q.min_tres.get("cpu", ""), "cpu")
+    return "QOSMinCpuNotSatisfied" if least is not None and 0 < a.cpus < least else None
+
+
+def _association(a: Ask, acct: Accounting) -> Association | None:
+    """The user's association for a's account on a's partition (a partition's own first)."""
+    mine = [x for x in acct.assocs if x.account == a.account and x.partition in (a.partition, "")]
+    return max(mine, key=lambda x: x.partition != "", default=None)
+
+
+def broken(res: Resources, facts: SiteFacts) -> Broken | None:
+    """The first limit the request ``res`` is known to break at this site, without a job; None
+    when none is (or the facts cannot tell).  Partitions, their nodes' sizes, then (when
+    ``facts.accounting`` says accounting is enforced) the account, the QOS and its limits."""
+    a = effective(res, facts)
+    if a.partition and facts.partitions and a.partition not in facts.partitions:
+        return Broken(PARTITION, "partition", facts)
+    p = facts.partitions.get(a.partition)
+    kind = _over(a, p, facts) if p else None
+    if kind is not None:
+        return Broken(kind, "partition", facts)
+    acct = facts.accounting
+    if acct is None or not acct.enforce & {"associations", "qos", "limits", "safe"}:
+        return None
+    a.account = a.account or acct.default_account
+    assoc = _association(a, acct)
+    if assoc is None:
+        return Broken(ACCOUNT, "account", replace(facts, ask=Ask(account=res.account)))
+    if not a.qos:
+        a.qos = assoc.default_qos or ("normal" if "normal" in assoc.qos else "")
+    known = replace(facts, ask=Ask(account=a.account, qos=a.qos))
+    if a.qos and a.qos not in assoc.qos and "qos" in acct.enforce:
+        return Broken(QOS, "qos", replace(known, ask=Ask(account=a.account, qos=res.qos)))
+    q = facts.qos.get(a.qos)
+    said = _qos_broken(a, q) if q is not None and acct.enforce & {"limits", "safe"} else None
+    return Broken(QOS_LIMIT, said, known) if said else None

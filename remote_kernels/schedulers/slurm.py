@@ -2,7 +2,9 @@
 
 A job SLURM says can never start (a pending reason below, or a refused submission) is
 explained from ``scontrol -o show partition``/``node``/``job`` (and the QOS from
-``sacctmgr``), read once when such a reason is first seen.
+``sacctmgr``), read once when such a reason is first seen.  A request is checked before
+any job (``remote-kernels install``) against the same facts plus, where slurmdbd accounting
+is on, the user's associations (``sacctmgr``).
 """
 
 from __future__ import annotations
@@ -76,6 +78,13 @@ REFUSALS = (
 )
 FACTS_ARGV = {"partitions": ["scontrol", "-o", "show", "partition"], "nodes": ["scontrol", "-o", "show", "node"]}
 SACCTMGR_QOS = ["sacctmgr", "-n", "-P", "show", "qos", "format=Name,MaxWall,MaxTRES,MaxTRESPerNode,MinTRES"]
+# Checking a request without a job also reads: the accounting set-up, then who the user is.
+CONFIG_ARGV = ["scontrol", "show", "config"]
+WHOAMI = ["id", "-un"]
+ASSOC_FORMAT = "format=Cluster,Account,Partition,QOS,DefaultQOS"
+# sbatch options in a spec's directives that change what a request check reads: not checked then.
+CHECKED_FLAGS = re.compile(r"^(?:#SBATCH\s+)?(?:--(?:partition|time|cpus-per-task|mem|mem-per-cpu|gpus|gres|"
+                           r"account|qos|nodes|ntasks|ntasks-per-node)\b|-[ptcAqNn](?:\s|\d|$|[a-z]))")
 UNSET = ("", "(null)", "N/A", "UNLIMITED", "NONE", "Partition_Limit")
 # One "Key=Value" of `scontrol -o` output (a value may hold spaces: OS=Linux 6.1 #1 SMP).
 SCONTROL_KEY = re.compile(r"(?:^|\s)([A-Za-z][\w:/.]*)=")
@@ -86,6 +95,7 @@ class Slurm(Scheduler):
     # Without it, srun steps started in the job (by the kernel) inherit --export=NONE and get an
     # empty environment; with it they get the kernel's.
     script_env = {"SLURM_EXPORT_ENV": "ALL"}
+    checks_requests = True
 
     def header(self, res: Resources) -> list[str]:
         opts = [("job-name", res.job_name), ("partition", res.partition), ("account", res.account),
@@ -183,10 +193,31 @@ class Slurm(Scheduler):
             argvs["job"] = ["scontrol", "-o", "show", "job", job_id]
         if kind in (L.QOS, L.QOS_LIMIT):
             argvs["qos"] = SACCTMGR_QOS
+        if kind == L.REQUEST:
+            argvs.update(config=CONFIG_ARGV, user=WHOAMI)
+        outs = await self._outputs(argvs)
+        facts = self.parse_facts(outs.get("partitions", ""), outs.get("nodes", ""), outs.get("job", ""),
+                                 outs.get("qos", ""))
+        config = parse_config(outs.get("config", ""))
+        user = outs.get("user", "").strip()
+        if kind == L.REQUEST and user and config.get("AccountingStorageType") == "accounting_storage/slurmdbd":
+            more = await self._outputs({"qos": SACCTMGR_QOS, "assoc": [
+                "sacctmgr", "-n", "-P", "show", "assoc", f"user={user}", ASSOC_FORMAT],
+                "user": ["sacctmgr", "-n", "-P", "show", "user", user, "format=DefaultAccount"]})
+            if "assoc" in more and "user" in more:
+                facts.qos = parse_qos(more.get("qos", ""))
+                facts.accounting = parse_accounting(config, more["assoc"], more["user"])
+        return facts
+
+    async def _outputs(self, argvs: dict[str, list[str]]) -> dict[str, str]:
+        """Each argv's stdout, run at once; a failed one is left out."""
         results = await asyncio.gather(*(self.runner.run(a, check=False) for a in argvs.values()))
-        outs = {k: out if code == 0 else "" for k, (code, out, _) in zip(argvs, results)}
-        return self.parse_facts(outs.get("partitions", ""), outs.get("nodes", ""), outs.get("job", ""),
-                                outs.get("qos", ""))
+        return {k: out for k, (code, out, _) in zip(argvs, results) if code == 0}
+
+    def checkable(self, res: Resources) -> str | None:
+        """Why a request check would read the wrong request (a directive sets what it checks), or None."""
+        flags = [d for d in res.directives if CHECKED_FLAGS.match(d.strip())]
+        return f"the directives set {' '.join(flags)}" if flags else None
 
     def explain(self, kind: str, said: str, res: Resources, facts: L.SiteFacts) -> str | None:
         m = UNAVAILABLE_NODES.match(said)
@@ -272,8 +303,38 @@ def parse_nodes(text: str) -> dict[str, L.Node]:
         features = _value(r.get("AvailableFeatures", ""))
         found[name] = L.Node(name=name, cpus=_number(r.get("CPUTot", "")) or 0,
                              mem=_number(r.get("RealMemory", "")) or 0,
-                             features=tuple(f for f in features.split(",") if f))
+                             features=tuple(f for f in features.split(",") if f), gpus=gpu_count(r.get("Gres", "")))
     return found
+
+
+def gpu_count(gres: str) -> int:
+    """GPUs in a node's ``Gres=`` ("gpu:2", "gpu:a100:4(S:0-1),gpu:v100:1"; "(null)": none)."""
+    total = 0
+    for item in re.split(r",(?![^(]*\))", _value(gres)):
+        parts = re.sub(r"\(.*\)$", "", item).split(":")
+        if parts[0] == "gpu":
+            total += int(parts[-1]) if len(parts) > 1 and parts[-1].isdigit() else 1
+    return total
+
+
+def parse_config(text: str) -> dict[str, str]:
+    """``scontrol show config``'s "Key = Value" lines."""
+    return {k.strip(): v.strip() for k, sep, v in (line.partition(" = ") for line in text.splitlines()) if sep}
+
+
+def parse_accounting(config: dict[str, str], assoc: str, user: str) -> L.Accounting:
+    """The user's accounting from ``scontrol show config``, ``sacctmgr -n -P show assoc user=U
+    format=Cluster,Account,Partition,QOS,DefaultQOS`` and ``... show user U format=DefaultAccount``."""
+    cluster = config.get("ClusterName", "")
+    enforce = frozenset(w for w in config.get("AccountingStorageEnforce", "").lower().split(",") if w and w != "none")
+    assocs = []
+    for line in assoc.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) < 5 or not parts[1] or (cluster and parts[0] not in (cluster, "")):
+            continue
+        assocs.append(L.Association(account=parts[1], partition=parts[2],
+                                    qos=tuple(q for q in parts[3].split(",") if q), default_qos=parts[4]))
+    return L.Accounting(enforce=enforce, default_account=next(iter(user.split()), ""), assocs=assocs)
 
 
 def parse_job(text: str) -> L.Ask:
