@@ -102,7 +102,10 @@ class SSHCommandRunner(CommandRunner):
 
         from .sshconnect import SSH_ERRORS, describe
 
-        command = remote_command(["env", "LC_ALL=C", *argv] if c_locale else argv)
+        try:
+            command = remote_command(["env", "LC_ALL=C", *argv] if c_locale else argv)
+        except ValueError as e:
+            raise CommandError(argv, 255, "", str(e)) from None
         try:
             conn = await self.connection()
             result = await conn.run(command, input=stdin, check=False, timeout=self.timeout)

@@ -37,7 +37,7 @@ from .runner import CommandError, SSHCommandRunner, runner_for
 from .schedulers import JobState, JobStatus, get_scheduler
 from .schedulers.limits import SiteFacts
 from .ssh import NodeConnection, NodeConnections
-from .sshconnect import SSH_ERRORS, describe
+from .sshconnect import SSH_ERRORS, UntrustedConfig, describe
 from .watcher import JobWatcher
 
 # poll() codes when the job, not the kernel, ended (the kernel's own code otherwise).
@@ -192,12 +192,10 @@ class RemoteKernelSession:
             try:
                 return await NodeConnections.shared().acquire(
                     self.node, self.job_id, interactive=self.opts.interactive_ssh, via=self._via())
-            except asyncssh.ConnectionLost as e:
-                if time.monotonic() + delay > deadline:
+            except SSH_ERRORS as e:
+                if not isinstance(e, asyncssh.ConnectionLost) or time.monotonic() + delay > deadline:
                     raise KernelStartError(f"cannot reach node {self.node} over SSH: {describe(e)}") from None
                 self.log.debug("remote kernel %s: %s dropped the login (%s); retrying", self.name, self.node, e)
-            except SSH_ERRORS as e:
-                raise KernelStartError(f"cannot reach node {self.node} over SSH: {describe(e)}") from None
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
 
@@ -438,6 +436,9 @@ class RemoteKernelSession:
             try:
                 new = await pool.acquire(self.node, self.job_id, interactive=self.opts.interactive_ssh,
                                          via=self._via())
+            except UntrustedConfig as e:   # a configuration error does not heal by waiting
+                self.log.error("remote kernel %s: cannot reconnect to %s: %s", self.name, self.node, e)
+                return False
             except SSH_ERRORS as e:
                 self.log.info("remote kernel %s: reconnect to %s failed (%s); retrying in %.1fs",
                               self.name, self.node, describe(e), delay)

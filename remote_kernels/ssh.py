@@ -82,6 +82,9 @@ class NodeConnections:
         if nc.refs <= 0:
             if self._conns.get(nc.key) is nc:
                 del self._conns[nc.key]
+                lock = self._locks.get(nc.key)
+                if lock is not None and not lock.locked():
+                    del self._locks[nc.key]   # one lock per job would pile up in a long-lived server
             await nc.close()
 
     @staticmethod

@@ -145,8 +145,13 @@ async def connect(host: str, *, tunnel: asyncssh.SSHClientConnection | None = No
             hop.close()
         raise
     if hops:   # the jump connections live as long as this one
-        asyncio.get_running_loop().create_task(_close_after(conn, hops))
+        task = asyncio.get_running_loop().create_task(_close_after(conn, hops))
+        _hop_closers.add(task)
+        task.add_done_callback(_hop_closers.discard)
     return conn
+
+
+_hop_closers: set[asyncio.Task] = set()
 
 
 class _Client(asyncssh.SSHClient):
@@ -159,9 +164,11 @@ class _Client(asyncssh.SSHClient):
 
 
 async def _close_after(conn: asyncssh.SSHClientConnection, hops: list) -> None:
-    await conn.wait_closed()
-    for hop in reversed(hops):
-        hop.close()
+    try:
+        await conn.wait_closed()
+    finally:   # also when cancelled with its loop
+        for hop in reversed(hops):
+            hop.close()
 
 
 def describe(e: BaseException) -> str:

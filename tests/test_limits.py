@@ -318,3 +318,11 @@ def test_directives_that_change_the_request_skip_the_check():
     assert SLURM.checkable(Resources(directives=["--exclusive", "--mail-type=END"])) is None
     for d in ("--partition=long", "-p long", "#SBATCH --time=5:00:00", "-c4", "--mem-per-cpu=1G", "-A proj"):
         assert SLURM.checkable(Resources(directives=[d])), d
+
+
+def test_a_partition_that_allows_some_accounts_takes_a_request_without_one():
+    """No --account or --qos: the user's defaults apply, which only the job record knows."""
+    facts = L.SiteFacts(partitions={"phys": L.Partition("phys", default=True, allow_accounts="physics",
+                                                        allow_qos="normal")})
+    assert L.broken(Resources(partition="phys"), facts) is None
+    assert L.broken(Resources(partition="phys", account="chemistry"), facts) is not None

@@ -221,8 +221,9 @@ def _over(a: Ask, p: Partition, facts: SiteFacts) -> str | None:
               (a.mem > 0 and 0 < _largest(p, facts, "mem") < a.mem, MEM),
               (a.gpus > 0 and bool(_members(p, facts)) and _largest(p, facts, "gpus") < a.gpus, GRES),
               (not p.min_nodes <= a.nodes <= (p.max_nodes or a.nodes), NODES),
-              (not _listed(p.allow_accounts, a.account), ACCOUNT),
-              (not _listed(p.allow_qos, a.qos), QOS)]
+              # Unset account/QOS: the user's defaults apply, which only the job record knows.
+              (bool(a.account) and not _listed(p.allow_accounts, a.account), ACCOUNT),
+              (bool(a.qos) and not _listed(p.allow_qos, a.qos), QOS)]
     return next((kind for broken, kind in checks if broken), None)
 
 
