@@ -318,8 +318,8 @@ class Broken:
 
 
 # A QOS's per-job limit -> (SLURM's reason word, the request's field, the TRES key).
-QOS_CHECKS = (("QOSMaxCpuPerJobLimit", "cpus", "cpu"), ("QOSMaxMemoryPerJob", "mem", "mem"),
-              ("QOSMaxGRESPerJob", "gpus", "gres/gpu"))
+# The reason SLURM gives for each per-job QOS maximum, by request field (TRES key: TRES_KEYS).
+QOS_CHECKS = (("QOSMaxCpuPerJobLimit", "cpus"), ("QOSMaxMemoryPerJob", "mem"), ("QOSMaxGRESPerJob", "gpus"))
 
 
 def _tres_amount(value: str, key: str) -> int | None:
@@ -333,7 +333,8 @@ def _qos_broken(a: Ask, q: QosLimits) -> str | None:
     """SLURM's reason word for the per-job limit of QOS q that request a exceeds, or None."""
     if q.max_wall is not None and a.time is not None and a.time > q.max_wall:
         return "QOSMaxWallDurationPerJobLimit"
-    for said, attr, key in QOS_CHECKS:
+    for said, attr in QOS_CHECKS:
+        key = TRES_KEYS[attr]
         most = _tres_amount(q.max_tres.get(key, ""), key)
         if most is not None and getattr(a, attr) > most:
             return said

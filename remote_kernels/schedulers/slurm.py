@@ -15,7 +15,7 @@ import re
 from ..runner import CommandError
 from . import JobState, JobStatus, Resources, Scheduler
 from . import limits as L
-from ._common import seconds
+from ._common import _MB, seconds
 
 # squeue's %T words -> our states (SLURM 22.05+ job_state_string).
 STATES = {
@@ -274,8 +274,9 @@ def _duration(text: str) -> int | None:
 
 
 def _mb(text: str) -> int:
+    """Megabytes in scontrol's sizes ("4096", "1.50G"); 0 when unset.  Units: _common._MB."""
     m = re.fullmatch(r"(\d+(?:\.\d+)?)([KMGT]?)", text or "")
-    return round(float(m.group(1)) * {"K": 1 / 1024, "": 1, "M": 1, "G": 1024, "T": 1024 ** 2}[m.group(2)]) if m else 0
+    return round(float(m.group(1)) * _MB[m.group(2) or "M"]) if m else 0
 
 
 def _value(text: str) -> str:
