@@ -7,6 +7,8 @@ import os
 import re
 from dataclasses import dataclass
 
+from . import perloop
+
 # Words any login shell (sh, bash, csh, tcsh) takes as they are.
 _PLAIN_WORD = re.compile(r"[A-Za-z0-9_@%+=:,./-]+")
 # csh/tcsh expand "!" (history) even inside single quotes unless a blank, "=", "(" or the like
@@ -145,14 +147,8 @@ def remote_command(argv: list[str]) -> str:
     return " ".join(words)
 
 
-_login_runners: dict[tuple[int, str], SSHCommandRunner] = {}
-
-
 def runner_for(login_host: str, timeout: float = 30.0) -> CommandRunner:
-    """A local runner, or the event loop's shared SSH runner for login_host."""
+    """A local runner, or the running loop's shared SSH runner for (login_host, timeout)."""
     if not login_host:
         return CommandRunner(timeout)
-    key = (id(asyncio.get_running_loop()), login_host)
-    if key not in _login_runners:
-        _login_runners[key] = SSHCommandRunner(login_host, timeout)
-    return _login_runners[key]
+    return perloop.shared((SSHCommandRunner, login_host, timeout), lambda: SSHCommandRunner(login_host, timeout))

@@ -17,6 +17,7 @@ import logging
 
 import asyncssh
 
+from . import perloop
 from .sshconnect import connect
 
 log = logging.getLogger(__name__)
@@ -44,18 +45,14 @@ class NodeConnection:
 class NodeConnections:
     """Pool of NodeConnection keyed by (host, job), per event loop."""
 
-    _pools: dict[int, "NodeConnections"] = {}
-
     def __init__(self):
         self._conns: dict[tuple, NodeConnection] = {}
         self._locks: dict[tuple, asyncio.Lock] = {}
 
     @classmethod
     def shared(cls) -> "NodeConnections":
-        key = id(asyncio.get_running_loop())
-        if key not in cls._pools:
-            cls._pools[key] = cls()
-        return cls._pools[key]
+        """The running loop's pool."""
+        return perloop.shared(cls, cls)
 
     async def acquire(self, host: str, job: str, connect_timeout: float = 30.0, interactive: bool = True,
                       via=None) -> NodeConnection:
