@@ -22,6 +22,11 @@ from pathlib import Path
 
 from jupyter_client.manager import AsyncKernelManager
 
+
+async def remote(km) -> dict:
+    """The provisioner's public word on its kernel (job id, timings...)."""
+    return (await km.provisioner.get_provisioner_info())["remote_kernel"]
+
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -69,9 +74,7 @@ async def measure_kernel(name: str, runs: int, round_trips: int, stream_mb: int)
     for i in range(runs):
         km, kc, started = await start(name)
         out["start"].append(started)
-        session = getattr(km.provisioner, "session", None)
-        if session is not None:
-            out["phases"].append(dict(session.timings, total=started))
+        out["phases"].append(dict((await remote(km))["timings"], total=started))
         await until_idle(kc, "1")
         # interrupt: time.sleep running -> reply with KeyboardInterrupt
         msg_id = kc.execute("import time; time.sleep(30)")
@@ -126,7 +129,7 @@ async def measure_detection(name: str, runs: int) -> list[float]:
     found = []
     for _ in range(runs):
         km, kc, _ = await start(name)
-        job = km.provisioner.session.job_id
+        job = (await remote(km))["job_id"]
         t0 = time.perf_counter()
         subprocess.run(["scancel", job], check=True)
         while await km.provisioner.poll() is None:

@@ -101,7 +101,7 @@ async def start_kernel(kernelspecs):
     yield start
     for km in started:
         km._test_client.stop_channels()
-        if km.has_kernel or (km.provisioner and km.provisioner.session):
+        if km.has_kernel or km.provisioner is not None:
             await km.shutdown_kernel(now=True)
 
 

@@ -19,6 +19,18 @@ async def run_cell(kc, code: str, timeout: float = 60) -> tuple[dict, str]:
     return reply["content"], "".join(out)
 
 
+async def remote(km) -> dict:
+    """What the provisioner tells of its kernel (state, job_id, node, session_id, node_dir, log_file,
+    login_dir, ended_reason, reconnects, timings, pending): its public get_provisioner_info()."""
+    return (await km.provisioner.get_provisioner_info())["remote_kernel"]
+
+
+def remote_sync(km) -> dict:
+    """remote() for a synchronous KernelManager."""
+    from jupyter_client.utils import run_sync
+    return run_sync(km.provisioner.get_provisioner_info)()["remote_kernel"]
+
+
 async def value_of(kc, expr: str) -> str:
     content, out = await run_cell(kc, f"print({expr})")
     assert content["status"] == "ok", out
@@ -100,7 +112,7 @@ async def main():
     out = []
     reply = await kc.execute_interactive(sys.argv[2], timeout=60,
                                          output_hook=lambda m: out.append(m["content"].get("text", "")))
-    print("RESULT", "".join(out).strip(), km.provisioner.session.job_id, reply["content"]["status"], flush=True)
+    print("RESULT", "".join(out).strip(), (await km.provisioner.get_provisioner_info())["remote_kernel"]["job_id"], reply["content"]["status"], flush=True)
     kc.stop_channels()
     await km.shutdown_kernel()
 asyncio.run(main())

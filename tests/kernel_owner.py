@@ -9,12 +9,14 @@ import sys
 
 from jupyter_client.manager import AsyncKernelManager
 
+from kernel_helpers import remote
+
 
 async def main(name: str) -> None:
     km = AsyncKernelManager(kernel_name=name)
     await km.start_kernel()
-    session = km.provisioner.session
-    print(json.dumps({"kernel_id": km.kernel_id, "job_id": session.job_id, "node": session.node}), flush=True)
+    session = await remote(km)
+    print(json.dumps({"kernel_id": km.kernel_id, "job_id": session["job_id"], "node": session["node"]}), flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
     await km.shutdown_kernel()
 

@@ -11,7 +11,7 @@ import textwrap
 import pytest
 from jupyter_client.manager import AsyncKernelManager
 
-from kernel_helpers import job_in_queue, run_cell, until, value_of
+from kernel_helpers import job_in_queue, remote, run_cell, until, value_of
 from remote_kernels.session import KernelStartError
 from slurm_helpers import wait_until
 
@@ -44,10 +44,10 @@ async def test_start_abandoned_while_pending_cancels_the_job(make_spec):
     start = asyncio.ensure_future(km.start_kernel())
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 15
-    while not (km.provisioner and km.provisioner.session and km.provisioner.session.job_id):
+    while not (km.provisioner and (await remote(km)).get("job_id")):
         assert loop.time() < deadline, "job was never submitted"
         await asyncio.sleep(0.05)
-    job = km.provisioner.session.job_id
+    job = (await remote(km))["job_id"]
     assert job_in_queue(job)
     start.cancel()   # what a server does when the user deletes a pending kernel
     with pytest.raises(asyncio.CancelledError):
@@ -61,7 +61,7 @@ SERVER = textwrap.dedent("""
     async def main():
         km = AsyncKernelManager(kernel_name=sys.argv[1])
         await km.start_kernel()
-        print(km.provisioner.session.job_id, flush=True)
+        print((await remote(km))["job_id"], flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
     asyncio.run(main())
 """)
@@ -86,11 +86,11 @@ def test_dead_man_switch_ends_the_job_of_a_killed_server(make_spec):
 async def test_idle_kernel_outlives_the_grace_period(make_spec, start_kernel):
     make_spec("rk-idle", grace=2)
     km, kc = await start_kernel("rk-idle")
-    job = km.provisioner.session.job_id
+    job = (await remote(km))["job_id"]
     await value_of(kc, "1")
     await asyncio.sleep(6)   # the scenario itself: idle for three grace periods
     assert await value_of(kc, "'still here'") == "still here"
-    assert km.provisioner.session.job_id == job and job_in_queue(job)
+    assert (await remote(km))["job_id"] == job and job_in_queue(job)
 
 
 def _sshd_sessions(cluster, node: str) -> list[int]:
@@ -112,15 +112,15 @@ def _sshd_sessions(cluster, node: str) -> list[int]:
 
 async def test_dropped_ssh_connection_heals_and_the_kernel_keeps_its_state(cluster, start_kernel):
     km, kc = await start_kernel()
-    session = km.provisioner.session
+    session = await remote(km)
     await run_cell(kc, "x = 42")
-    sessions = _sshd_sessions(cluster, session.node)
+    sessions = _sshd_sessions(cluster, session["node"])
     assert sessions, "no sshd session serving the kernel's connection"
     for pid in sessions:
         subprocess.run(["kill", "-9", str(pid)], check=False)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 20
-    while session.reconnects == 0:
+    while session["reconnects"] == 0:
         assert loop.time() < deadline, "the session did not reconnect"
         assert await km.provisioner.poll() is None, "the kernel was reported dead during the drop"
         await asyncio.sleep(0.1)
@@ -167,7 +167,7 @@ async def test_node_failure_is_reported(make_spec, start_kernel):
         subprocess.run(["scontrol", "update", "nodename=c1", "state=resume"], capture_output=True)
         await until("c1 to be back", lambda: _node_state("c1") in ("idle", "mix", "alloc"), 30)
     assert code == 135
-    assert "NODE_FAIL" in km.provisioner.session.ended_reason
+    assert "NODE_FAIL" in (await remote(km))["ended_reason"]
 
 
 async def test_preemption_is_reported(make_spec, start_kernel, tmp_path):
@@ -181,7 +181,7 @@ async def test_preemption_is_reported(make_spec, start_kernel, tmp_path):
     finally:
         subprocess.run(["scancel", urgent], check=False)
     assert code == 143
-    assert "PREEMPTED" in km.provisioner.session.ended_reason
+    assert "PREEMPTED" in (await remote(km))["ended_reason"]
 
 
 async def test_wall_time_limit_is_reported(make_spec, start_kernel):
@@ -190,7 +190,7 @@ async def test_wall_time_limit_is_reported(make_spec, start_kernel):
     # SLURM checks time limits about every 30 s: allow the limit plus two checks.
     code = await _wait_for_death(km, within=130)
     assert code == 124
-    assert "TIMEOUT" in km.provisioner.session.ended_reason
+    assert "TIMEOUT" in (await remote(km))["ended_reason"]
 
 
 async def test_job_waiting_for_resources_keeps_waiting_and_shows_why(make_spec, caplog):
@@ -213,7 +213,7 @@ async def test_job_waiting_for_resources_keeps_waiting_and_shows_why(make_spec, 
         await until("an estimated start for the waiting job",
                     lambda: any(st.reason in ("Resources", "Priority") and st.start_time for st in seen), timeout=60)
         assert not start.done(), start.exception() if start.done() else None
-        job = km.provisioner.session.job_id
+        job = (await remote(km))["job_id"]
         waiting = next(st for st in seen if st.start_time)
         logged = [r.getMessage() for r in caplog.records]
         assert any(f"job {job} queued ({waiting.reason}), estimated start {waiting.start_time}" in m for m in logged), logged

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from jupyter_client.manager import AsyncKernelManager
 
-from kernel_helpers import until, value_of
+from kernel_helpers import remote, until, value_of
 from site_helpers import as_user
 from slurm_helpers import jobs_named
 from remote_kernels.session import KernelStartError
@@ -21,14 +21,14 @@ CONNECT_AS = "import socket, sys; s = socket.socket(socket.AF_UNIX); s.connect(s
 async def test_other_users_cannot_reach_the_kernel(cluster, start_kernel):
     km, kc = await start_kernel()
     other = cluster["test_user"]
-    session = km.provisioner.session
-    login_socket = f"{km.provisioner._login_dir}/k-2"        # iopub, login side
-    node_socket = f"{session.node_dir}/k-2"                  # iopub, on the node
+    session = await remote(km)
+    login_socket = f"{session['login_dir']}/k-2"        # iopub, login side
+    node_socket = f"{session['node_dir']}/k-2"                  # iopub, on the node
     assert Path(login_socket).is_socket() and Path(node_socket).is_socket()
     for path in (login_socket, node_socket):
         res = as_user(other, "/usr/bin/python3", "-c", CONNECT_AS, path)
         assert res.returncode != 0 and "PermissionError" in res.stderr, (path, res.stdout, res.stderr)
-    for path in (km.connection_file, f"{session.node_dir}/kernel.json"):
+    for path in (km.connection_file, f"{session['node_dir']}/kernel.json"):
         res = as_user(other, "cat", path)
         assert res.returncode != 0 and "Permission denied" in res.stderr
     # The owner still talks to it.

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import SERVER_MARKER
-from kernel_helpers import SERVER_SCRIPT, kernel_environ, value_of
+from kernel_helpers import SERVER_SCRIPT, kernel_environ, remote, value_of
 from site_helpers import VENV_BIN, UserSpecs, as_user, home
 
 pytestmark = pytest.mark.cluster
@@ -58,7 +58,7 @@ async def test_the_job_gets_nothing_of_the_servers_environment_and_the_kernel_it
     notebook = "work/env-policy.ipynb"
     # As jupyter_server starts a notebook's kernel: its whole environment plus JPY_SESSION_NAME.
     km, kc = await start_kernel(spec, env={**os.environ, "JPY_SESSION_NAME": notebook})
-    session = km.provisioner.session
+    session = await remote(km)
 
     env = await kernel_environ(kc)
     assert env["RK_FROM_OPTION"] == "option value"
@@ -68,7 +68,7 @@ async def test_the_job_gets_nothing_of_the_servers_environment_and_the_kernel_it
     leaked = [k for k in (SERVER_MARKER, *SERVER_SECRETS, "RK_SUBST_SOURCE") if k in env]
     assert not leaked and not [k for k, v in env.items() if server_secret in v], leaked
     # The user's own environment for a job on the node: their home, and srun steps inherit the kernel's.
-    assert env["HOME"] == pwd.getpwuid(os.getuid()).pw_dir and env["SLURM_JOB_ID"] == session.job_id
+    assert env["HOME"] == pwd.getpwuid(os.getuid()).pw_dir and env["SLURM_JOB_ID"] == session["job_id"]
     assert env.get("LC_ALL") != "C"   # the locale scheduler commands run in stays with them
     assert env["JPY_PARENT_PID"] == str(session.node_info["pid"])
     srun = "__import__('subprocess').run(['srun', '-n1', 'printenv', 'RK_USER_TOKEN'], " \
@@ -82,7 +82,7 @@ async def test_the_job_gets_nothing_of_the_servers_environment_and_the_kernel_it
     assert user_secret.encode() in proc_environ(session.kernel_pid)
     # SLURM's records of the job hold neither either (with sbatch's default --export=ALL they hold both
     # names and values of the whole server environment).
-    records = slurm_records(session.job_id)
+    records = slurm_records(session["job_id"])
     for where, text in records.items():
         assert server_secret not in text and user_secret not in text, where
         assert SERVER_MARKER not in text, where

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from jupyter_client.manager import AsyncKernelManager
 
-from kernel_helpers import processes_mentioning, until, value_of
+from kernel_helpers import processes_mentioning, remote, until, value_of
 
 pytestmark = pytest.mark.cluster
 
@@ -63,7 +63,7 @@ async def test_eight_kernels_share_one_status_query_per_interval(make_spec, coun
     make_spec("rk-poll", poll_interval=0.5, command_timeout=1)
     managers, clients = await _start_all("rk-poll", 8)
     try:
-        jobs = {km.provisioner.session.job_id for km in managers}
+        jobs = {(await remote(km))["job_id"] for km in managers}
         assert len(jobs) == 8
         log.write_text("")
         await asyncio.sleep(3.0)   # the scenario: an idle server for six poll intervals
@@ -91,14 +91,14 @@ async def test_eight_kernels_share_one_status_query_per_interval(make_spec, coun
 
 async def test_sixteen_kernels_at_once_then_nothing_left(kernelspecs):
     managers, clients = await _start_all("rk-test", 16)
-    sessions = [km.provisioner.session for km in managers]
-    jobs = [s.job_id for s in sessions]
+    sessions = [await remote(km) for km in managers]
+    jobs = [s["job_id"] for s in sessions]
     try:
         hosts = await asyncio.gather(*(value_of(kc, "__import__('socket').gethostname()") for kc in clients))
         assert set(hosts) <= {"c1", "c2"}
         assert len({km.connection_file for km in managers}) == 16
-        assert len({km.provisioner._login_dir for km in managers}) == 16
-        assert len({s.node_dir for s in sessions}) == 16
+        assert len({(await remote(km))["login_dir"] for km in managers}) == 16
+        assert len({s["node_dir"] for s in sessions}) == 16
     finally:
         await _stop_all(managers, clients)
 
@@ -107,5 +107,5 @@ async def test_sixteen_kernels_at_once_then_nothing_left(kernelspecs):
         return out.stdout.strip() == ""
     await until("all 16 jobs to leave the queue", none_left, timeout=30)
     for s in sessions:
-        assert processes_mentioning(s.session_id) == []
+        assert processes_mentioning(s["session_id"]) == []
         assert not Path(s.node_dir).exists()

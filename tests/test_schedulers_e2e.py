@@ -24,7 +24,7 @@ import pytest
 from conftest import SERVER_MARKER
 from conftest import _missing as missing
 
-from kernel_helpers import SERVER_SCRIPT, kernel_environ, processes_mentioning, run_cell, start_sleeping_cell, until, value_of
+from kernel_helpers import SERVER_SCRIPT, kernel_environ, processes_mentioning, remote, run_cell, start_sleeping_cell, until, value_of
 from site_helpers import VENV_BIN, as_user, unique
 from remote_kernels.cli import main as cli_main
 from remote_kernels.options import KernelOptions
@@ -97,8 +97,8 @@ async def test_kernel_lifecycle(scheduler_env, make_spec, start_kernel, tmp_path
     name = scheduler_env
     spec = make_spec(f"rk-e2e-{name}", **spec_config(name))
     km, kc = await start_kernel(spec)
-    session = km.provisioner.session
-    job, sid = session.job_id, session.session_id
+    session = await remote(km)
+    job, sid = session["job_id"], session["session_id"]
 
     # The job (launcher and kernel) has its own environment on the node, not the server's.
     env = await kernel_environ(kc)
@@ -107,13 +107,13 @@ async def test_kernel_lifecycle(scheduler_env, make_spec, start_kernel, tmp_path
 
     # It runs on a compute node, in the job the adapter submitted, with the resources asked for.
     host = await value_of(kc, "__import__('socket').gethostname()")
-    assert host in ("c1", "c2") and host == session.node
+    assert host in ("c1", "c2") and host == session["node"]
     if name == "ssh":
         assert host == "c1" and job.startswith("c1:")
         assert await value_of(kc, "__import__('os').environ['RK_SSH_HOST']") == "c1"
     else:
         assert await value_of(kc, f"__import__('os').environ['{JOB_ID_VARIABLE[name]}']") == job
-    assert Path(session.log_file).exists(), f"job output not at {session.log_file}"
+    assert Path(session["log_file"]).exists(), f"job output not at {session['log_file']}"
     limit = underlying_time_limit(name, job, tmp_path)
     assert limit in (None, seconds(TIME_LIMIT)), f"time limit {limit!r}"
     st = (await get_scheduler(name).status([job]))[job]
@@ -129,7 +129,7 @@ async def test_kernel_lifecycle(scheduler_env, make_spec, start_kernel, tmp_path
     await run_cell(kc, "x = 1")
     await km.restart_kernel()
     await kc.wait_for_ready(timeout=60)
-    assert km.provisioner.session.job_id == job
+    assert (await remote(km))["job_id"] == job
     content, _ = await run_cell(kc, "x")
     assert content["ename"] == "NameError"
 
@@ -151,8 +151,8 @@ async def test_job_cancelled_from_outside_is_noticed(scheduler_env, make_spec, s
     poll() reports it from the scheduler's own status, and no launcher or kernel is left."""
     name = scheduler_env
     km, kc = await start_kernel(make_spec(f"rk-e2e-{name}", **spec_config(name)))
-    session = km.provisioner.session
-    job, sid = session.job_id, session.session_id
+    session = await remote(km)
+    job, sid = session["job_id"], session["session_id"]
     assert await value_of(kc, "1 + 1") == "2"
     await get_scheduler(name).cancel(job)
 
@@ -161,7 +161,7 @@ async def test_job_cancelled_from_outside_is_noticed(scheduler_env, make_spec, s
 
     await until_async(f"poll() to report {name} job {job} ended", polled, timeout=20)
     code = await km.provisioner.poll()
-    assert code != 0 and session.ended_reason, f"poll() {code}, ended_reason {session.ended_reason!r}"
+    assert code != 0 and session["ended_reason"], f"poll() {code}, ended_reason {session['ended_reason']!r}"
     await until("launcher and kernel processes to end", lambda: not processes_mentioning(sid), timeout=15)
 
 

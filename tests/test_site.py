@@ -117,6 +117,9 @@ TWO_KERNELS = """
 import asyncio, sys
 from jupyter_client.manager import AsyncKernelManager
 
+async def remote(km):
+    return (await km.provisioner.get_provisioner_info())["remote_kernel"]
+
 async def run(km, code):
     kc = km.client(); kc.start_channels()
     await kc.wait_for_ready(timeout=60)
@@ -130,10 +133,10 @@ async def main():
     first, second = AsyncKernelManager(kernel_name=sys.argv[1]), AsyncKernelManager(kernel_name=sys.argv[1])
     await first.start_kernel(); await second.start_kernel()
     await run(first, "x = 1"); await run(second, "y = 2")
-    jobs = first.provisioner.session.job_id, second.provisioner.session.job_id
+    jobs = (await remote(first))["job_id"], (await remote(second))["job_id"]
     await first.shutdown_kernel()
     after = await run(second, "print(y * 21)")
-    print("RESULT", *jobs, after, second.provisioner.session.reconnects, flush=True)
+    print("RESULT", *jobs, after, (await remote(second))["reconnects"], flush=True)
     await second.shutdown_kernel()
 asyncio.run(main())
 """

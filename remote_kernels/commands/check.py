@@ -27,15 +27,15 @@ class Progress:
 
     def __init__(self, km: AsyncKernelManager, out: TextIO):
         self.km, self.out, self.tty = km, out, out.isatty()
-        self.session = None   # the kernel's RemoteKernelSession, kept to report a failed start
+        self.job_id = ""      # the kernel's job, once submitted
+        self.polled = False   # the job was polled at least once (the submission worked)
         self.ran = False      # the job was seen running (or ended after running)
         self._last: tuple | None = None
         self._open_line = False
 
     def __call__(self, status: JobStatus, waited: float) -> None:
-        if self.session is None:
-            self.session = self.km.provisioner.session
-        text = f"job {self.session.job_id} {status.state.value}" + (f" ({status.reason})" if status.reason else "")
+        self.job_id, self.polled = status.job_id, True
+        text = f"job {status.job_id} {status.state.value}" + (f" ({status.reason})" if status.reason else "")
         if status.state is JobState.QUEUED and status.start_time:
             text += f", estimated start {status.start_time}"
         summary = (status.state, status.reason, status.start_time)
@@ -54,21 +54,26 @@ class Progress:
             self._open_line = False
 
 
-def _failed_start_phase(km: AsyncKernelManager, progress: Progress) -> str:
+def _failed_start_phase(km: AsyncKernelManager, progress: Progress, timings: dict) -> str:
     if km.provisioner is None:
         return "configuration"
-    if progress.session is None:   # never polled: the submission failed
+    if not progress.polled:   # never polled: the submission failed
         return "submit"
-    timings = progress.session.timings
     if "queued" not in timings and progress.ran:
         return START_PHASES[2][1]
     return next((label for key, label in START_PHASES if key not in timings), "kernel ready")
 
 
-def _gave_up(progress: Progress, queue_timeout: float, waited: float) -> bool:
+async def _timings(km: AsyncKernelManager) -> dict:
+    """The phases the (last) start got through, as the provisioner reports them."""
+    if km.provisioner is None:
+        return {}
+    return (await km.provisioner.get_provisioner_info())["remote_kernel"].get("timings", {})
+
+
+def _gave_up(km: AsyncKernelManager, progress: Progress, queue_timeout: float, waited: float) -> bool:
     """True when the start ended because check's own queue timeout passed (the spec sets none)."""
-    s = progress.session
-    return bool(queue_timeout) and s is not None and not s.opts.queue_timeout and waited >= queue_timeout
+    return bool(queue_timeout) and progress.polled and not km.provisioner.queue_timeout and waited >= queue_timeout
 
 
 async def _run_cell(kc) -> tuple[str, str]:
@@ -93,7 +98,7 @@ async def check(name: str, out: TextIO = sys.stdout, queue_timeout: float = CHEC
     km = AsyncKernelManager(kernel_name=name)
     progress = Progress(km, out)
     kc = None
-    phase, rows = "start", []
+    phase, rows, timings = "start", [], {}
     print(f"Checking kernelspec {name}: starting a kernel as a Jupyter server would", file=out, flush=True)
     t0 = time.monotonic()
     try:
@@ -101,11 +106,9 @@ async def check(name: str, out: TextIO = sys.stdout, queue_timeout: float = CHEC
             await km.start_kernel(on_status=progress, queue_timeout=queue_timeout)
         finally:
             progress.end_line()
-        session = km.provisioner.session
-        node, job = session.node, session.job_id
-        t = session.timings
-        print(f"job {job} running on {node}; launcher ready ({session.node_info.get('python', '?')})",
-              file=out, flush=True)
+        info = (await km.provisioner.get_provisioner_info())["remote_kernel"]
+        node, job, t = info["node"], info["job_id"], info["timings"]
+        print(f"job {job} running on {node}; launcher ready ({info.get('python') or '?'})", file=out, flush=True)
         rows += [["submit", t["submit"]], ["queue wait", t["queued"]],
                  ["job start -> launcher ready", t["ssh"] + t["launcher"]]]
         phase = "kernel ready"
@@ -128,9 +131,9 @@ async def check(name: str, out: TextIO = sys.stdout, queue_timeout: float = CHEC
         rows.append(["shutdown", time.monotonic() - t_down])
     except Exception as e:
         if phase == "start":
-            phase = _failed_start_phase(km, progress)
+            phase = _failed_start_phase(km, progress, await _timings(km))
         message = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        if phase == "queue wait" and _gave_up(progress, queue_timeout, time.monotonic() - t0):
+        if phase == "queue wait" and _gave_up(km, progress, queue_timeout, time.monotonic() - t0):
             message += f" (check waits at most {queue_timeout:g}s in the queue: --queue-timeout)"
         print(f"FAILED at {phase}: {message}", file=sys.stderr)
         return 1

@@ -53,6 +53,7 @@ class JobStatus:
     start_time: str | None = None   # estimated or actual, as the scheduler prints it
     native: str = ""                # the scheduler's own state word
     time_left: str = ""             # of the allocation, as the scheduler prints it (time_left() only)
+    job_id: str = ""                # set where a status is handed out of the job (on_status callbacks)
 
 
 @dataclass

@@ -1,0 +1,169 @@
+"""A remote kernel as jupyter_client's provisioner sees it, on the background loop.
+
+The provisioner (provisioner.py) is a thin shell on the caller's loop: each of its calls
+runs one method here through ``background.run``, so the session, the stand-in and the
+"held" restart are only ever touched from the background loop's thread.
+
+The job lives from the first launch() until end(): jupyter_client calls kill()/terminate()
+with restart=False even while restarting (jupyter_client#1061), so those only stop the
+kernel, never the job.  Under pending kernels (``deferred``) launch() waits at most
+DEFER_AFTER seconds for the job; if it is still queued, a stand-in answers on the
+kernel's endpoints (standin.py) until the kernel starts, and again after a start that
+failed (saying why), so the server's restarter sees a live kernel and never resubmits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Callable
+
+from . import background
+from .options import KernelOptions
+from .session import RemoteKernelSession
+from .standin import QueuedKernelStandIn
+
+# Under pending kernels, how long launch waits for the job before returning with a stand-in.
+DEFER_AFTER = 5.0
+
+
+class HostedKernel:
+    """Session, stand-in and restart state of one provisioner.  Used on the background loop only."""
+
+    def __init__(self, options: KernelOptions, *, name: str, kernel_id: str, log: logging.Logger):
+        self.options, self.name, self.kernel_id, self.log = options, name, kernel_id, log
+        self.session: RemoteKernelSession | None = None
+        self.standin: QueuedKernelStandIn | None = None
+        self.held = False   # a restart of a kernel whose job is queued is under way (the job is kept)
+        self.info: dict = {}   # the connection info (login-side endpoints, key)
+        self.last: dict = {}   # info() of the session ended last
+
+    @property
+    def pending(self) -> bool:
+        """The job has not started the kernel (yet): a start is running or a stand-in answers."""
+        return self.standin is not None or (self.session is not None and self.session.starting)
+
+    async def poll(self) -> int | None:
+        if self.held:
+            return 0   # "stopped", for jupyter_client's restart; the job stays queued
+        if self.pending:
+            return None
+        return 0 if self.session is None else await self.session.poll()
+
+    async def launch(self, env: dict, cwd: str | None, on_status: Callable | None, queue_timeout: float,
+                     deferred: bool) -> None:
+        """Start the kernel, in the current job if it is usable.  KernelStartError on failure
+        (everything released: jupyter_client forgets a manager whose start failed)."""
+        if self.held:   # restarted while the start was pending; jupyter_client removed the ipc files
+            self.held = False
+            session = self.session
+            if session is not None and session.starting:
+                if session.node is None:   # still queued: the start goes on behind a stand-in
+                    self._open_standin(session)
+                    return
+                await session.wait_start()   # past the queue: let it finish, then restart as usual
+        if self.session is not None and not self.session.usable:
+            self.log.warning("remote kernel: the job of the previous kernel is gone; submitting a new one")
+            await self.end_session()
+        if self.session is None:
+            session = self.session = RemoteKernelSession(self.options, name=self.name, kernel_id=self.kernel_id,
+                                                         log=self.log)
+            background.track(session)
+            session.on_status = on_status
+            session.job.queue_timeout = session.job.queue_timeout or queue_timeout
+            if deferred:
+                await self._start_deferred(session, env, cwd)
+                return
+            await session.start_job()
+        await self._start_kernel(self.session, env, cwd)
+
+    async def _start_deferred(self, session: RemoteKernelSession, env: dict, cwd: str | None) -> None:
+        """Submit, then wait DEFER_AFTER seconds at most: a job still queued by then gets a
+        stand-in on the kernel's endpoints and starts in the background."""
+        await session.submit_job()
+        task = session.start_in_background(lambda: self._start_kernel(session, env, cwd))
+        await asyncio.wait({task}, timeout=DEFER_AFTER)
+        if task.done() or session.node is not None:   # started, failed, or past the queue
+            await task
+            return
+        self._open_standin(session)
+        task.add_done_callback(lambda t: self._deferred_done(session, t))
+        self.log.info("remote kernel %s: job %s is still queued; the kernel starts when it runs, a "
+                      "stand-in answers until then", session.name, session.job_id)
+
+    def _deferred_done(self, session: RemoteKernelSession, task: asyncio.Task) -> None:
+        """A start that failed behind a stand-in leaves a stand-in saying why (not a dead kernel
+        that the server's restarter would resubmit); a cancelled one (shut down) leaves none."""
+        if not task.cancelled() and task.exception() is not None and session is self.session:
+            self._open_standin(session)
+
+    async def _start_kernel(self, session: RemoteKernelSession, env: dict, cwd: str | None) -> None:
+        info = self.info
+        self._close_standin()
+        await session.forward(self.endpoints())
+        await session.start_kernel(info["key"], info.get("signature_scheme", "hmac-sha256"),
+                                   kernel_name=info.get("kernel_name", ""), cwd=cwd, env=env)
+
+    def endpoints(self) -> dict[str, str | int]:
+        from .launcher import CHANNELS
+
+        info = self.info
+        if info["transport"] == "ipc":
+            return {ch: f"{info['ip']}-{info[ch]}" for ch in CHANNELS}
+        return {ch: int(info[ch]) for ch in CHANNELS}
+
+    async def shutdown_requested(self, restart: bool) -> None:
+        self.held = False
+        if restart and self.session is not None and self.session.starting:
+            # Restarting a kernel whose job is still queued: keep the job and its place.
+            self.log.info("remote kernel: restart while job %s is queued; keeping the job", self.session.job_id)
+            self.held = True
+        elif self.pending:
+            # Nothing runs yet to receive the request: withdraw the job now.
+            job = self.session.job_id if self.session else None
+            self.log.info("remote kernel: the kernel has not started; ending it" + (f" and job {job}" if job else ""))
+            await self.end_session()
+
+    async def tell(self, what: str, *args) -> None:
+        """signal/stop_kernel to the session.  While the kernel has not started, stopping means
+        withdrawing the job; signals are dropped.  KernelStartError from the session propagates."""
+        if self.pending:
+            if what != "signal":
+                await self.end_session()
+            return
+        if self.session is not None:
+            await getattr(self.session, what)(*args)
+
+    async def end_session(self) -> None:
+        """Close the session and any stand-in (job withdrawn or ended)."""
+        self.held = False
+        self._close_standin()
+        session, self.session = self.session, None
+        if session is not None:
+            try:
+                await session.close()
+            finally:
+                background.untrack(session)
+                self.last = session.info()
+
+    def describe(self) -> dict:
+        """The session's info() (the last one's after it ended, {} before any), plus whether
+        the start is pending."""
+        info = self.session.info() if self.session is not None else self.last
+        return dict(info, pending=self.pending)
+
+    def _open_standin(self, session: RemoteKernelSession) -> None:
+        """(Re)bind a stand-in on the kernel's endpoints, answering with the session's state."""
+        def where() -> str:
+            if session.starting or not session.ended_reason:
+                return f"{session.queue_summary()}; run it again once the kernel has started"
+            return f"the kernel could not start ({session.ended_reason}); restart the kernel to submit a new job"
+
+        self._close_standin()
+        self.standin = QueuedKernelStandIn(self.info, where)
+        self.standin.start()
+
+    def _close_standin(self) -> None:
+        if self.standin is not None:
+            standin, self.standin = self.standin, None
+            standin.close()
