@@ -74,14 +74,16 @@ LIVE = frozenset({S.READY, S.STARTING, S.RUNNING, S.RECONNECTING})
 
 class RemoteKernelSession:
     def __init__(self, options: KernelOptions, *, name: str = "remote-kernel", kernel_id: str = "",
-                 log: logging.Logger | None = None):
+                 log: logging.Logger | None = None, job: Job | None = None, link_factory=NodeLink):
+        """``job`` and ``link_factory`` (called as NodeLink is) replace the parts, for tests."""
         self.opts, self.name = options, name
         self.log = log or logging.getLogger(__name__)
         self.runner = runner_for(options.login_host, options.command_timeout)
         self.scheduler = get_scheduler(options.scheduler, self.runner)
         self.session_id = secrets.token_hex(8)   # names the node dir; not a secret
-        self.job = Job(options, self.scheduler, self.runner, name=name, session_id=self.session_id,
-                       kernel_id=kernel_id, log=self.log)
+        self.job = job or Job(options, self.scheduler, self.runner, name=name, session_id=self.session_id,
+                              kernel_id=kernel_id, log=self.log)
+        self._link_factory = link_factory
         self.link: NodeLink | None = None
         self.state = S.NEW
         self.exit_code: int | None = None
@@ -177,7 +179,7 @@ class RemoteKernelSession:
         self._to(S.CONNECTING)
         self.log.info("remote kernel %s: job %s running on %s", self.name, self.job.id, status.node)
         via = self.runner if isinstance(self.runner, SSHCommandRunner) else None
-        self.link = NodeLink(self.opts, node=status.node, job_id=self.job.id, node_dir=self.node_dir,
+        self.link = self._link_factory(self.opts, node=status.node, job_id=self.job.id, node_dir=self.node_dir,
                              via=via, on_event=self._launcher_event, log=self.log)
         t1 = time.monotonic()
         try:
@@ -204,7 +206,8 @@ class RemoteKernelSession:
         except BaseException as e:
             if isinstance(e, KernelStartError):
                 self.ended_reason = str(e)
-            await self.close()
+            if self._close_task is None:   # else close() cancelled this step and is waiting for it
+                await self.close()
             raise
 
     def start_in_background(self, then: Callable[[], Awaitable[None]]) -> asyncio.Task:

@@ -61,7 +61,7 @@ SERVER = textwrap.dedent("""
     async def main():
         km = AsyncKernelManager(kernel_name=sys.argv[1])
         await km.start_kernel()
-        print((await remote(km))["job_id"], flush=True)
+        print((await km.provisioner.get_provisioner_info())["remote_kernel"]["job_id"], flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
     asyncio.run(main())
 """)
