@@ -95,6 +95,7 @@ class HostedKernel:
         """A start that failed behind a stand-in leaves a stand-in saying why (not a dead kernel
         that the server's restarter would resubmit); a cancelled one (shut down) leaves none."""
         if not task.cancelled() and task.exception() is not None and session is self.session:
+            self.log.error("remote kernel %s: %s", session.name, task.exception())
             self._open_standin(session)
 
     async def _start_kernel(self, session: RemoteKernelSession, env: dict, cwd: str | None) -> None:
@@ -156,7 +157,7 @@ class HostedKernel:
         """(Re)bind a stand-in on the kernel's endpoints, answering with the session's state."""
         def where() -> str:
             if session.starting or not session.ended_reason:
-                return f"{session.queue_summary()}; run it again once the kernel has started"
+                return f"{session.job.summary()}; run it again once the kernel has started"
             return f"the kernel could not start ({session.ended_reason}); restart the kernel to submit a new job"
 
         self._close_standin()

@@ -180,6 +180,14 @@ class Job:
                     f" (reason: {status.reason or 'none given'}); cancelled it. Raise queue_timeout or "
                     "choose a less busy partition")
 
+    async def ended_early(self, node: str) -> str:
+        """The one line for a job that ended before its launcher answered (with its output's end)."""
+        await asyncio.sleep(0.2)   # let the job's output reach the log file
+        tail = await self.log_tail()
+        st = self.status
+        return (f"job {self.id} on {node} ended before its launcher started ({st.native or st.state.value})"
+                + (f": {tail}" if tail else f"; see {self.log_file}"))
+
     def summary(self) -> str:
         """Where the job is, in words: "slurm job 42 is queued (Priority) after 12s"."""
         st = self.status

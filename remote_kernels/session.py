@@ -68,8 +68,36 @@ TRANSITIONS: dict[State, frozenset[State]] = {
     S.CLOSING: frozenset({S.ENDED}),
     S.ENDED: frozenset(),
 }
+# info() keys from the launcher's hello.
+LAUNCHER_INFO = {"python": "python", "launcher_pid": "pid", "launcher_host": "host"}
 # States in which the launcher is reachable or being reached again: a restart reuses the job.
 LIVE = frozenset({S.READY, S.STARTING, S.RUNNING, S.RECONNECTING})
+
+
+class HeldExit:
+    """A kernel's end by a signal, reported only after SIGNAL_EXIT_GRACE s: it may be its job's
+    end (scancel signals every process of the job), which the link's break reports instead."""
+
+    def __init__(self) -> None:
+        self._timer: asyncio.TimerHandle | None = None
+        self._code: int | None = None
+
+    def hold(self, code: int, report: Callable[[int], None]) -> None:
+        self.drop()
+        self._code = code
+        self._timer = asyncio.get_running_loop().call_later(SIGNAL_EXIT_GRACE, self._fire, report)
+
+    def _fire(self, report: Callable[[int], None]) -> None:
+        code = self.drop()
+        if code is not None:
+            report(code)
+
+    def drop(self) -> int | None:
+        """Forget the held end; its code (None if none was held)."""
+        if self._timer is not None:
+            self._timer.cancel()
+        code, self._timer, self._code = self._code, None, None
+        return code
 
 
 class RemoteKernelSession:
@@ -94,7 +122,7 @@ class RemoteKernelSession:
         self._start_task: asyncio.Task | None = None
         self._supervisor: asyncio.Task | None = None
         self._close_task: asyncio.Task | None = None
-        self._exit_report: tuple[asyncio.TimerHandle, int] | None = None   # see _kernel_exited
+        self._held_exit = HeldExit()
 
     # --- what it is ---------------------------------------------------------------------------
     def _to(self, new: State) -> None:
@@ -116,20 +144,6 @@ class RemoteKernelSession:
         return f"{self.opts.runtime_base.rstrip('/')}/rk-{self.session_id}"
 
     @property
-    def log_file(self) -> str:
-        return self.job.log_file
-
-    @property
-    def timings(self) -> dict[str, float]:
-        """Seconds per start phase: submit, queued, ssh, launcher (those passed so far)."""
-        return self.job.timings
-
-    @property
-    def node_info(self) -> dict:
-        """The launcher's hello: host, pid, python, dir ({} before it answered)."""
-        return self.link.hello if self.link is not None else {}
-
-    @property
     def starting(self) -> bool:
         """True while a start is in progress (the job may still wait in the queue)."""
         return self._start_task is not None and not self._start_task.done()
@@ -144,15 +158,8 @@ class RemoteKernelSession:
         return {"state": self.state.value, "job_id": self.job.id, "node": self.node, "scheduler": self.scheduler.name,
                 "session_id": self.session_id, "node_dir": self.node_dir, "log_file": self.job.log_file,
                 "exit_code": self.exit_code, "ended_reason": self.ended_reason,
-                "reconnects": self.reconnects, "timings": dict(self.job.timings),
-                "python": self.node_info.get("python")}
-
-    @property
-    def reconnects(self) -> int:
-        return self.link.reconnects if self.link is not None else 0
-
-    def queue_summary(self) -> str:
-        return self.job.summary()
+                "reconnects": self.link.reconnects if self.link else 0, "timings": dict(self.job.timings),
+                **{k: (self.link.hello.get(v) if self.link else None) for k, v in LAUNCHER_INFO.items()}}
 
     # --- start --------------------------------------------------------------------------------
     async def start_job(self) -> None:
@@ -189,11 +196,7 @@ class RemoteKernelSession:
         except KernelStartError:
             if not self.job.finished:
                 raise
-            await asyncio.sleep(0.2)   # let the job's output reach the log file
-            tail = await self.job.log_tail()
-            raise KernelStartError(f"job {self.job.id} on {status.node} ended before its launcher started ("
-                                   f"{self.job.status.native or self.job.status.state.value})"
-                                   + (f": {tail}" if tail else f"; see {self.job.log_file}")) from None
+            raise KernelStartError(await self.job.ended_early(status.node)) from None
         self.job.timings["launcher"] = time.monotonic() - t1 - self.job.timings["ssh"]
         self.log.info("remote kernel %s: launcher ready on %s (%s)", self.name, info.get("host"), info.get("python"))
         self._to(S.READY)
@@ -205,7 +208,7 @@ class RemoteKernelSession:
             await step
         except BaseException as e:
             if isinstance(e, KernelStartError):
-                self.ended_reason = str(e)
+                self.ended_reason, self.exit_code = str(e), 1
             if self._close_task is None:   # else close() cancelled this step and is waiting for it
                 await self.close()
             raise
@@ -213,21 +216,13 @@ class RemoteKernelSession:
     def start_in_background(self, then: Callable[[], Awaitable[None]]) -> asyncio.Task:
         """After submit_job(): reach the launcher, then await ``then()``, in a task of their own
         (for callers that must not wait for the queue).  A failure closes the session (exit_code
-        1, ended_reason set) and is logged; close() cancels the task."""
+        1, ended_reason set); close() cancels the task."""
         async def finish() -> None:
             await self.reach_launcher()
             await self._or_close(then())
 
         self._start_task = asyncio.get_running_loop().create_task(finish())
-        self._start_task.add_done_callback(self._background_start_done)
         return self._start_task
-
-    def _background_start_done(self, task: asyncio.Task) -> None:
-        if task.cancelled() or task.exception() is None:
-            return
-        self.ended_reason = str(task.exception())
-        self.log.error("remote kernel %s: %s", self.name, self.ended_reason)
-        self.exit_code = 1
 
     async def wait_start(self) -> None:
         """Wait until a start in progress has finished, whatever its outcome."""
@@ -245,7 +240,7 @@ class RemoteKernelSession:
     async def start_kernel(self, key: bytes | str, signature_scheme: str = "hmac-sha256", *,
                            kernel_name: str = "", cwd: str | None = None, env: dict | None = None) -> None:
         """Start (or restart) the kernel in the job; return once its sockets are bound."""
-        self._cancel_exit_report()   # the previous kernel's
+        self._held_exit.drop()   # the previous kernel's
         self._to(S.STARTING)
         self.exit_code = None
         try:
@@ -279,38 +274,23 @@ class RemoteKernelSession:
             self._to(S.READY)
 
     def _launcher_event(self, msg: dict) -> None:
+        """The launcher reports the kernel's end; an end by a signal is held (HeldExit)."""
         if msg.get("event") == "exited":
-            self._kernel_exited(msg.get("code"))
-
-    def _kernel_exited(self, code: int | None) -> None:
-        """The launcher reports the kernel's end.  A kernel killed by a signal may have been
-        killed with its job (scancel signals every process of the job): if the link breaks
-        within SIGNAL_EXIT_GRACE, the job's end is reported instead."""
-        self._cancel_exit_report()
-        if code is not None and code < 0:
-            timer = asyncio.get_running_loop().call_later(SIGNAL_EXIT_GRACE, self._report_exit, code)
-            self._exit_report = (timer, code)
-        else:
-            self._report_exit(code)
+            code = msg.get("code")
+            if code is not None and code < 0:
+                self._held_exit.hold(code, self._report_exit)
+            else:
+                self._held_exit.drop()
+                self._report_exit(code)
 
     def _report_exit(self, code: int | None) -> None:
-        self._exit_report = None
         self.exit_code, self.kernel_pid = code, None
         self.log.info("remote kernel %s: kernel exited with code %s", self.name, code)
         if self.state is S.RUNNING:
             self._to(S.READY)
 
-    def _cancel_exit_report(self) -> int | None:
-        """Drop a delayed exit report; return its code (None if there was none)."""
-        if self._exit_report is None:
-            return None
-        timer, code = self._exit_report
-        timer.cancel()
-        self._exit_report = None
-        return code
-
     def _flush_exit_report(self) -> None:
-        code = self._cancel_exit_report()
+        code = self._held_exit.drop()
         if code is not None and self.exit_code is None:
             self._report_exit(code)
 
@@ -320,7 +300,7 @@ class RemoteKernelSession:
         the launcher is gone.  Cancelled by close()."""
         while True:
             how = await self.link.broken()
-            signalled = self._cancel_exit_report()   # the link went too: the job's end explains it
+            signalled = self._held_exit.drop()   # the link went too: the job's end explains it
             if how == DROPPED:
                 before = self.state
                 self._to(S.RECONNECTING)

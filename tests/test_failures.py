@@ -120,7 +120,7 @@ async def test_dropped_ssh_connection_heals_and_the_kernel_keeps_its_state(clust
         subprocess.run(["kill", "-9", str(pid)], check=False)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 20
-    while session["reconnects"] == 0:
+    while (await remote(km))["reconnects"] == 0:
         assert loop.time() < deadline, "the session did not reconnect"
         assert await km.provisioner.poll() is None, "the kernel was reported dead during the drop"
         await asyncio.sleep(0.1)

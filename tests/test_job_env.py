@@ -70,14 +70,14 @@ async def test_the_job_gets_nothing_of_the_servers_environment_and_the_kernel_it
     # The user's own environment for a job on the node: their home, and srun steps inherit the kernel's.
     assert env["HOME"] == pwd.getpwuid(os.getuid()).pw_dir and env["SLURM_JOB_ID"] == session["job_id"]
     assert env.get("LC_ALL") != "C"   # the locale scheduler commands run in stays with them
-    assert env["JPY_PARENT_PID"] == str(session.node_info["pid"])
+    assert env["JPY_PARENT_PID"] == str(session["launcher_pid"])
     srun = "__import__('subprocess').run(['srun', '-n1', 'printenv', 'RK_USER_TOKEN'], " \
            "capture_output=True, text=True, timeout=60).stdout"
     assert await value_of(kc, srun) == user_secret
 
     # The launcher (the job's own process) has the job's environment: neither the server's nor the
     # kernelspec's values, which reach the kernel alone over the control channel.
-    launcher = proc_environ(session.node_info["pid"])
+    launcher = proc_environ(session["launcher_pid"])
     assert server_secret.encode() not in launcher and user_secret.encode() not in launcher
     assert user_secret.encode() in proc_environ(session.kernel_pid)
     # SLURM's records of the job hold neither either (with sbatch's default --export=ALL they hold both

@@ -58,35 +58,57 @@ async def _stop_all(managers, clients):
     await asyncio.gather(*(km.shutdown_kernel() for km in managers), return_exceptions=True)
 
 
-async def test_eight_kernels_share_one_status_query_per_interval(make_spec, counted_squeue):
+async def test_eight_waiting_kernels_share_one_status_query_and_running_ones_need_none(make_spec, counted_squeue):
+    """While jobs wait, one query asks about all of them, and failing or hanging queries end no
+    start; once the kernels run, their links' traffic says they live: no query at all."""
     log, fail = counted_squeue
-    make_spec("rk-poll", poll_interval=0.5, command_timeout=1)
-    managers, clients = await _start_all("rk-poll", 8)
+    make_spec("rk-poll", poll_interval=0.5, command_timeout=1, directives=["--hold"])
+    managers = [AsyncKernelManager(kernel_name="rk-poll") for _ in range(8)]
+    starts = [asyncio.ensure_future(km.start_kernel()) for km in managers]
+    clients = []
     try:
-        jobs = {(await remote(km))["job_id"] for km in managers}
-        assert len(jobs) == 8
+        await until("eight held jobs", lambda: len(_jobs_in(log)) == 8, 30)
+        jobs = _jobs_in(log)
         log.write_text("")
-        await asyncio.sleep(3.0)   # the scenario: an idle server for six poll intervals
-        queries = log.read_text().splitlines()
-        assert 4 <= len(queries) <= 8, queries
-        for q in queries:   # every query asks about all eight jobs at once
+        await until("four queries", lambda: len(log.read_text().splitlines()) >= 4, 15)
+        for q in log.read_text().splitlines():   # every query asks about all eight jobs at once
             assert set(q.split("-j ")[1].split()[0].split(",")) == jobs
-        # A status query failing for a while (13 failures in a row) ends no kernel: the
-        # launchers are reachable, and a failed query is not a job that left the queue.
+        # Thirteen failed queries in a row, then three hanging ones (killed after command_timeout):
+        # no start gives up, for a failed query is not a job that left the queue.
         fail.touch()
-        await until("ten failed queries", lambda: len(log.read_text().splitlines()) >= len(queries) + 10, 15)
+        before = len(log.read_text().splitlines())
+        await until("ten failed queries", lambda: len(log.read_text().splitlines()) >= before + 10, 15)
         fail.unlink()
-        # A hanging one is killed after command_timeout and counts as failed, too.
         hang = fail.with_name(fail.name + ".hang")
         hang.touch()
         hung_before = len(log.read_text().splitlines())
         await until("three hung queries", lambda: len(log.read_text().splitlines()) >= hung_before + 3, 15)
         hang.unlink()
-        for km, kc in zip(managers, clients):
+        assert not any(t.done() for t in starts)
+        subprocess.run(["scontrol", "release", ",".join(sorted(jobs))], check=True)
+        await asyncio.wait_for(asyncio.gather(*starts), 120)
+        clients = [km.client() for km in managers]
+        for kc in clients:
+            kc.start_channels()
+        await asyncio.gather(*(kc.wait_for_ready(timeout=120) for kc in clients))
+        log.write_text("")
+        # An idle server for six poll intervals, and a cell in every kernel: no status query.
+        assert [await value_of(kc, "'alive'") for kc in clients] == ["alive"] * 8
+        await asyncio.sleep(3.0)
+        assert log.read_text() == ""
+        for km in managers:
             assert await km.provisioner.poll() is None
-        assert await value_of(clients[0], "'alive'") == "alive"
     finally:
+        for t in starts:
+            t.cancel()
+        await asyncio.gather(*starts, return_exceptions=True)
         await _stop_all(managers, clients)
+
+
+def _jobs_in(log: Path) -> set[str]:
+    """The job ids of the last status query in the shim's log."""
+    lines = log.read_text().splitlines()
+    return set(lines[-1].split("-j ")[1].split()[0].split(",")) if lines else set()
 
 
 async def test_sixteen_kernels_at_once_then_nothing_left(kernelspecs):
@@ -108,4 +130,4 @@ async def test_sixteen_kernels_at_once_then_nothing_left(kernelspecs):
     await until("all 16 jobs to leave the queue", none_left, timeout=30)
     for s in sessions:
         assert processes_mentioning(s["session_id"]) == []
-        assert not Path(s.node_dir).exists()
+        assert not Path(s["node_dir"]).exists()

@@ -299,3 +299,18 @@ async def test_close_while_queued_cancels_the_start_and_ends_the_job():
 async def _until(cond, step: float = 0.01):
     while not cond():
         await asyncio.sleep(step)
+
+
+def test_the_documented_state_table_is_the_code():
+    """docs/architecture.md's "Kernel states" table lists exactly session.TRANSITIONS."""
+    from pathlib import Path
+
+    text = (Path(__file__).parent.parent / "docs" / "architecture.md").read_text()
+    section = text.split("## Kernel states", 1)[1].split("\n## ", 1)[0]
+    documented = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[0] in {s.value for s in State}:
+            nexts = frozenset(State(n.strip()) for n in cells[2].split(",") if n.strip() not in ("", "—"))
+            documented[State(cells[0])] = nexts
+    assert documented == TRANSITIONS

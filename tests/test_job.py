@@ -1,0 +1,80 @@
+"""job.Job with a scheduler whose commands are slow fakes (no cluster): what a start leaves behind."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from remote_kernels.errors import KernelStartError
+from remote_kernels.job import Job
+from remote_kernels.options import KernelOptions
+from remote_kernels.runner import CommandError, CommandRunner
+from remote_kernels.schedulers.slurm import Slurm
+
+
+class SlowSbatch(Slurm):
+    """SLURM whose submit takes a while; records what it was asked to do."""
+
+    def __init__(self, submit_seconds: float = 0.3, refuse: str = ""):
+        super().__init__(CommandRunner(timeout=5))
+        self.submit_seconds, self.refuse = submit_seconds, refuse
+        self.submitted: list[str] = []
+        self.cancelled: list[str] = []
+        self.submitting = asyncio.Event()
+
+    async def submit(self, *args) -> str:
+        self.submitting.set()
+        await asyncio.sleep(self.submit_seconds)
+        if self.refuse:
+            raise CommandError(["sbatch"], 1, "", self.refuse)
+        self.submitted.append(str(len(self.submitted) + 1000))
+        return self.submitted[-1]
+
+    async def cancel(self, job_id: str) -> None:
+        self.cancelled.append(job_id)
+
+    async def status(self, job_ids):
+        return {}
+
+
+def make_job(scheduler, tmp_path, monkeypatch) -> Job:
+    monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))
+    return Job(KernelOptions(python="/usr/bin/python3"), scheduler, scheduler.runner, name="t",
+               session_id="s1", kernel_id="", log=logging.getLogger("test"))
+
+
+async def test_a_start_cancelled_twice_during_submit_still_cancels_the_job_it_made(tmp_path, monkeypatch):
+    """B14: a re-awaited wait_for around the submission killed it mid-flight (a job nobody knew of)."""
+    scheduler = SlowSbatch()
+    job = make_job(scheduler, tmp_path, monkeypatch)
+    start = asyncio.ensure_future(job.submit())
+    await scheduler.submitting.wait()
+    start.cancel()
+    await asyncio.sleep(0.05)
+    start.cancel()   # the caller gives up again while the clean-up waits for the submission
+    with pytest.raises(asyncio.CancelledError):
+        await start
+    assert scheduler.submitted == ["1000"] and scheduler.cancelled == ["1000"]
+    assert job.entry is None   # never recorded as a live kernel
+
+
+async def test_a_refused_submission_is_one_line_naming_the_scheduler(tmp_path, monkeypatch):
+    scheduler = SlowSbatch(submit_seconds=0, refuse="sbatch: error: Batch job submission failed: "
+                           "Invalid account or account/partition combination specified")
+    job = make_job(scheduler, tmp_path, monkeypatch)
+    with pytest.raises(KernelStartError, match=r"^slurm refused the job") as e:
+        await job.submit()
+    assert "\n" not in str(e.value) and scheduler.cancelled == []
+
+
+async def test_end_cancels_once(tmp_path, monkeypatch):
+    scheduler = SlowSbatch(submit_seconds=0)
+    job = make_job(scheduler, tmp_path, monkeypatch)
+    await job.submit()
+    assert job.entry is not None and job.entry.path.exists()
+    path = job.entry.path
+    await asyncio.gather(job.end(said_bye=False), job.end(said_bye=False))
+    assert scheduler.cancelled == ["1000"] and not path.exists()
