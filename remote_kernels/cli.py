@@ -83,7 +83,7 @@ def _add_install(sub) -> None:
                           "reach nodes through it (HOST as named in your ~/.ssh/config)")
     life = p.add_argument_group("lifetime")
     life.add_argument("--grace", type=float, metavar="SECONDS",
-                      help="dead-man switch: the job ends after SECONDS without a login-side client (default: 300)")
+                      help="dead-man switch: the job ends after SECONDS without word from the login side (default: 300)")
     life.add_argument("--queue-timeout", type=float, metavar="SECONDS",
                       help="give up and cancel the job after SECONDS queued (default: 0, wait forever)")
     where = p.add_mutually_exclusive_group()

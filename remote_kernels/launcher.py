@@ -1,26 +1,35 @@
-"""The in-job launcher: stdlib only, run by the batch script with the user's Python.
+"""The in-job launcher: stdlib only, run by the batch script with the user's Python (3.8+).
 
 Usage (the batch script feeds this file on stdin): ``PYTHON - SESSION GRACE BASE``
 
 It makes the private runtime directory ``BASE/rk-SESSION`` (0700), listens on the
 unix control socket ``ctl`` there and waits for the login side, which reaches the
-socket through SSH.  The control protocol is JSON lines:
+socket through SSH.  The control protocol is JSON lines, one object per line; a request
+may carry an ``"id"``, which its reply repeats (replies may come out of order):
 
-    -> {"op": "hello"}                         <- {"event": "hello", "host", "pid", "python", "dir"}
-    -> {"op": "start", "key", "signature_scheme", "cwd", "env", "argv"?}
-                                               <- {"event": "started", "pid"} | {"event": "error", "message"}
+    -> {"op": "hello"}                         <- {"event": "hello", "host", "pid", "python", "dir", "kernel"}
+    -> {"op": "ping"}                          <- {"event": "pong"}
     -> {"op": "signal", "signum"}              <- {"event": "ok"} | {"event": "error", "message"}
+    -> {"op": "start", "key", "signature_scheme"?, "kernel_name"?, "cwd"?, "env"?, "argv"?}
+                                               <- {"event": "started", "pid"} | {"event": "error", "code", "message"}
     -> {"op": "stop"}                          <- {"event": "stopped", "code"}
     -> {"op": "shutdown"}                      <- {"event": "bye"}; the launcher exits, ending the job
+    anything malformed (not JSON, not an object, no or unknown "op", bad arguments)
+                                               <- {"event": "error", "message"}; the channel goes on
     unsolicited                                <- {"event": "exited", "code"} when the kernel ends
+
+hello, ping and signal are answered at once; start, stop and shutdown run one at a time
+(a start waits up to 60 s for the kernel's sockets) without holding up the others.
 
 A start request's ``env`` is added to the job's environment for the kernel alone (the
 kernelspec's env stanza travels this way, never in the batch script); the launcher keeps
 the job's.  The kernel (ipykernel by default) binds ipc sockets ``BASE/rk-SESSION/k-1..5`` only,
 so nothing but the owner (and the SSH forward acting for them) can reach it.  The
 key arrives over the control socket and is written only to a 0600 connection file
-inside the 0700 directory.  Dead-man switch: when no control client has been
-connected for GRACE seconds, the launcher stops the kernel and exits.
+inside the 0700 directory.  Dead-man switch (liveness by traffic): when no line has
+arrived from any client for GRACE seconds (no client at all, or a half-open link that
+never delivers an EOF), the launcher stops the kernel and exits.  The login side pings
+well within GRACE.
 """
 
 import asyncio
@@ -34,15 +43,23 @@ import time
 
 CHANNELS = {"shell_port": 1, "iopub_port": 2, "stdin_port": 3, "control_port": 4, "hb_port": 5}
 ERR_NO_IPYKERNEL = 93
+SERIALISED = ("start", "stop", "shutdown")   # one at a time
+IMMEDIATE = ("hello", "ping", "signal")       # answered at once
+LINE_LIMIT = 1 << 24   # bytes in one request line (a start's env can be large)
+OPTIONAL_STR = ("signature_scheme", "kernel_name", "cwd")
 
 
 class Launcher:
+    """One job's launcher.  Made inside the running loop (asyncio objects bind to it on 3.8/3.9)."""
+
     def __init__(self, session, grace, base):
         self.dir = os.path.join(base, "rk-" + session)
         self.grace = grace
         self.kernel = None          # asyncio.subprocess.Process
         self.clients = set()        # connected StreamWriters
-        self.last_client = time.monotonic()
+        self.tasks = set()          # start/stop/shutdown requests in progress
+        self.serial = asyncio.Lock()   # start, stop and shutdown run one at a time
+        self.last_heard = time.monotonic()   # when a client last sent a line (or connected)
         self.done = asyncio.Event()
 
     # --- set-up -----------------------------------------------------------
@@ -59,6 +76,7 @@ class Launcher:
 
     # --- kernel -----------------------------------------------------------
     async def start_kernel(self, req):
+        """Start a kernel (stopping the one running).  req was checked by check_request."""
         if self.kernel is not None and self.kernel.returncode is None:
             await self.stop_kernel()
         argv = req.get("argv") or [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
@@ -123,6 +141,8 @@ class Launcher:
             os.killpg(self.kernel.pid, signum)
         except ProcessLookupError:
             return {"event": "error", "message": "no kernel running"}
+        except OSError as e:   # e.g. EINVAL: no such signal
+            return {"event": "error", "message": "cannot send signal %d to the kernel: %s" % (signum, e)}
         return {"event": "ok"}
 
     async def stop_kernel(self, timeout=5.0):
@@ -148,92 +168,170 @@ class Launcher:
         return proc.returncode
 
     # --- control socket ---------------------------------------------------
+    def send(self, writer, msg):
+        """Queue one line for a client; a client that has gone is dropped (its handler ends it)."""
+        try:
+            writer.write((json.dumps(msg) + "\n").encode())
+        except Exception:   # any transport error: this client is gone, the others are not
+            self.clients.discard(writer)
+
     def broadcast(self, msg):
-        line = (json.dumps(msg) + "\n").encode()
         for w in list(self.clients):
+            self.send(w, msg)
+
+    def reply(self, writer, req, msg):
+        if isinstance(req, dict) and "id" in req:
+            msg["id"] = req["id"]
+        self.send(writer, msg)
+
+    def answer(self, req):
+        """The reply to a request answered at once (hello, ping, signal)."""
+        op = req["op"]
+        if op == "hello":
+            return self.info()
+        if op == "ping":
+            return {"event": "pong"}
+        return self.signal_kernel(req["signum"])
+
+    async def serialised(self, req, writer):
+        """Run a start, stop or shutdown request after those before it; reply when done."""
+        op = req["op"]
+        async with self.serial:
             try:
-                w.write(line)
-            except Exception:
-                self.clients.discard(w)
+                if op == "start":
+                    msg = await self.start_kernel(req)
+                elif op == "stop":
+                    msg = {"event": "stopped", "code": await self.stop_kernel()}
+                else:
+                    await self.stop_kernel()
+                    msg = {"event": "bye"}
+            except Exception as e:   # a failed request must not end the launcher or its channel
+                msg = {"event": "error", "message": "%s failed on %s: %r" % (op, socket.gethostname(), e)}
+            self.reply(writer, req, msg)
+            if op == "shutdown":
+                self.done.set()
 
     async def handle(self, reader, writer):
+        """One control connection: read requests until EOF, answer each (see the docstring)."""
         self.clients.add(writer)
+        self.last_heard = time.monotonic()
         try:
             while True:
-                line = await reader.readline()
-                if not line:
-                    break
                 try:
-                    req = json.loads(line)
-                    op = req["op"]
-                except (ValueError, KeyError, TypeError):
-                    writer.write(b'{"event": "error", "message": "bad request"}\n')
-                    continue
-                if op == "hello":
-                    reply = self.info()
-                elif op == "start":
-                    reply = await self.start_kernel(req)
-                elif op == "signal":
-                    reply = self.signal_kernel(int(req["signum"]))
-                elif op == "stop":
-                    reply = {"event": "stopped", "code": await self.stop_kernel()}
-                elif op == "shutdown":
-                    await self.stop_kernel()
-                    writer.write((json.dumps({"event": "bye", "id": req.get("id")}) + "\n").encode())
-                    await writer.drain()
-                    self.done.set()
+                    line = await reader.readline()
+                except ValueError:   # a line over LINE_LIMIT, dropped (its rest reads as another bad line)
+                    line, req, problem = None, None, "bad request: a line over %d bytes" % LINE_LIMIT
+                if line == b"":
                     break
+                self.last_heard = time.monotonic()
+                if line is not None:
+                    req, problem = check_request(line)
+                if problem is not None:
+                    self.reply(writer, req, {"event": "error", "message": problem})
+                elif req["op"] in SERIALISED:
+                    task = asyncio.ensure_future(self.serialised(req, writer))
+                    self.tasks.add(task)
+                    task.add_done_callback(self.tasks.discard)
                 else:
-                    reply = {"event": "error", "message": "unknown op %r" % op}
-                if "id" in req:
-                    reply["id"] = req["id"]
-                writer.write((json.dumps(reply) + "\n").encode())
-                await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError):
+                    try:
+                        msg = self.answer(req)
+                    except Exception as e:   # as in serialised(): the channel goes on
+                        msg = {"event": "error", "message": "%s failed: %r" % (req["op"], e)}
+                    self.reply(writer, req, msg)
+        except OSError:   # the connection broke
             pass
         finally:
             self.clients.discard(writer)
-            self.last_client = time.monotonic()
             writer.close()
 
     async def dead_man(self):
-        while not self.done.is_set():
+        """End the job when no client has sent anything for grace seconds."""
+        while True:
             await asyncio.sleep(min(1.0, self.grace / 4))
-            if not self.clients and time.monotonic() - self.last_client > self.grace:
+            if time.monotonic() - self.last_heard > self.grace:
                 print("remote-kernels launcher: no contact from the login side for %gs; ending"
                       % self.grace, file=sys.stderr, flush=True)
                 self.done.set()
+                return
 
     async def main(self):
         self.make_dir()
-        loop = asyncio.get_event_loop()
+        loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
             loop.add_signal_handler(sig, self.done.set)
         old = os.umask(0o077)
-        server = await asyncio.start_unix_server(self.handle, os.path.join(self.dir, "ctl"))
-        os.umask(old)
+        try:
+            server = await asyncio.start_unix_server(self.handle, os.path.join(self.dir, "ctl"),
+                                                     limit=LINE_LIMIT)
+        finally:
+            os.umask(old)
         print("remote-kernels launcher: ready on %s (pid %d, %s)"
               % (socket.gethostname(), os.getpid(), sys.executable), file=sys.stderr, flush=True)
+        self.last_heard = time.monotonic()
         watchdog = asyncio.ensure_future(self.dead_man())
         try:
             await self.done.wait()
         finally:
             watchdog.cancel()
             server.close()
+            for task in list(self.tasks):
+                task.cancel()
             code = await self.stop_kernel()
+            writers = list(self.clients)
+            for w in writers:
+                w.close()   # flushes what is queued (a bye) before closing
+            if writers:
+                await asyncio.wait([asyncio.ensure_future(w.wait_closed()) for w in writers], timeout=2)
             shutil.rmtree(self.dir, ignore_errors=True)
         return code
 
 
+def check_request(line):
+    """(request, None) for a well-formed request line, else (request or None, one-line problem)."""
+    try:
+        req = json.loads(line)
+    except ValueError:
+        return None, "bad request: not JSON"
+    if not isinstance(req, dict):
+        return None, "bad request: not a JSON object"
+    op = req.get("op")
+    if not isinstance(op, str):
+        return req, 'bad request: no "op"'
+    if op not in SERIALISED and op not in IMMEDIATE:
+        return req, "unknown op %r" % op
+    if op == "signal":
+        signum = req.get("signum")
+        if not isinstance(signum, int) or isinstance(signum, bool):
+            return req, "signal needs an integer signum, not %r" % (signum,)
+    if op == "start":
+        return req, check_start(req)
+    return req, None
+
+
+def check_start(req):
+    """None if a start request's arguments have the right types, else what is wrong."""
+    if not isinstance(req.get("key"), str):
+        return "start needs the kernel's key (a string)"
+    for name in OPTIONAL_STR:
+        if req.get(name) is not None and not isinstance(req[name], str):
+            return "start: %s must be a string" % name
+    env = req.get("env")
+    if env is not None and not (isinstance(env, dict) and all(
+            isinstance(k, str) and isinstance(v, str) for k, v in env.items())):
+        return "start: env must map strings to strings"
+    argv = req.get("argv")
+    if argv is not None and not (isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv)):
+        return "start: argv must be a non-empty list of strings"
+    return None
+
+
+async def run(session, grace, base):
+    return await Launcher(session, grace, base).main()
+
+
 def main(argv):
     session, grace, base = argv[1], float(argv[2]), argv[3]
-    launcher = Launcher(session, grace, base)
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    try:
-        loop.run_until_complete(launcher.main())
-    finally:
-        loop.close()
+    asyncio.run(run(session, grace, base))
     return 0
 
 

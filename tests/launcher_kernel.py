@@ -1,0 +1,33 @@
+"""A stand-in kernel for the launcher's tests: ``python launcher_kernel.py CONNECTION_FILE MODE``.
+
+It reads the connection file the launcher wrote and marks that it runs (``DIR/k-spawned``,
+written after its SIGINT handler is set).  Then it creates the five socket paths
+``DIR/k-1..5`` (plain files: the launcher only waits for them to exist): at once in MODE
+``fast``; in MODE ``slow`` after its first SIGINT, or after 3 s without one.  Each SIGINT
+is recorded (``DIR/k-sigint``); SIGTERM ends it (the default action).
+"""
+
+import json
+import signal
+import sys
+import time
+
+base = json.load(open(sys.argv[1]))["ip"]   # DIR/k
+interrupted = []
+
+
+def on_sigint(signum, frame):
+    interrupted.append(signum)
+    open(base + "-sigint", "a").close()
+
+
+signal.signal(signal.SIGINT, on_sigint)
+open(base + "-spawned", "w").close()
+if sys.argv[2] == "slow":
+    deadline = time.monotonic() + 3
+    while not interrupted and time.monotonic() < deadline:
+        time.sleep(0.01)
+for n in range(1, 6):
+    open("%s-%d" % (base, n), "w").close()
+while True:
+    signal.pause()

@@ -1,0 +1,239 @@
+"""The real launcher (fed to Python on stdin, as the batch job does) driven over its control socket.
+
+No cluster: the launcher runs here, with a stand-in kernel (tests/launcher_kernel.py) as the
+start request's argv.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import json
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from remote_kernels.control import LauncherClient, LauncherLost
+from remote_kernels.script import launcher_source
+
+KERNEL = Path(__file__).with_name("launcher_kernel.py")
+DEADLINE = 30   # s: the most any awaited condition may take before the test fails
+
+
+class Launched:
+    """One launcher process and its private directory."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, dir: Path, grace: float):
+        self.proc, self.dir, self.grace = proc, dir, grace
+        self.clients: list[LauncherClient] = []
+
+    async def raw(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.open_unix_connection(str(self.dir / "ctl"))
+
+    async def client(self, heartbeat: float = 0, on_event=None) -> LauncherClient:
+        reader, writer = await self.raw()
+        client = LauncherClient(reader, writer, on_event=on_event or (lambda msg: None),
+                                heartbeat=heartbeat, what="the test launcher")
+        client.start()
+        self.clients.append(client)
+        return client
+
+    async def exit_code(self, within: float = DEADLINE) -> int:
+        """Wait for the launcher to exit; its exit code (fails the test after ``within`` s)."""
+        return await asyncio.wait_for(self.proc.wait(), within)
+
+    async def stderr(self) -> str:
+        return (await self.proc.stderr.read()).decode()
+
+
+@pytest.fixture
+async def launch():
+    """launch(grace=60) -> Launched, ready (its socket listens); all ended afterwards."""
+    base = Path(tempfile.mkdtemp(prefix="rk-t", dir="/tmp"))   # unix socket paths must stay short
+    launched: list[Launched] = []
+
+    async def start(grace: float = 60) -> Launched:
+        session = f"s{len(launched)}"
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-", session, f"{grace:g}", str(base),
+            stdin=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        proc.stdin.write(launcher_source().encode())
+        proc.stdin.close()
+        one = Launched(proc, base / f"rk-{session}", grace)
+        launched.append(one)
+        ready = await asyncio.wait_for(proc.stderr.readline(), DEADLINE)
+        assert b"remote-kernels launcher: ready" in ready, ready
+        return one
+
+    yield start
+    for one in launched:
+        for client in one.clients:
+            client.close()
+        if one.proc.returncode is None:
+            one.proc.send_signal(signal.SIGTERM)   # the launcher stops its kernel and exits
+            try:
+                await asyncio.wait_for(one.proc.wait(), DEADLINE)
+            except asyncio.TimeoutError:
+                one.proc.kill()
+                await one.proc.wait()
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def start_request(mode: str) -> dict:
+    return {"op": "start", "key": "test-key", "cwd": "/tmp",
+            "argv": [sys.executable, str(KERNEL), "{connection_file}", mode]}
+
+
+async def until_exists(path: Path) -> None:
+    deadline = time.monotonic() + DEADLINE
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} did not appear within {DEADLINE}s"
+        await asyncio.sleep(0.01)
+
+
+def test_launcher_is_python_3_8_syntax():
+    """It runs under the user's Python on the node, which may be old."""
+    ast.parse(launcher_source(), feature_version=(3, 8))
+
+
+MALFORMED = [
+    (b"not json", "not JSON"),
+    (b"[1, 2]", "not a JSON object"),
+    (b'"hello"', "not a JSON object"),
+    (b'{"id": 1}', 'no "op"'),
+    (b'{"op": 7, "id": 2}', 'no "op"'),
+    (b'{"op": "frobnicate", "id": 3}', "unknown op 'frobnicate'"),
+    (b'{"op": "signal", "id": 4}', "integer signum"),
+    (b'{"op": "signal", "signum": "2", "id": 5}', "integer signum"),
+    (b'{"op": "signal", "signum": true, "id": 6}', "integer signum"),
+    (b'{"op": "start", "id": 7}', "key"),
+    (b'{"op": "start", "key": 5, "id": 8}', "key"),
+    (b'{"op": "start", "key": "k", "env": {"A": 1}, "id": 9}', "env"),
+    (b'{"op": "start", "key": "k", "env": ["A"], "id": 10}', "env"),
+    (b'{"op": "start", "key": "k", "argv": "python", "id": 11}', "argv"),
+    (b'{"op": "start", "key": "k", "argv": [], "id": 12}', "argv"),
+    (b'{"op": "start", "key": "k", "cwd": 3, "id": 13}', "cwd"),
+]
+
+
+async def test_malformed_requests_get_an_error_and_the_channel_goes_on(launch):
+    """Each on a connection of its own, so that all failures show at once."""
+    launcher = await launch()
+    wrong = []
+    for line, says in MALFORMED:
+        reader, writer = await launcher.raw()
+        writer.write(line + b'\n{"op": "ping", "id": "after"}\n')
+        replies = [await asyncio.wait_for(reader.readline(), DEADLINE) for _ in range(2)]
+        writer.close()
+        if b"" in replies:
+            wrong.append(f"{line!r}: the launcher closed the channel")
+            continue
+        reply, after = map(json.loads, replies)
+        wanted_id = json.loads(line).get("id") if line.startswith(b"{") else None
+        if reply.get("event") != "error" or says not in reply.get("message", "") or reply.get("id") != wanted_id:
+            wrong.append(f"{line!r}: {reply}")
+        if after != {"event": "pong", "id": "after"}:
+            wrong.append(f"{line!r} then ping: {after}")
+    assert not wrong, "\n".join(wrong)
+
+
+async def test_bad_signal_number_for_a_running_kernel_is_an_error(launch):
+    launcher = await launch()
+    client = await launcher.client()
+    assert (await client.request(start_request("fast"), DEADLINE))["event"] == "started"
+    reply = await client.request({"op": "signal", "signum": 99999}, DEADLINE)
+    assert reply["event"] == "error" and "cannot send signal 99999" in reply["message"], reply
+    assert (await client.request({"op": "ping"}, DEADLINE))["event"] == "pong"
+
+
+async def test_ping_is_answered_with_pong(launch):
+    launcher = await launch()
+    client = await launcher.client()
+    reply = await client.request({"op": "ping"}, DEADLINE)
+    assert reply["event"] == "pong" and isinstance(reply["id"], int)
+
+
+async def test_hello_ping_and_signal_are_answered_during_a_slow_start(launch):
+    """The slow kernel creates its sockets only after SIGINT (or 3 s): on a launcher that runs
+    requests one at a time, the signal waits behind the start and the order is wrong."""
+    launcher = await launch()
+    client = await launcher.client()
+    done: list[str] = []
+
+    def send(name: str, msg: dict) -> asyncio.Task:
+        task = asyncio.ensure_future(client.request(msg, DEADLINE))
+        task.add_done_callback(lambda _: done.append(name))
+        return task
+
+    start = send("start", start_request("slow"))
+    await until_exists(launcher.dir / "k-spawned")
+    stop = send("stop", {"op": "stop"})   # serialised: after the start
+    hello = await client.request({"op": "hello"}, DEADLINE)
+    assert hello["kernel"] is not None and not start.done()
+    assert (await client.request({"op": "ping"}, DEADLINE))["event"] == "pong" and not start.done()
+    signalled = send("signal", {"op": "signal", "signum": int(signal.SIGINT)})
+    assert (await signalled)["event"] == "ok"
+    assert (await start)["event"] == "started"
+    stopped = await stop
+    assert stopped["event"] == "stopped" and stopped["code"] == -signal.SIGTERM
+    assert done == ["signal", "start", "stop"]
+    assert (launcher.dir / "k-sigint").exists()
+
+
+async def test_kernel_exit_is_an_unsolicited_event(launch):
+    events: asyncio.Queue = asyncio.Queue()
+    launcher = await launch()
+    client = await launcher.client(on_event=events.put_nowait)
+    assert (await client.request(start_request("fast"), DEADLINE))["event"] == "started"
+    assert (await client.request({"op": "signal", "signum": int(signal.SIGTERM)}, DEADLINE))["event"] == "ok"
+    event = await asyncio.wait_for(events.get(), DEADLINE)
+    assert event == {"event": "exited", "code": -signal.SIGTERM}
+
+
+async def test_dead_man_ends_the_job_when_a_connected_client_is_silent(launch):
+    """A half-open link delivers no EOF: the client stays connected but nothing arrives."""
+    launcher = await launch(grace=1)
+    client = await launcher.client(heartbeat=0)
+    assert (await client.request(start_request("fast"), DEADLINE))["event"] == "started"
+    code = await launcher.exit_code()
+    assert code == 0
+    assert "no contact from the login side for 1s; ending" in await launcher.stderr()
+    await asyncio.wait_for(client.wait_closed(), DEADLINE)
+    assert not launcher.dir.exists()
+
+
+async def test_pings_keep_the_launcher_alive_and_it_ends_once_they_stop(launch):
+    launcher = await launch(grace=1)
+    client = await launcher.client(heartbeat=0.2)
+    # Staying alive cannot be shown by a condition: the launcher must outlive several graces.
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(asyncio.shield(launcher.proc.wait()), 3 * launcher.grace)
+    assert client.open and (await client.request({"op": "ping"}, DEADLINE))["event"] == "pong"
+    client.close()   # no client at all: the job ends after grace too
+    code = await launcher.exit_code()
+    assert code == 0
+    assert "no contact from the login side" in await launcher.stderr()
+
+
+async def test_dead_man_ends_the_job_when_no_client_ever_connects(launch):
+    launcher = await launch(grace=1)
+    code = await launcher.exit_code()
+    assert code == 0
+    assert "no contact from the login side for 1s; ending" in await launcher.stderr()
+
+
+async def test_shutdown_says_bye_and_ends_the_launcher(launch):
+    launcher = await launch()
+    client = await launcher.client()
+    assert (await client.request(start_request("fast"), DEADLINE))["event"] == "started"
+    assert (await client.request({"op": "shutdown"}, DEADLINE))["event"] == "bye"
+    code = await launcher.exit_code()
+    assert code == 0
+    await asyncio.wait_for(client.wait_closed(), DEADLINE)
+    with pytest.raises(LauncherLost, match="lost the test launcher"):
+        await client.request({"op": "ping"}, DEADLINE)
