@@ -157,7 +157,7 @@ class RemoteKernelSession:
         """What a frontend or test may know of the kernel (no secret)."""
         return {"state": self.state.value, "job_id": self.job.id, "node": self.node, "scheduler": self.scheduler.name,
                 "session_id": self.session_id, "node_dir": self.node_dir, "log_file": self.job.log_file,
-                "exit_code": self.exit_code, "ended_reason": self.ended_reason,
+                "exit_code": self.exit_code, "kernel_pid": self.kernel_pid, "ended_reason": self.ended_reason,
                 "reconnects": self.link.reconnects if self.link else 0, "timings": dict(self.job.timings),
                 **{k: (self.link.hello.get(v) if self.link else None) for k, v in LAUNCHER_INFO.items()}}
 

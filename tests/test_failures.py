@@ -11,7 +11,7 @@ import textwrap
 import pytest
 from jupyter_client.manager import AsyncKernelManager
 
-from kernel_helpers import job_in_queue, remote, run_cell, until, value_of
+from kernel_helpers import job_in_queue, processes_mentioning, remote, run_cell, until, value_of
 from remote_kernels.session import KernelStartError
 from slurm_helpers import wait_until
 
@@ -140,6 +140,52 @@ async def test_dropped_ssh_connection_heals_and_the_kernel_keeps_its_state(clust
             continue
     assert await value_of(kc, "x") == "42"
     assert await km.provisioner.poll() is None
+
+
+class SSHBlackhole:
+    """Drops every SSH packet to and from a node (tc filters in its namespace, both ways):
+    a half-open link, as a network partition or a crashed login node leaves it; no FIN or
+    RST reaches either side.  slurmd's traffic passes, so SLURM still sees the node."""
+
+    def __init__(self, node: str):
+        self.node = node
+
+    def _tc(self, *args: str, check: bool = True) -> None:
+        subprocess.run(["ip", "netns", "exec", self.node, "tc", *args], check=check, capture_output=True)
+
+    def __enter__(self):
+        self._tc("qdisc", "add", "dev", "eth0", "root", "handle", "1:", "prio")
+        self._tc("filter", "add", "dev", "eth0", "parent", "1:", "protocol", "ip", "u32",
+                 "match", "ip", "sport", "22", "0xffff", "action", "drop")
+        self._tc("qdisc", "add", "dev", "eth0", "ingress")
+        self._tc("filter", "add", "dev", "eth0", "parent", "ffff:", "protocol", "ip", "u32",
+                 "match", "ip", "dport", "22", "0xffff", "action", "drop")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._tc("qdisc", "del", "dev", "eth0", "root", check=False)
+        self._tc("qdisc", "del", "dev", "eth0", "ingress", check=False)
+
+
+async def test_a_half_open_link_ends_the_job_within_grace(cluster, make_spec, start_kernel):
+    """P6: the dead-man switch listens for traffic, not for a closed channel.  With every SSH
+    packet to and from the node dropped (no EOF ever reaches the launcher), the launcher ends
+    its job within grace + one heartbeat (+ its one-second check), and the session reports it."""
+    from remote_kernels.link import heartbeat
+
+    grace = 6.0
+    make_spec("rk-half-open", grace=grace)
+    km, kc = await start_kernel("rk-half-open")
+    info = await remote(km)
+    assert await value_of(kc, "1") == "1"
+    assert processes_mentioning(info["session_id"])
+    with SSHBlackhole(info["node"]):
+        # grace + one heartbeat, + the launcher's one-second check and the process's exit
+        await until("the launcher to end its job", lambda: not processes_mentioning(info["session_id"]),
+                    timeout=grace + heartbeat(grace) + 3)
+        await until(f"job {info['job_id']} to leave the queue", lambda: not job_in_queue(info["job_id"]), timeout=30)
+    await _wait_for_death(km, within=60)
+    assert f"job {info['job_id']}" in (await remote(km))["ended_reason"]
 
 
 async def _wait_for_death(km, within: float) -> int:

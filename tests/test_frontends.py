@@ -183,6 +183,48 @@ def test_pending_kernel_restarted_while_its_kernel_starts_keeps_the_job(pending_
             server.request("DELETE", f"/api/kernels/{kid}")
 
 
+def stays_failed(server, ws, before: set, job: str) -> str:
+    """Wait until the stand-in says the start failed; then check, over two of the server's
+    restarter intervals (3 s) and until the stand-in says so again, that ``job`` is still the
+    only new job (the server did not resubmit by itself).  Returns what it said."""
+    def explained():
+        reply, _ = ws.execute(WHERE, timeout=10)
+        return reply["evalue"] if "could not start" in reply["evalue"] else None
+    why = wait_until("the stand-in to say the start failed", explained, timeout=60)
+    deadline = time.monotonic() + 7
+    while time.monotonic() < deadline:
+        assert [j for j in server.jobs() if j not in before] == [job], "the server resubmitted by itself"
+        time.sleep(0.5)
+    assert explained() == why
+    return why
+
+
+def test_pending_kernel_that_fails_to_start_in_its_job_is_not_resubmitted(pending_server, make_spec):
+    """B1: the job runs, the kernel cannot start (no ipykernel for that Python).  The stand-in,
+    closed for the start, comes back saying why: the server sees no dead kernel, so its
+    restarter does not resubmit the job (it used to, up to five times)."""
+    server = pending_server
+    name = make_spec("rk-held-no-ipykernel", python="/usr/bin/python3", directives=["--begin=now+1hour"])
+    before = set(server.jobs())
+    status, kernel = server.request("POST", "/api/kernels", {"name": name})
+    assert status == 201, kernel
+    kid = kernel["id"]
+    [job] = wait_until("the kernel's job to be submitted", lambda: [j for j in server.jobs() if j not in before])
+    try:
+        with server.channels(kid) as ws:
+            ws.wait_ready(timeout=30)   # the stand-in
+            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
+            why = stays_failed(server, ws, before, job)
+            assert "ipykernel is not installed" in why and "restart the kernel" in why
+        status, body = server.request("DELETE", f"/api/kernels/{kid}")
+        assert status == 204, body
+        wait_until(f"job {job} to leave the queue", lambda: not job_in_queue(job), timeout=20)
+    finally:
+        subprocess.run(["scancel", job], capture_output=True)
+        if any(k["id"] == kid for k in server.kernels()):
+            server.request("DELETE", f"/api/kernels/{kid}")
+
+
 def test_pending_kernel_whose_job_ends_in_the_queue_says_so_and_restarts_only_when_asked(pending_server,
                                                                                          make_spec):
     """A queued job cancelled from outside: the stand-in now explains, the server does not
@@ -199,17 +241,8 @@ def test_pending_kernel_whose_job_ends_in_the_queue_says_so_and_restarts_only_wh
         with server.channels(kid) as ws:
             ws.wait_ready(timeout=30)
             subprocess.run(["scancel", job], check=True)
-
-            def explained():
-                reply, _ = ws.execute(WHERE, timeout=10)
-                return reply["evalue"] if "could not start" in reply["evalue"] else None
-            why = wait_until("the stand-in to say the start failed", explained, timeout=30)
+            why = stays_failed(server, ws, before, job)
             assert f"job {job} ended before the kernel started" in why and "restart the kernel" in why
-            # Two of the server's restarter intervals (3 s) pass without a new job.
-            deadline = time.monotonic() + 7
-            while time.monotonic() < deadline:
-                assert [j for j in server.jobs() if j not in before] == [job], "the server resubmitted by itself"
-                time.sleep(0.5)
 
             status, body = server.request("POST", f"/api/kernels/{kid}/restart")
             assert status == 200, body

@@ -79,7 +79,7 @@ async def test_the_job_gets_nothing_of_the_servers_environment_and_the_kernel_it
     # kernelspec's values, which reach the kernel alone over the control channel.
     launcher = proc_environ(session["launcher_pid"])
     assert server_secret.encode() not in launcher and user_secret.encode() not in launcher
-    assert user_secret.encode() in proc_environ(session.kernel_pid)
+    assert user_secret.encode() in proc_environ(session["kernel_pid"])
     # SLURM's records of the job hold neither either (with sbatch's default --export=ALL they hold both
     # names and values of the whole server environment).
     records = slurm_records(session["job_id"])
