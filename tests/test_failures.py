@@ -143,28 +143,34 @@ async def test_dropped_ssh_connection_heals_and_the_kernel_keeps_its_state(clust
 
 
 class SSHBlackhole:
-    """Drops every SSH packet to and from a node (tc filters in its namespace, both ways):
-    a half-open link, as a network partition or a crashed login node leaves it; no FIN or
-    RST reaches either side.  slurmd's traffic passes, so SLURM still sees the node."""
+    """Drops every SSH packet to and from a node, silently, both ways: a half-open link, as a
+    network partition or a crashed login node leaves it (no FIN or RST reaches either side).
+    Policy routing in the node's namespace sends sshd's packets, in and out, to a blackhole
+    table (the local table moves behind those rules while it lasts); slurmd's traffic passes,
+    so SLURM still sees the node and the job."""
+
+    RULES = (("pref", "10", "ipproto", "tcp", "sport", "22", "lookup", "222"),
+             ("pref", "11", "iif", "eth0", "ipproto", "tcp", "dport", "22", "lookup", "222"))
 
     def __init__(self, node: str):
         self.node = node
 
-    def _tc(self, *args: str, check: bool = True) -> None:
-        subprocess.run(["ip", "netns", "exec", self.node, "tc", *args], check=check, capture_output=True)
+    def _ip(self, *args: str, check: bool = True) -> None:
+        subprocess.run(["ip", "netns", "exec", self.node, "ip", *args], check=check, capture_output=True)
 
     def __enter__(self):
-        self._tc("qdisc", "add", "dev", "eth0", "root", "handle", "1:", "prio")
-        self._tc("filter", "add", "dev", "eth0", "parent", "1:", "protocol", "ip", "u32",
-                 "match", "ip", "sport", "22", "0xffff", "action", "drop")
-        self._tc("qdisc", "add", "dev", "eth0", "ingress")
-        self._tc("filter", "add", "dev", "eth0", "parent", "ffff:", "protocol", "ip", "u32",
-                 "match", "ip", "dport", "22", "0xffff", "action", "drop")
+        self._ip("route", "add", "blackhole", "default", "table", "222")
+        for rule in self.RULES:
+            self._ip("rule", "add", *rule)
+        self._ip("rule", "add", "pref", "100", "lookup", "local")
+        self._ip("rule", "del", "pref", "0", "lookup", "local")
         return self
 
     def __exit__(self, *exc) -> None:
-        self._tc("qdisc", "del", "dev", "eth0", "root", check=False)
-        self._tc("qdisc", "del", "dev", "eth0", "ingress", check=False)
+        self._ip("rule", "add", "pref", "0", "lookup", "local", check=False)
+        for pref in ("100", "10", "11"):
+            self._ip("rule", "del", "pref", pref, check=False)
+        self._ip("route", "flush", "table", "222", check=False)
 
 
 async def test_a_half_open_link_ends_the_job_within_grace(cluster, make_spec, start_kernel):

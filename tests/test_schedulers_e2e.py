@@ -160,8 +160,8 @@ async def test_job_cancelled_from_outside_is_noticed(scheduler_env, make_spec, s
         return await km.provisioner.poll() is not None
 
     await until_async(f"poll() to report {name} job {job} ended", polled, timeout=20)
-    code = await km.provisioner.poll()
-    assert code != 0 and session["ended_reason"], f"poll() {code}, ended_reason {session['ended_reason']!r}"
+    code, reason = await km.provisioner.poll(), (await remote(km))["ended_reason"]
+    assert code != 0 and reason, f"poll() {code}, ended_reason {reason!r}"
     await until("launcher and kernel processes to end", lambda: not processes_mentioning(sid), timeout=15)
 
 
