@@ -20,6 +20,7 @@ import signal
 from .environment import kernel_env
 from .launcher import CHANNELS
 from .options import KernelOptions
+from .link import endpoints
 from .session import RemoteKernelSession
 
 log = logging.getLogger("remote_kernels.run")
@@ -72,22 +73,19 @@ async def serve(name: str, options: KernelOptions, info: dict, spec_env: dict | 
         stopper.cancel()
         start.result()
         log.info("kernel running on %s (job %s)", session.node, session.job_id)
-        while not stop.is_set() and session.exit_code is None:
+        while not stop.is_set() and await session.poll() is None:
             try:
                 await asyncio.wait_for(stop.wait(), 0.2)
             except asyncio.TimeoutError:
                 pass
-        return session.exit_code if session.exit_code is not None else 0
+        code = await session.poll()
+        return code if code is not None else 0
     finally:
         await session.close()
 
 
 async def _start(session: RemoteKernelSession, info: dict, env: dict) -> None:
     await session.start_job()
-    if info.get("transport", "tcp") == "ipc":
-        endpoints = {ch: f"{info['ip']}-{info[ch]}" for ch in CHANNELS}
-    else:
-        endpoints = {ch: int(info[ch]) for ch in CHANNELS}
-    await session.forward(endpoints)
+    await session.forward(endpoints(info))
     await session.start_kernel(info["key"], info.get("signature_scheme", "hmac-sha256"),
                                kernel_name=info.get("kernel_name", ""), cwd=os.getcwd(), env=env)

@@ -19,6 +19,7 @@ import logging
 from typing import Callable
 
 from . import background
+from .link import endpoints
 from .options import KernelOptions
 from .session import RemoteKernelSession
 from .standin import QueuedKernelStandIn
@@ -101,17 +102,9 @@ class HostedKernel:
     async def _start_kernel(self, session: RemoteKernelSession, env: dict, cwd: str | None) -> None:
         info = self.info
         self._close_standin()
-        await session.forward(self.endpoints())
+        await session.forward(endpoints(self.info))
         await session.start_kernel(info["key"], info.get("signature_scheme", "hmac-sha256"),
                                    kernel_name=info.get("kernel_name", ""), cwd=cwd, env=env)
-
-    def endpoints(self) -> dict[str, str | int]:
-        from .launcher import CHANNELS
-
-        info = self.info
-        if info["transport"] == "ipc":
-            return {ch: f"{info['ip']}-{info[ch]}" for ch in CHANNELS}
-        return {ch: int(info[ch]) for ch in CHANNELS}
 
     async def shutdown_requested(self, restart: bool) -> None:
         self.held = False

@@ -33,6 +33,13 @@ DROPPED = "dropped"     # the SSH connection (or the link under it) failed: the 
 LAUNCHER = "launcher"   # the launcher closed its channel over a working connection: it ended
 
 
+def endpoints(info: dict) -> dict[str, str | int]:
+    """The login-side endpoints of a connection file's info: channel -> ipc path or TCP port."""
+    if info.get("transport", "tcp") == "ipc":
+        return {ch: f"{info['ip']}-{info[ch]}" for ch in CHANNELS}
+    return {ch: int(info[ch]) for ch in CHANNELS}
+
+
 def heartbeat(grace: float) -> float:
     """Seconds between pings: well inside the launcher's dead-man ``grace``."""
     return max(0.5, min(10.0, grace / 3))
