@@ -151,6 +151,38 @@ if "ipykernel" in open("/proc/self/cmdline").read():
 """
 
 
+class HeldKernel:
+    """A kernel POSTed to a pending-kernels server, its job held in the queue (``--begin``);
+    ``with`` ends it (DELETE, then the job must leave the queue) and cancels its jobs whatever
+    happened.  ``job``: its first job; ``jobs``: all it was given (restarts append)."""
+
+    def __init__(self, server, name: str):
+        self.server, self.before = server, set(server.jobs())
+        status, kernel = server.request("POST", "/api/kernels", {"name": name})
+        assert status == 201, kernel
+        self.kid = kernel["id"]
+        [self.job] = wait_until("the kernel's job to be submitted", self.new_jobs)
+        self.jobs = [self.job]
+
+    def new_jobs(self) -> list[str]:
+        return [j for j in self.server.jobs() if j not in self.before]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        try:
+            if exc_type is None:
+                status, body = self.server.request("DELETE", f"/api/kernels/{self.kid}")
+                assert status == 204, body
+                last = self.jobs[-1]
+                wait_until(f"job {last} to leave the queue", lambda: not job_in_queue(last), timeout=20)
+        finally:
+            subprocess.run(["scancel", *self.jobs], capture_output=True)
+            if any(k["id"] == self.kid for k in self.server.kernels()):
+                self.server.request("DELETE", f"/api/kernels/{self.kid}")
+
+
 def test_pending_kernel_restarted_while_its_kernel_starts_keeps_the_job(pending_server, make_spec, tmp_path):
     """A restart that lands after the job left the queue, while its kernel is starting (made
     slow here, 3 s) and the forwards already exist, lets that start finish, then restarts the
@@ -158,35 +190,22 @@ def test_pending_kernel_restarted_while_its_kernel_starts_keeps_the_job(pending_
     server = pending_server
     (tmp_path / "sitecustomize.py").write_text(SLOW_KERNEL_START)
     name = make_spec("rk-held-slow", directives=["--begin=now+1hour"], setup=[f"export PYTHONPATH={tmp_path}"])
-    before = set(server.jobs())
-    status, kernel = server.request("POST", "/api/kernels", {"name": name})
-    assert status == 201, kernel
-    kid = kernel["id"]
-    [job] = wait_until("the kernel's job to be submitted", lambda: [j for j in server.jobs() if j not in before])
-    try:
-        with server.channels(kid) as ws:
-            ws.wait_ready(timeout=30)   # the stand-in
-            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
-            wait_until("the kernel to be starting in the job",
-                       lambda: f"{name}: launcher ready on" in server.log(), timeout=30)
-            status, body = server.request("POST", f"/api/kernels/{kid}/restart")
-            assert status == 200, body
-            node, ran_in = wait_until("a cell to run on the compute node", lambda: ran_on_a_node(ws), timeout=60)
-            assert node in NODES and ran_in == job
-            assert [j for j in server.jobs() if j not in before] == [job], "the restart submitted a job"
-        status, body = server.request("DELETE", f"/api/kernels/{kid}")
-        assert status == 204, body
-        wait_until(f"job {job} to leave the queue", lambda: not job_in_queue(job), timeout=20)
-    finally:
-        subprocess.run(["scancel", job], capture_output=True)
-        if any(k["id"] == kid for k in server.kernels()):
-            server.request("DELETE", f"/api/kernels/{kid}")
+    with HeldKernel(server, name) as k, server.channels(k.kid) as ws:
+        ws.wait_ready(timeout=30)   # the stand-in
+        subprocess.run(["scontrol", "update", f"JobId={k.job}", "StartTime=now"], check=True)
+        wait_until("the kernel to be starting in the job",
+                   lambda: f"{name}: launcher ready on" in server.log(), timeout=30)
+        status, body = server.request("POST", f"/api/kernels/{k.kid}/restart")
+        assert status == 200, body
+        node, ran_in = wait_until("a cell to run on the compute node", lambda: ran_on_a_node(ws), timeout=60)
+        assert node in NODES and ran_in == k.job
+        assert k.new_jobs() == [k.job], "the restart submitted a job"
 
 
-def stays_failed(server, ws, before: set, job: str) -> str:
+def stays_failed(k: HeldKernel, ws) -> str:
     """Wait until the stand-in says the start failed; then check, over two of the server's
-    restarter intervals (3 s) and until the stand-in says so again, that ``job`` is still the
-    only new job (the server did not resubmit by itself).  Returns what it said."""
+    restarter intervals (3 s) and until the stand-in says so again, that the kernel's job is
+    still its only one (the server did not resubmit by itself).  Returns what it said."""
     def explained():
         try:
             reply, _ = ws.execute(WHERE, timeout=10)
@@ -196,7 +215,7 @@ def stays_failed(server, ws, before: set, job: str) -> str:
     why = wait_until("the stand-in to say the start failed", explained, timeout=60)
     deadline = time.monotonic() + 7
     while time.monotonic() < deadline:
-        assert [j for j in server.jobs() if j not in before] == [job], "the server resubmitted by itself"
+        assert k.new_jobs() == [k.job], "the server resubmitted by itself"
         time.sleep(0.5)
     assert explained() == why
     return why
@@ -208,24 +227,11 @@ def test_pending_kernel_that_fails_to_start_in_its_job_is_not_resubmitted(pendin
     restarter does not resubmit the job (it used to, up to five times)."""
     server = pending_server
     name = make_spec("rk-held-no-ipykernel", python="/usr/bin/python3", directives=["--begin=now+1hour"])
-    before = set(server.jobs())
-    status, kernel = server.request("POST", "/api/kernels", {"name": name})
-    assert status == 201, kernel
-    kid = kernel["id"]
-    [job] = wait_until("the kernel's job to be submitted", lambda: [j for j in server.jobs() if j not in before])
-    try:
-        with server.channels(kid) as ws:
-            ws.wait_ready(timeout=30)   # the stand-in
-            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
-            why = stays_failed(server, ws, before, job)
-            assert "ipykernel is not installed" in why and "restart the kernel" in why
-        status, body = server.request("DELETE", f"/api/kernels/{kid}")
-        assert status == 204, body
-        wait_until(f"job {job} to leave the queue", lambda: not job_in_queue(job), timeout=20)
-    finally:
-        subprocess.run(["scancel", job], capture_output=True)
-        if any(k["id"] == kid for k in server.kernels()):
-            server.request("DELETE", f"/api/kernels/{kid}")
+    with HeldKernel(server, name) as k, server.channels(k.kid) as ws:
+        ws.wait_ready(timeout=30)   # the stand-in
+        subprocess.run(["scontrol", "update", f"JobId={k.job}", "StartTime=now"], check=True)
+        why = stays_failed(k, ws)
+        assert "ipykernel is not installed" in why and "restart the kernel" in why
 
 
 def test_pending_kernel_whose_job_ends_in_the_queue_says_so_and_restarts_only_when_asked(pending_server,
@@ -234,33 +240,18 @@ def test_pending_kernel_whose_job_ends_in_the_queue_says_so_and_restarts_only_wh
     resubmit on its own, a restart by the user submits one new job on the same endpoints."""
     server = pending_server
     make_spec("rk-held", directives=["--begin=now+1hour"])
-    before = set(server.jobs())
-    status, kernel = server.request("POST", "/api/kernels", {"name": "rk-held"})
-    assert status == 201, kernel
-    kid = kernel["id"]
-    [job] = wait_until("the kernel's job to be submitted", lambda: [j for j in server.jobs() if j not in before])
-    jobs = [job]
-    try:
-        with server.channels(kid) as ws:
-            ws.wait_ready(timeout=30)
-            subprocess.run(["scancel", job], check=True)
-            why = stays_failed(server, ws, before, job)
-            assert f"job {job} ended before the kernel started" in why and "restart the kernel" in why
+    with HeldKernel(server, "rk-held") as k, server.channels(k.kid) as ws:
+        ws.wait_ready(timeout=30)
+        subprocess.run(["scancel", k.job], check=True)
+        why = stays_failed(k, ws)
+        assert f"job {k.job} ended before the kernel started" in why and "restart the kernel" in why
 
-            status, body = server.request("POST", f"/api/kernels/{kid}/restart")
-            assert status == 200, body
-            jobs = wait_until("the restart's job", lambda: (new := [j for j in server.jobs() if j not in before])
-                              and len(new) == 2 and new)
-            assert job_in_queue(jobs[1])
-            wait_until("the same websocket to reach the restarted kernel's stand-in",
-                       lambda: answer_says(ws, f"job {jobs[1]} is queued"), timeout=30)
-        status, body = server.request("DELETE", f"/api/kernels/{kid}")
-        assert status == 204, body
-        wait_until(f"job {jobs[1]} to leave the queue", lambda: not job_in_queue(jobs[1]), timeout=20)
-    finally:
-        subprocess.run(["scancel", *jobs], capture_output=True)
-        if any(k["id"] == kid for k in server.kernels()):
-            server.request("DELETE", f"/api/kernels/{kid}")
+        status, body = server.request("POST", f"/api/kernels/{k.kid}/restart")
+        assert status == 200, body
+        k.jobs = wait_until("the restart's job", lambda: len(new := k.new_jobs()) == 2 and new)
+        assert job_in_queue(k.jobs[1])
+        wait_until("the same websocket to reach the restarted kernel's stand-in",
+                   lambda: answer_says(ws, f"job {k.jobs[1]} is queued"), timeout=30)
 
 
 def test_server_stopped_while_a_job_is_queued_cancels_it(kernelspecs, make_spec, tmp_path):
