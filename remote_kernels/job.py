@@ -88,13 +88,12 @@ class Job:
         self.t0 = time.monotonic()
         res = self.opts.resources(job_name=f"rk-{self.name}"[:64], output=f"{self._log_dir()}/%j.log")
         try:
-            text = script.render(self.scheduler, self.opts, session=self.session_id, job_name=res.job_name,
-                                 output=res.output)
+            text = script.render(self.scheduler, self.opts, res, session=self.session_id)
             if self.opts.login_host:
                 await self.runner.run(["mkdir", "-p", "-m", "700", REMOTE_JOB_DIR])
         except (CommandError, ValueError) as e:
             raise KernelStartError(f"{self.scheduler.name} job not submitted: {e}") from None
-        submit = asyncio.ensure_future(self.scheduler.submit(text))
+        submit = asyncio.ensure_future(self.scheduler.submit(text, res))
         try:
             self.id = await asyncio.shield(submit)
         except asyncio.CancelledError:

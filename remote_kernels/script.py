@@ -11,7 +11,7 @@ import shlex
 from importlib import resources as ilr
 
 from .options import KernelOptions
-from .schedulers import Scheduler
+from .schedulers import Resources, Scheduler
 
 # Who the user is and where home is, from the node's user database where the scheduler set
 # none (HTCondor and Flux start jobs with no environment; elsewhere this changes nothing).
@@ -26,10 +26,12 @@ def launcher_source() -> str:
     return ilr.files("remote_kernels").joinpath("launcher.py").read_text()
 
 
-def render(scheduler: Scheduler, opts: KernelOptions, *, session: str, job_name: str, output: str) -> str:
-    """The complete job script for one kernel session."""
+def render(scheduler: Scheduler, opts: KernelOptions, res: Resources, *, session: str) -> str:
+    """The complete job script for one kernel session: ``res`` (``opts.resources(...)``, the
+    same that is then given to ``scheduler.submit``) as the header, then opts' environment,
+    set-up lines and the launcher."""
     q = shlex.quote
-    lines = ["#!/bin/bash", *scheduler.header(opts.resources(job_name, output))]
+    lines = ["#!/bin/bash", *scheduler.header(res)]
     lines.append(f"# remote-kernels session {session}: the launcher below starts the kernel")
     lines.append(IDENTITY)
     lines += [f"export {k}={q(v)}" for k, v in sorted({**scheduler.script_env, **opts.env}.items())]

@@ -10,7 +10,8 @@ import pytest
 
 from remote_kernels.schedulers import JobState, JobStatus, Resources
 from remote_kernels.schedulers import limits as L
-from remote_kernels.schedulers.slurm import Slurm, expand_hostlist, parse_job, scontrol_records
+from remote_kernels.schedulers.slurm import Slurm
+from remote_kernels.schedulers.slurm_facts import expand_hostlist, parse_job, scontrol_records
 
 SAMPLES = Path(__file__).parent / "samples" / "slurm"
 SLURM = Slurm()
@@ -255,7 +256,7 @@ CONFIG = "ClusterName = rkcluster\nAccountingStorageType = accounting_storage/sl
 
 
 def site(enforce: str = "associations,limits,qos") -> L.SiteFacts:
-    from remote_kernels.schedulers.slurm import parse_accounting, parse_config
+    from remote_kernels.schedulers.slurm_facts import parse_accounting, parse_config
     f = facts(qos=read("sacctmgr-qos-captured.txt"))
     f.accounting = parse_accounting(parse_config(CONFIG.replace("associations,limits,qos", enforce)), ASSOC,
                                     "physics\n")
@@ -310,7 +311,7 @@ def test_qos_tres_limits_are_checked():
 
 
 def test_gpu_count_of_node_gres():
-    from remote_kernels.schedulers.slurm import gpu_count
+    from remote_kernels.schedulers.slurm_facts import gpu_count
     assert [gpu_count(g) for g in ("(null)", "gpu:2", "gpu:a100:4(S:0-1),gpu:v100:1", "mps:100,gpu:1")] == [0, 2, 5, 1]
 
 

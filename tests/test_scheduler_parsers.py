@@ -10,16 +10,15 @@ from pathlib import Path
 import pytest
 
 from remote_kernels.options import KernelOptions
-from remote_kernels.runner import CommandError
-from remote_kernels.schedulers import JobState, JobStatus, Resources, get_scheduler
-from remote_kernels.schedulers._common import first_host, log_redirect, megabytes, query, seconds
+from remote_kernels.schedulers import JobState, Resources, get_scheduler
+from remote_kernels.schedulers._common import first_host, host_list, log_redirect, megabytes, seconds
 from remote_kernels.schedulers.flux import Flux, decimal_id
 from remote_kernels.schedulers.limits import NEVER, SiteFacts
 from remote_kernels.schedulers.htcondor import HTCondor
 from remote_kernels.schedulers.lsf import LSF
 from remote_kernels.schedulers.pbs import PBSPro
 from remote_kernels.schedulers.sge import SGE
-from remote_kernels.schedulers.ssh import SSH
+from remote_kernels.schedulers.ssh import SSH, hosts
 from remote_kernels.schedulers.torque import Torque
 from remote_kernels.script import render
 
@@ -242,7 +241,7 @@ FULL = Resources(partition="gpuq", account="proj1", time="1-02:30", cpus=4, mem=
                   "#HTCONDOR -extra yes"]),
     ("flux", ["#flux: --job-name=rk-x", "#flux: -N1", "#flux: -c4", "#flux: -g1", "#flux: -q gpuq",
               "#flux: -t 95400s", "#flux: --output=/home/a/jobs/{{id.dec}}.log", "#flux: -extra yes"]),
-    ("ssh", ["#RK_SSH hosts=gpuq", "exec >>/home/a/jobs/\"${RK_SSH_HOST}:$$\".log 2>&1"]),
+    ("ssh", ["exec >>/home/a/jobs/\"${RK_SSH_HOST}:$$\".log 2>&1"]),
 ])
 def test_header_maps_common_resources(name, expected):
     header = get_scheduler(name).header(FULL)
@@ -258,8 +257,9 @@ def test_header_leaves_unset_resources_to_the_site(name):
 
 @pytest.mark.parametrize("name", ["pbs", "torque", "sge", "lsf", "htcondor", "flux", "ssh"])
 def test_rendered_script_is_valid_bash(name):
-    text = render(get_scheduler(name), KernelOptions(environ={}, python="/usr/bin/python3", time="30"),
-                  session="abc", job_name="rk-t", output="/tmp/o dir/%j.log")
+    opts = KernelOptions(environ={}, python="/usr/bin/python3", time="30")
+    text = render(get_scheduler(name), opts, opts.resources(job_name="rk-t", output="/tmp/o dir/%j.log"),
+                  session="abc")
     assert subprocess.run(["bash", "-n"], input=text, text=True).returncode == 0
 
 
@@ -271,21 +271,26 @@ def test_log_redirect_names_the_file_after_the_job_id_at_run_time(tmp_path):
 
 
 def test_htcondor_description_and_script_path():
+    """The description and the script's place come from the Resources, not from the script text."""
     script = "#!/bin/bash\n" + "\n".join(HTCondor().header(FULL)) + "\necho hi\n"
-    path = HTCondor.script_path(script)
+    path = HTCondor.script_path(script, FULL)
     assert re.fullmatch(r"/home/a/jobs/rk-[0-9a-f]{16}\.sh", path)
-    desc = HTCondor.description(script, path)
+    assert HTCondor.script_path(script, Resources()).startswith("./rk-")   # no log directory: the current one
+    desc = HTCondor.description(FULL, path)
     assert desc.endswith(f"executable = {path}\nqueue\n") and "request_cpus = 4\n" in desc
     assert "echo hi" not in desc and "#HTCONDOR" not in desc
+    # The header shows exactly what is submitted.
+    assert [l[len("#HTCONDOR "):] for l in HTCondor().header(FULL) if l.startswith("#HTCONDOR ")] == \
+        desc.splitlines()[:-2]
     # None of condor_submit's environment, whatever a site default says; only what the job needs.
     assert "getenv = false\n" in desc
     assert "environment = \"RK_JOB_ID=$(ClusterId).$(ProcId) PATH='$ENV(PATH)' LANG='$ENV(LANG)'\"\n" in desc
 
 
-def test_ssh_needs_a_host():
+def test_ssh_hosts_come_from_the_partition():
     with pytest.raises(ValueError, match="partition"):
-        SSH.hosts("\n".join(SSH().header(Resources())))
-    assert SSH.hosts("#RK_SSH hosts=c1, c2\n") == ["c1", "c2"]
+        hosts(Resources())
+    assert hosts(Resources(partition="c1, c2")) == ["c1", "c2"]
 
 
 # --- shared helpers ---------------------------------------------------------------------------
@@ -307,41 +312,8 @@ def test_first_host(hosts, first):
     assert first_host(hosts) == first
 
 
-class StubRunner:
-    def __init__(self, code: int, out: str, err: str):
-        self.result = (code, out, err)
-        self.argv = None
-
-    async def run(self, argv, *, stdin=None, check=True):
-        self.argv = argv
-        return self.result
-
-
-def _parse(out: str):
-    """Each word of the output is the id of a running job."""
-    return {word: JobStatus(JobState.RUNNING) for word in out.split()}
-
-
-async def test_query_reports_unlisted_ids_gone_and_tolerates_unknown_id_complaints():
-    gone = re.compile("Unknown Job Id")
-    res = await query(StubRunner(153, "1\n", "qstat: Unknown Job Id 2\n"), ["qstat"], _parse, ["1", "2"], gone)
-    assert res["1"].state is JobState.RUNNING and res["2"].state is JobState.GONE
-    res = await query(StubRunner(255, "1\n", ""), ["bjobs"], _parse, ["1", "2"], gone)
-    assert res["2"].state is JobState.GONE
-
-
-@pytest.mark.parametrize("code, out, err", [
-    (1, "", "qstat: cannot connect to server pbs01 (errno=111)\n"),
-    (153, "", "qstat: Unknown Job Id 2\nqstat: cannot connect to server pbs01\n"),
-    (1, "", ""),
-])
-async def test_query_failure_is_never_all_gone(code, out, err):
-    with pytest.raises(CommandError):
-        await query(StubRunner(code, out, err), ["qstat"], _parse, ["1", "2"], re.compile("Unknown Job Id"))
-
-
-async def test_query_unreadable_output_is_a_failure():
-    def bad(out):
-        raise ValueError("not JSON")
-    with pytest.raises(CommandError, match="unreadable"):
-        await query(StubRunner(0, "<html>", ""), ["qstat"], bad, ["1"], re.compile("x"))
+@pytest.mark.parametrize("hosts, every", [
+    ("c[1-2]", ("c1", "c2")), ("c[01-02],d5", ("c01", "c02", "d5")), ("node[07,09-10]", ("node07", "node09", "node10")),
+    ("c2/0*2+c1/1+c1/2", ("c2", "c1")), ("4*c2:2*c1", ("c2", "c1")), ("slot1@c2.x", ("c2.x",)), ("N/A", ())])
+def test_host_list_expands_every_host_once(hosts, every):
+    assert host_list(hosts) == every

@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -165,9 +166,11 @@ async def test_job_cancelled_from_outside_is_noticed(scheduler_env, make_spec, s
     await until("launcher and kernel processes to end", lambda: not processes_mentioning(sid), timeout=15)
 
 
-# A user's own process submitting a batch script (file argv[2]) through adapter argv[1]; prints the job id.
-USER_SUBMIT = ("import asyncio, sys; from remote_kernels.schedulers import get_scheduler; "
-               "print(asyncio.run(get_scheduler(sys.argv[1]).submit(open(sys.argv[2]).read())))")
+# A user's own process submitting a batch script (file argv[2]), rendered from the Resources in
+# argv[3] (JSON), through adapter argv[1]; prints the job id.
+USER_SUBMIT = ("import asyncio, json, sys; from remote_kernels.schedulers import Resources, get_scheduler; "
+               "print(asyncio.run(get_scheduler(sys.argv[1]).submit(open(sys.argv[2]).read(), "
+               "Resources(**json.loads(sys.argv[3])))))")
 
 
 @pytest.mark.parametrize("scheduler_env", [s for s in SCHEDULERS if s != "ssh"], indirect=True)
@@ -180,8 +183,8 @@ async def test_a_users_job_gets_none_of_the_submitters_environment(scheduler_env
     work = Path(tempfile.mkdtemp(prefix="rk-envtest-", dir="/tmp"))
     opts = KernelOptions(environ={}, scheduler=name, time="00:02:00", python=str(VENV_BIN / "python"),
                          setup=[f"env -0 > {work}/env.tmp && mv {work}/env.tmp {work}/env && exit 0"])
-    (work / "job.sh").write_text(render(get_scheduler(name), opts, session=unique("envtest"),
-                                        job_name=unique("rk-envtest"), output=f"{work}/%j.log"))
+    request = opts.resources(job_name=unique("rk-envtest"), output=f"{work}/%j.log")
+    (work / "job.sh").write_text(render(get_scheduler(name), opts, request, session=unique("envtest")))
     shutil.chown(work, user)
     monkeypatch.setenv("RK_FAKE_SCHEDULER_STATE", str(work / "state"))   # the user's, for the cancel below too
     env = {SERVER_MARKER: server_secret, "RK_FAKE_SCHEDULER_STATE": str(work / "state")}
@@ -189,7 +192,8 @@ async def test_a_users_job_gets_none_of_the_submitters_environment(scheduler_env
         env["PATH"] = f"{FAKES / name}:{VENV_BIN}:/usr/local/bin:/usr/bin:/bin"
     job = None
     try:
-        res = as_user(user, str(VENV_BIN / "python"), "-c", USER_SUBMIT, name, str(work / "job.sh"), env=env)
+        res = as_user(user, str(VENV_BIN / "python"), "-c", USER_SUBMIT, name, str(work / "job.sh"),
+                      json.dumps(asdict(request)), env=env)
         assert res.returncode == 0, res.stderr
         job = res.stdout.split()[-1]
         await until(f"{name} job {job} to write its environment", (work / "env").exists, timeout=60)

@@ -70,13 +70,14 @@ def test_header_leaves_unset_resources_to_the_site():
 def test_rendered_script_carries_launcher_setup_and_env_but_no_key():
     opts = KernelOptions(python="/opt/env/bin/python", setup=["module load python/3.11"],
                          env={"OMP_NUM_THREADS": "4", "NOTE": "it's quoted"}, grace=120)
-    text = render(Slurm(), opts, session="abc123", job_name="rk-t", output="/tmp/%j.log")
+    text = render(Slurm(), opts, opts.resources(job_name="rk-t", output="/tmp/%j.log"), session="abc123")
     assert text.startswith("#!/bin/bash\n#SBATCH")
     assert "export NOTE='it'\"'\"'s quoted'" in text
     # srun steps of the kernel get its environment, not --export=NONE's empty one; the spec's env may override.
     assert "export SLURM_EXPORT_ENV=ALL\n" in text
-    assert "export SLURM_EXPORT_ENV=NONE\n" in render(Slurm(), KernelOptions(env={"SLURM_EXPORT_ENV": "NONE"}),
-                                                       session="abc123", job_name="rk-t", output="/tmp/%j.log")
+    override = KernelOptions(env={"SLURM_EXPORT_ENV": "NONE"})
+    assert "export SLURM_EXPORT_ENV=NONE\n" in render(Slurm(), override, override.resources("rk-t", "/tmp/%j.log"),
+                                                       session="abc123")
     assert "module load python/3.11 || {" in text
     assert "exec /opt/env/bin/python - abc123 120 /tmp <<'RK_LAUNCHER_EOF'" in text
     assert text.rstrip().endswith(LAUNCHER_EOF)

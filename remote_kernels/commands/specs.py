@@ -82,8 +82,8 @@ def show(name: str) -> int:
         scheduler = get_scheduler(opts.scheduler)
     except ValueError as e:
         raise CommandFailed(f"kernelspec {name}: {e}") from None
-    text = script.render(scheduler, opts, session=PLACEHOLDER_SESSION, job_name=f"rk-{name}"[:64],
-                         output=str(job_log_dir() / "%j.log"))
+    res = opts.resources(job_name=f"rk-{name}"[:64], output=str(job_log_dir() / "%j.log"))
+    text = script.render(scheduler, opts, res, session=PLACEHOLDER_SESSION)
     print(f"\nBatch script submitted at each start ({PLACEHOLDER_SESSION} stands for the session id). "
           "It never contains the kernel's key: that reaches the launcher over SSH once the job runs.\n")
     print(text, end="")

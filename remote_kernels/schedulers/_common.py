@@ -1,14 +1,14 @@
-"""Helpers shared by the scheduler adapters: units, job-id lines, host lists, batched queries."""
+"""Pure helpers shared by the scheduler adapters: units, header options, job-id lines, host lists."""
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import xml.etree.ElementTree as ET
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator, Union
 
-from ..runner import CommandError, CommandRunner
-from . import JobState, JobStatus, Scheduler
+from .model import JobState, JobStatus, Resources
 
 # The wall-time forms KernelOptions accepts (SLURM's): M, M:S, H:M:S, D-H, D-H:M, D-H:M:S.
 _TIME = re.compile(r"^(?:(?P<d>\d+)-)?(?P<a>\d+)(?::(?P<b>\d+))?(?::(?P<c>\d+))?$")
@@ -62,18 +62,59 @@ def last_match(stdout: str, pattern: re.Pattern, what: str) -> str:
     raise ValueError(f"{what} printed no job id: {stdout.strip()!r}")
 
 
-def first_host(hosts: str) -> str | None:
-    """The first host of a host list: "c1/0*2+c2/0" (PBS), "4*c1:c2" (LSF), "c[1-2]" (Flux)..."""
+NO_HOST = ("", "-", "N/A", "(null)")
+
+
+def expand_hostlist(text: str) -> list[str]:
+    """A host list in SLURM's (and Flux's) syntax -> hosts: "c[1-2,05],d7" is c1, c2, c05, d7."""
+    hosts = []
+    for m in re.finditer(r"([^,\[]+)(?:\[([^\]]*)\])?([^,\[]*)", text):
+        prefix, ranges, suffix = m.groups()
+        if ranges is None:
+            hosts.append(prefix + suffix)
+            continue
+        for part in ranges.split(","):
+            first, _, last = part.partition("-")
+            width = len(first)
+            for n in range(int(first), int(last or first) + 1):
+                hosts.append(f"{prefix}{n:0{width}d}{suffix}")
+    return [h for h in hosts if h]
+
+
+def host_list(hosts: str) -> tuple[str, ...]:
+    """Every host, in order and once, of a status command's host list: "c1/0*2+c2/0" (PBS,
+    Torque), "4*c1:c2" (LSF), "c[01-02],d5" (SLURM, Flux), "slot1@c1" (HTCondor), "all.q@c1" (SGE)."""
     text = hosts.strip()
-    if not text or text in ("-", "N/A", "(null)"):
-        return None
-    text = re.split(r"[+:\s]", text)[0]            # first entry of the list
-    text = text.split("/")[0].split("*")[-1]        # drop CPU indexes (c1/0*2) and slot counts (4*c1)
-    text = text.split("@")[-1]                      # slot1@c1 (HTCondor), all.q@c1 (SGE)
-    ranged = re.fullmatch(r"(?P<pre>[^\[]*)\[(?P<first>[^\],\-]+)[^\]]*\](?P<post>.*)", text)
-    if ranged:
-        text = ranged.group("pre") + ranged.group("first") + ranged.group("post")
-    return text.strip("()") or None
+    if text in NO_HOST:
+        return ()
+    found: list[str] = []
+    for entry in re.split(r"[+:\s]+", text):                   # PBS "+", LSF ":"
+        entry = entry.split("/")[0].split("*")[-1].split("@")[-1]   # CPU indexes, slot counts, slot@
+        found += expand_hostlist(entry.strip("()"))
+    return tuple(dict.fromkeys(found))
+
+
+def first_host(hosts: str) -> str | None:
+    """The first host of a host list (see host_list), or None."""
+    return next(iter(host_list(hosts)), None)
+
+
+# A header row: (a Resources field, what it becomes when set).  A str is formatted with the
+# field's value; a function is called with the Resources and gives a line or a list of them.
+# With field "", the function is always called (for options made of several fields).
+Option = tuple[str, Union[str, Callable[[Resources], Union[str, list]]]]
+
+
+def options(res: Resources, rows: Iterable[Option]) -> list[str]:
+    """The scheduler options for the fields of ``res`` that are set, in the order of ``rows``."""
+    out: list[str] = []
+    for field, make in rows:
+        value = getattr(res, field) if field else None
+        if field and value in ("", 0, None):
+            continue
+        made = make(res) if callable(make) else make.format(value)
+        out += [made] if isinstance(made, str) else made
+    return out
 
 
 def directive_lines(prefix: str, options: Iterable[str], extra: Iterable[str]) -> list[str]:
@@ -107,36 +148,19 @@ def xml_root(stdout: str) -> ET.Element:
         raise ValueError(str(e)) from None
 
 
+def json_doc(stdout: str, empty: Any) -> Any:
+    """The JSON document on stdout; ``empty`` if there is none (no job to list)."""
+    return json.loads(stdout) if stdout.strip() else empty
+
+
+def split_lines(stdout: str, count: int, sep: str = "|") -> Iterator[list[str]]:
+    """The ``sep``-separated fields of each line that has exactly ``count`` of them."""
+    for line in stdout.splitlines():
+        parts = line.strip().split(sep, count - 1)
+        if len(parts) == count:
+            yield parts
+
+
 def parse_or_gone(job_ids: Iterable[str], found: dict[str, JobStatus]) -> dict[str, JobStatus]:
     """found, with every job id it lacks reported GONE."""
     return {j: found.get(j, JobStatus(JobState.GONE)) for j in job_ids}
-
-
-class StatusOnly(Scheduler):
-    """Adapters whose status output already carries the time left: time_left() = status()."""
-
-    async def time_left(self, job_ids: list[str]) -> dict[str, JobStatus]:
-        return await self.status(job_ids)
-
-
-async def query(runner: CommandRunner, argv: list[str], parse: Callable[[str], dict[str, JobStatus]],
-                job_ids: list[str], gone: re.Pattern) -> dict[str, JobStatus]:
-    """Run one status command for job_ids and parse it; ids it does not list are GONE.
-
-    Status commands exit non-zero when some ids are unknown (purged); that is fine as
-    long as every stderr line says so (``gone`` matches it), or stderr is empty and the
-    answer is on stdout.  Anything else raises CommandError: a failed query must never
-    read as "all jobs gone".
-    """
-    if not job_ids:
-        return {}
-    code, out, err = await runner.run(argv, check=False)
-    lines = [l for l in err.splitlines() if l.strip()]
-    # Non-zero with no complaint on stderr: the answer (with per-id errors) is on stdout.
-    if code != 0 and not (all(gone.search(l) for l in lines) if lines else out.strip()):
-        raise CommandError(argv, code, out, err)
-    try:
-        found = parse(out)
-    except ValueError as e:
-        raise CommandError(argv, code, out, f"unreadable output: {e}") from None
-    return parse_or_gone(job_ids, found)

@@ -1,15 +1,15 @@
 """Flux: ``flux batch`` (script on stdin, ``#flux:`` directives), one ``flux jobs -n -o FORMAT IDS``,
-``flux cancel``.  Job ids are kept in decimal (flux batch prints F58, e.g. ``ƒ2jFzN7bq``)."""
+``flux cancel``, ``flux job kill --signal=SIG``.  Job ids are kept in decimal (flux batch prints F58, e.g. ``ƒ2jFzN7bq``)."""
 
 from __future__ import annotations
 
 import datetime
 import re
 
-from . import JobState, JobStatus, Resources
-from ._common import (SUBMITTER_ENV, StatusOnly, directive_lines, first_host, hms, last_match, output_path,
-                      query, seconds)
+from ._common import SUBMITTER_ENV, hms, host_list, last_match, output_path, seconds, split_lines
+from .base import Scheduler
 from .limits import NEVER
+from .model import JobState, JobStatus
 
 # flux jobs {state}; INACTIVE jobs are resolved from {result} (flux-jobs(1)).
 STATES = {"NEW": JobState.QUEUED, "DEPEND": JobState.QUEUED, "PRIORITY": JobState.QUEUED,
@@ -46,52 +46,47 @@ def _seconds(text: str) -> float:
         return 0.0
 
 
-class Flux(StatusOnly):
+class Flux(Scheduler):
     name = "flux"
-
-    def header(self, res: Resources) -> list[str]:
-        opts = [f"--job-name={res.job_name}"] if res.job_name else []
-        opts += ["-N1", "-n1"] + ([f"-c{res.cpus}"] if res.cpus else []) + ([f"-g{res.gpus}"] if res.gpus else [])
-        opts += [f"-q {res.partition}"] if res.partition else []
-        opts += [f"--setattr=system.bank={res.account}"] if res.account else []
-        opts += [f"-t {seconds(res.time)}s"] if res.time else []
-        opts += [f"--output={output_path(res.output, '{{id.dec}}')}"] if res.output else []
-        return directive_lines("#flux:", opts, res.directives)
+    prefix = "#flux:"
+    fixed_options = ("-N1", "-n1")
+    resource_options = (
+        ("job_name", "--job-name={}"), ("cpus", "-c{}"), ("gpus", "-g{}"), ("partition", "-q {}"),
+        ("account", "--setattr=system.bank={}"), ("time", lambda res: f"-t {seconds(res.time)}s"),
+        ("output", lambda res: f"--output={output_path(res.output, '{{id.dec}}')}"))
+    submit_argv = SUBMIT
+    gone = UNKNOWN
 
     @staticmethod
     def parse_job_id(stdout: str) -> str:
         return decimal_id(last_match(stdout, JOB_ID, "flux batch"))
 
-    async def submit(self, script: str) -> str:
-        _, out, _ = await self.runner.run(SUBMIT, stdin=script)
-        return self.parse_job_id(out)
+    def status_argv(self, job_ids: list[str]) -> list[str]:
+        return ["flux", "jobs", "-n", "-o", FORMAT, *job_ids]
 
     @staticmethod
     def parse_status(stdout: str) -> dict[str, JobStatus]:
         """``flux jobs -n -o FORMAT``: one '|'-separated line per job."""
         found = {}
-        for line in stdout.splitlines():
-            parts = line.strip().split("|", 7)
-            if len(parts) != 8 or not parts[0].isdigit():
+        for job_id, native, result, urgency, nodes, t_run, remaining, note in split_lines(stdout, 8):
+            if not job_id.isdigit():
                 continue
-            job_id, native, result, urgency, nodes, t_run, remaining, note = parts
             state = RESULTS.get(result, JobState.FAILED) if native == "INACTIVE" else \
                 STATES.get(native, JobState.UNKNOWN)
             if state is JobState.QUEUED and urgency.strip() == "0":
                 state = JobState.HELD
             started = _seconds(t_run)
             found[job_id] = JobStatus(
-                state=state, native=result or native, reason=note.strip(), node=first_host(nodes),
+                state=state, native=result or native, reason=note.strip(), nodes=host_list(nodes),
                 start_time=datetime.datetime.fromtimestamp(started).isoformat() if started > 0 else None,
                 time_left=hms(int(_seconds(remaining))) if state is JobState.RUNNING and _seconds(remaining) else "")
         return found
 
-    async def status(self, job_ids: list[str]) -> dict[str, JobStatus]:
-        argv = ["flux", "jobs", "-n", "-o", FORMAT, *job_ids]
-        return await query(self.runner, argv, self.parse_status, job_ids, UNKNOWN)
+    def cancel_argv(self, job_id: str) -> list[str]:
+        return ["flux", "cancel", job_id]
 
-    async def cancel(self, job_id: str) -> None:
-        await self.runner.run(["flux", "cancel", job_id])
+    def signal_argv(self, job_id: str, name: str) -> list[str]:
+        return ["flux", "job", "kill", f"--signal=SIG{name}", job_id]
 
     def never(self, status: JobStatus) -> str | None:
         return NEVER if UNSATISFIABLE.search(status.reason) else None

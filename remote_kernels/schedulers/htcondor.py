@@ -1,22 +1,24 @@
 """HTCondor: ``condor_submit -terse -`` (description on stdin), ``condor_q -json`` for the
 queue and ``condor_history -json`` for jobs that left it, ``condor_rm``.
 
-HTCondor runs an executable, not a script with directives, so the header holds
-submit-description commands as ``#HTCONDOR key = value`` lines; submit() writes the
-script next to the job's log (``initialdir``) and submits a description made of those
-lines plus ``executable`` and ``queue``.  Job ids are ``Cluster.Proc``.
+HTCondor runs an executable, not a script with directives.  The submit description is
+made from the Resources (``commands``): the header shows it as ``#HTCONDOR key = value``
+lines, and submitting is two commands: install the script next to the job's log
+(``initialdir``), then ``condor_submit`` that description plus ``executable`` and
+``queue``.  Job ids are ``Cluster.Proc``.  HTCondor has no command that signals a running
+job (``condor_vacate_job`` would put it back in the queue).
 """
 
 from __future__ import annotations
 
 import datetime
 import hashlib
-import json
 import posixpath
 import re
 
-from . import JobState, JobStatus, Resources
-from ._common import SUBMITTER_ENV, StatusOnly, last_match, log_redirect, megabytes, parse_or_gone, query, seconds
+from ._common import SUBMITTER_ENV, host_list, json_doc, last_match, log_redirect, megabytes, options, seconds
+from .base import Command, Scheduler
+from .model import JobState, JobStatus, Resources
 
 PREFIX = "#HTCONDOR "
 # JobStatus codes (HTCondor manual, "Job ClassAd Attributes").
@@ -28,68 +30,73 @@ ATTRIBUTES = ("ClusterId,ProcId,JobStatus,RemoteHost,LastRemoteHost,HoldReason,R
               "JobCurrentStartDate,LastVacateTime")
 # condor_submit -terse: "FIRST - LAST" job ids of the cluster it made.
 JOB_ID = re.compile(r"(?P<id>\d+\.\d+) - \d+\.\d+")
-NEVER = re.compile(r"(?!)")
 # The wall-time limit: periodic_remove with this phrase in RemoveReason means "timed out".
 TIME_LIMIT = "PeriodicRemove"
+# The job gets none of condor_submit's environment (getenv, false by default, said here so no
+# site default changes it), and none of its own either: the variables below only, SUBMITTER_ENV's
+# values taken by condor_submit ($ENV).  RK_JOB_ID names the log, which the script writes itself
+# (one file for stdout and stderr, named after the id).
+ENVIRONMENT = ["RK_JOB_ID=$(ClusterId).$(ProcId)", *(f"{name}='$ENV({name})'" for name in SUBMITTER_ENV)]
+FIXED = ("universe = vanilla", "getenv = false", f'environment = "{" ".join(ENVIRONMENT)}"')
+RESOURCE_COMMANDS = (
+    ("job_name", "batch_name = {}"), ("account", "accounting_group = {}"), ("cpus", "request_cpus = {}"),
+    ("mem", lambda res: f"request_memory = {megabytes(res.mem)}"), ("gpus", "request_gpus = {}"),
+    ("time", lambda res: f"periodic_remove = JobStatus == 2 && time() - EnteredCurrentStatus > {seconds(res.time)}"),
+    ("output", lambda res: f"initialdir = {log_dir(res)}"))
+
+
+def log_dir(res: Resources) -> str:
+    """The job's log directory: initialdir, where the script is installed too."""
+    return posixpath.dirname(res.output) or "."
 
 
 def _start(epoch) -> str | None:
     return datetime.datetime.fromtimestamp(int(epoch)).isoformat() if isinstance(epoch, int) and epoch > 0 else None
 
 
-class HTCondor(StatusOnly):
+class HTCondor(Scheduler):
     name = "htcondor"
+    no_signal = "HTCondor has no command to signal a running job (condor_vacate_job would requeue it)"
+
+    @staticmethod
+    def commands(res: Resources) -> list[str]:
+        """The submit-description commands for res (directives are commands, written bare)."""
+        extra = [d[len(PREFIX):] if d.startswith(PREFIX) else d for d in res.directives]
+        return [*FIXED, *options(res, RESOURCE_COMMANDS), *extra]
 
     def header(self, res: Resources) -> list[str]:
-        cmds = ["universe = vanilla"]
-        cmds += [f"batch_name = {res.job_name}"] if res.job_name else []
-        cmds += [f"accounting_group = {res.account}"] if res.account else []
-        cmds += [f"request_cpus = {res.cpus}"] if res.cpus else []
-        cmds += [f"request_memory = {megabytes(res.mem)}"] if res.mem else []
-        cmds += [f"request_gpus = {res.gpus}"] if res.gpus else []
-        if res.time:
-            cmds.append(f"periodic_remove = JobStatus == 2 && time() - EnteredCurrentStatus > {seconds(res.time)}")
-        # The job gets none of condor_submit's environment (getenv, false by default, said here
-        # so no site default changes it), and none of its own either: the variables below only,
-        # SUBMITTER_ENV's values taken by condor_submit ($ENV).  RK_JOB_ID names the log, which
-        # the script writes itself (one file for stdout and stderr, named after the id).
-        env = ["RK_JOB_ID=$(ClusterId).$(ProcId)", *(f"{name}='$ENV({name})'" for name in SUBMITTER_ENV)]
-        cmds += ["getenv = false", f'environment = "{" ".join(env)}"']
-        if res.output:
-            cmds.append(f"initialdir = {posixpath.dirname(res.output) or '.'}")
-        cmds += list(res.directives)
-        return [PREFIX + c for c in cmds] + log_redirect(res.output, "$RK_JOB_ID")
+        return [PREFIX + c for c in self.commands(res)] + log_redirect(res.output, "$RK_JOB_ID")
+
+    @classmethod
+    def description(cls, res: Resources, executable: str) -> str:
+        """The submit description: the commands, the executable, queue."""
+        return "\n".join([*cls.commands(res), f"executable = {executable}", "queue"]) + "\n"
 
     @staticmethod
-    def description(script: str, executable: str) -> str:
-        """The submit description: the script's #HTCONDOR lines, the executable, queue."""
-        cmds = [l[len(PREFIX):] for l in script.splitlines() if l.startswith(PREFIX)]
-        return "\n".join([*cmds, f"executable = {executable}", "queue"]) + "\n"
+    def script_path(text: str, res: Resources) -> str:
+        """Where the script is installed: in initialdir (the log directory), named by its hash."""
+        return posixpath.join(log_dir(res), f"rk-{hashlib.sha256(text.encode()).hexdigest()[:16]}.sh")
 
-    @staticmethod
-    def script_path(script: str) -> str:
-        """Where the script is written: initialdir (the log directory), named by its hash."""
-        dirs = [l.split("=", 1)[1].strip() for l in script.splitlines() if l.startswith(PREFIX + "initialdir")]
-        name = f"rk-{hashlib.sha256(script.encode()).hexdigest()[:16]}.sh"
-        return posixpath.join(dirs[-1] if dirs else ".", name)
+    def submit_commands(self, text: str, res: Resources) -> list[Command]:
+        path = self.script_path(text, res)
+        return [Command(["install", "-m", "700", "/dev/stdin", path], text),
+                Command(["condor_submit", "-terse", "-"], self.description(res, path))]
 
     @staticmethod
     def parse_job_id(stdout: str) -> str:
         return last_match(stdout, JOB_ID, "condor_submit -terse")
 
-    async def submit(self, script: str) -> str:
-        path = self.script_path(script)
-        await self.runner.run(["install", "-m", "700", "/dev/stdin", path], stdin=script)
-        _, out, _ = await self.runner.run(["condor_submit", "-terse", "-"], stdin=self.description(script, path))
-        return self.parse_job_id(out)
+    def status_argv(self, job_ids: list[str]) -> list[str]:
+        return ["condor_q", "-json", "-attributes", ATTRIBUTES, *job_ids]
+
+    def history_argv(self, job_ids: list[str]) -> list[str]:
+        return ["condor_history", "-json", "-attributes", ATTRIBUTES, "-limit", str(len(job_ids)), *job_ids]
 
     @staticmethod
     def parse_status(stdout: str) -> dict[str, JobStatus]:
         """``condor_q -json`` / ``condor_history -json``: a JSON list of job ads (nothing if none)."""
-        if not stdout.strip():
-            return {}
         found = {}
-        for ad in json.loads(stdout):
+        for ad in json_doc(stdout, []):
             code = ad.get("JobStatus")
             state = STATES.get(code, JobState.UNKNOWN)
             if state is JobState.CANCELLED and TIME_LIMIT in ad.get("RemoveReason", ""):
@@ -100,20 +107,8 @@ class HTCondor(StatusOnly):
             host = ad.get("RemoteHost") or (ad.get("LastRemoteHost") if state.finished else None)
             found[f"{ad['ClusterId']}.{ad['ProcId']}"] = JobStatus(
                 state=state, native=NATIVE.get(code, str(code)), reason=reason,
-                node=host.split("@")[-1] if host else None, start_time=_start(ad.get("JobCurrentStartDate")))
+                nodes=host_list(host or ""), start_time=_start(ad.get("JobCurrentStartDate")))
         return found
 
-    async def status(self, job_ids: list[str]) -> dict[str, JobStatus]:
-        """condor_q for all ids; condor_history only for those that left the queue."""
-        if not job_ids:
-            return {}
-        found = await query(self.runner, ["condor_q", "-json", "-attributes", ATTRIBUTES, *job_ids],
-                            self.parse_status, job_ids, NEVER)
-        left = [j for j, st in found.items() if st.state is JobState.GONE]
-        if left:
-            argv = ["condor_history", "-json", "-attributes", ATTRIBUTES, "-limit", str(len(left)), *left]
-            found.update(await query(self.runner, argv, self.parse_status, left, NEVER))
-        return parse_or_gone(job_ids, found)
-
-    async def cancel(self, job_id: str) -> None:
-        await self.runner.run(["condor_rm", job_id])
+    def cancel_argv(self, job_id: str) -> list[str]:
+        return ["condor_rm", job_id]

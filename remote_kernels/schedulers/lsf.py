@@ -1,13 +1,13 @@
 """IBM Spectrum LSF: ``bsub -env none -L /bin/bash`` (script on stdin), one ``bjobs -json -o FIELDS IDS``,
-bkill."""
+bkill (``bkill -s SIG`` to signal)."""
 
 from __future__ import annotations
 
-import json
 import re
 
-from . import JobState, JobStatus, Resources
-from ._common import StatusOnly, directive_lines, first_host, last_match, megabytes, output_path, query, seconds
+from ._common import host_list, json_doc, last_match, megabytes, output_path, seconds
+from .base import Scheduler
+from .model import JobState, JobStatus, Resources
 
 # bjobs STAT values (LSF 10.1 "job states").  EXIT is resolved from the exit reason.
 STATES = {
@@ -36,41 +36,41 @@ def _value(text: str) -> str:
     return "" if text in ("-", "") else text
 
 
-class LSF(StatusOnly):
-    name = "lsf"
+def run_limit(res: Resources) -> str:
+    """-W [hours:]minutes, rounded up."""
+    minutes = -(-seconds(res.time) // 60)
+    return f"-W {minutes // 60}:{minutes % 60:02d}"
 
-    def header(self, res: Resources) -> list[str]:
-        opts = [f"-J {res.job_name}"] if res.job_name else []
-        opts += [f"-q {res.partition}"] if res.partition else []
-        opts += [f"-P {res.account}"] if res.account else []
-        if res.time:   # -W [hours:]minutes, rounded up
-            minutes = -(-seconds(res.time) // 60)
-            opts.append(f"-W {minutes // 60}:{minutes % 60:02d}")
-        opts += [f"-n {res.cpus}", '-R "span[hosts=1]"'] if res.cpus else []
-        if res.mem:
-            mb = megabytes(res.mem)
-            opts += [f"-M {mb}MB", f'-R "rusage[mem={mb}MB]"']
-        opts += [f'-gpu "num={res.gpus}"'] if res.gpus else []
-        opts += ["-rn"]   # never rerun a kernel job
+
+def memory(res: Resources) -> list[str]:
+    mb = megabytes(res.mem)
+    return [f"-M {mb}MB", f'-R "rusage[mem={mb}MB]"']
+
+
+class LSF(Scheduler):
+    name = "lsf"
+    prefix = "#BSUB"
+    fixed_options = ("-rn",)   # never rerun a kernel job
+    resource_options = (
+        ("job_name", "-J {}"), ("partition", "-q {}"), ("account", "-P {}"), ("time", run_limit),
+        ("cpus", lambda res: [f"-n {res.cpus}", '-R "span[hosts=1]"']), ("mem", memory), ("gpus", '-gpu "num={}"'),
         # -o without -e: stderr goes to the same file.
-        opts += [f"-o {output_path(res.output, '%J')}"] if res.output else []
-        return directive_lines("#BSUB", opts, res.directives)
+        ("output", lambda res: f"-o {output_path(res.output, '%J')}"))
+    submit_argv = SUBMIT
+    gone = NOT_FOUND
 
     @staticmethod
     def parse_job_id(stdout: str) -> str:
         return last_match(stdout, JOB_ID, "bsub")
 
-    async def submit(self, script: str) -> str:
-        _, out, _ = await self.runner.run(SUBMIT, stdin=script)
-        return self.parse_job_id(out)
+    def status_argv(self, job_ids: list[str]) -> list[str]:
+        return ["bjobs", "-json", "-o", FIELDS, *job_ids]
 
     @staticmethod
     def parse_status(stdout: str) -> dict[str, JobStatus]:
         """``bjobs -json -o FIELDS``: {"RECORDS": [{"JOBID", "STAT", ...} or {"ERROR": ...}]}."""
-        if not stdout.strip():
-            return {}
         found = {}
-        for rec in json.loads(stdout).get("RECORDS", []):
+        for rec in json_doc(stdout, {}).get("RECORDS", []):
             if rec.get("ERROR") or not rec.get("JOBID"):
                 continue   # "Job <ID> is not found": gone
             native = rec.get("STAT", "")
@@ -81,14 +81,13 @@ class LSF(StatusOnly):
             reason = _value(rec.get("PEND_REASON", "")).rstrip(";") if state in (JobState.QUEUED, JobState.HELD) \
                 else exit_reason
             found[rec["JOBID"]] = JobStatus(
-                state=state, native=native, reason=reason, node=first_host(rec.get("EXEC_HOST", "")),
+                state=state, native=native, reason=reason, nodes=host_list(rec.get("EXEC_HOST", "")),
                 start_time=_value(rec.get("START_TIME", "")) or None,
                 time_left=_value(rec.get("TIME_LEFT", "")).split(" ")[0] if state is JobState.RUNNING else "")
         return found
 
-    async def status(self, job_ids: list[str]) -> dict[str, JobStatus]:
-        argv = ["bjobs", "-json", "-o", FIELDS, *job_ids]
-        return await query(self.runner, argv, self.parse_status, job_ids, NOT_FOUND)
+    def cancel_argv(self, job_id: str) -> list[str]:
+        return ["bkill", job_id]
 
-    async def cancel(self, job_id: str) -> None:
-        await self.runner.run(["bkill", job_id])
+    def signal_argv(self, job_id: str, name: str) -> list[str]:
+        return ["bkill", "-s", name, job_id]

@@ -1,20 +1,20 @@
-"""PBS Professional / OpenPBS: qsub (id on stdout), one ``qstat -f -F json -x IDS``, qdel.
+"""PBS Professional / OpenPBS: qsub (id on stdout), one ``qstat -f -F json -x IDS``, qdel, qsig.
 
 ``PBSFamily`` holds what PBS Pro and Torque (torque.py) share: the ``#PBS`` header,
-qsub's output, qdel, and the meaning of a finished job's exit status.  qsub never gets
+qsub's output, qdel, qsig (to the job's session leader: the launcher), and the meaning
+of a finished job's exit status.  qsub never gets
 ``-V``: the job then carries only PBS_O_* copies of a few submitter variables (HOME, PATH,
 LANG...) and starts in the user's login shell on the node, not in the server's environment.
 """
 
 from __future__ import annotations
 
-import json
 import re
 
-from . import JobState, JobStatus, Resources
+from ._common import hms, host_list, json_doc, last_match, megabytes, seconds
+from .base import Scheduler
 from .limits import NEVER
-from ._common import (StatusOnly, directive_lines, first_host, hms, last_match, log_redirect,
-                      megabytes, query, seconds)
+from .model import JobState, JobStatus, Resources
 
 # job_state letters (PBS Pro 2022 reference guide, "Job States").  F (finished, with -x) and
 # X (finished subjob) are resolved from the exit status.
@@ -53,65 +53,62 @@ def left(limit: str, used: str) -> str:
         return ""
 
 
-class PBSFamily(StatusOnly):
-    """qsub/qstat/qdel schedulers writing ``#PBS`` directives."""
+def walltime(res: Resources) -> str:
+    return f"-l walltime={hms(seconds(res.time))}"
+
+
+# The header rows PBS Pro and Torque share; each adds its own for CPUs, memory and GPUs.
+PBS_OPTIONS = (("job_name", "-N {}"), ("partition", "-q {}"), ("account", "-A {}"), ("time", walltime))
+
+
+class PBSFamily(Scheduler):
+    """qsub/qstat/qdel/qsig schedulers writing ``#PBS`` directives; subclasses add their
+    resource_options (PBS_OPTIONS and more), status_argv and parse_status."""
 
     exit_states: dict[int, JobState] = EXIT_STATES
-
-    def resource_lines(self, res: Resources) -> list[str]:
-        raise NotImplementedError
-
-    def header(self, res: Resources) -> list[str]:
-        opts = [f"-N {res.job_name}"] if res.job_name else []
-        opts += [f"-q {res.partition}"] if res.partition else []
-        opts += [f"-A {res.account}"] if res.account else []
-        opts += [f"-l walltime={hms(seconds(res.time))}"] if res.time else []
-        opts += self.resource_lines(res)
-        # Never rerun a kernel job; stdout/stderr go to the log file named after the job id
-        # (qsub -o cannot), so PBS's own spool copy is discarded.
-        opts += ["-r n", "-j oe", "-o /dev/null"]
-        return directive_lines("#PBS", opts, res.directives) + log_redirect(res.output, "$PBS_JOBID")
+    prefix = "#PBS"
+    # Never rerun a kernel job; stdout/stderr go to the log file named after the job id
+    # (qsub -o cannot), so PBS's own spool copy is discarded.
+    fixed_options = ("-r n", "-j oe", "-o /dev/null")
+    log_variable = "$PBS_JOBID"
+    submit_argv = ("qsub",)
+    gone = UNKNOWN
 
     @staticmethod
     def parse_job_id(stdout: str) -> str:
         return last_match(stdout, JOB_ID, "qsub")
 
-    async def submit(self, script: str) -> str:
-        _, out, _ = await self.runner.run(["qsub"], stdin=script)
-        return self.parse_job_id(out)
+    def cancel_argv(self, job_id: str) -> list[str]:
+        return ["qdel", job_id]
 
-    async def status(self, job_ids: list[str]) -> dict[str, JobStatus]:
-        return await query(self.runner, self.status_argv(job_ids), self.parse_status, job_ids, UNKNOWN)
+    def signal_argv(self, job_id: str, name: str) -> list[str]:
+        return ["qsig", "-s", f"SIG{name}", job_id]
 
-    async def cancel(self, job_id: str) -> None:
-        await self.runner.run(["qdel", job_id])
+
+def select(res: Resources) -> list[str]:
+    """PBS Pro's one chunk: ``-l select=1:ncpus=N:mem=Mmb:ngpus=G`` (what is set of it)."""
+    chunk = [f"ncpus={res.cpus}"] if res.cpus else []
+    chunk += [f"mem={megabytes(res.mem)}mb"] if res.mem else []
+    chunk += [f"ngpus={res.gpus}"] if res.gpus else []
+    return [f"-l select=1:{':'.join(chunk)}"] if chunk else []
 
 
 class PBSPro(PBSFamily):
     name = "pbs"
+    resource_options = PBS_OPTIONS + (("", select),)
 
     def never(self, status: JobStatus) -> str | None:
         queued = status.state in (JobState.QUEUED, JobState.HELD)
         return NEVER if queued and status.reason.startswith(NEVER_RUN) else None
 
-    def resource_lines(self, res: Resources) -> list[str]:
-        chunk = [f"ncpus={res.cpus}"] if res.cpus else []
-        chunk += [f"mem={megabytes(res.mem)}mb"] if res.mem else []
-        chunk += [f"ngpus={res.gpus}"] if res.gpus else []
-        return [f"-l select=1:{':'.join(chunk)}"] if chunk else []
-
-    @staticmethod
-    def status_argv(job_ids: list[str]) -> list[str]:
+    def status_argv(self, job_ids: list[str]) -> list[str]:
         return ["qstat", "-f", "-F", "json", "-x", *job_ids]
 
     @classmethod
     def parse_status(cls, stdout: str) -> dict[str, JobStatus]:
         """``qstat -f -F json -x`` output: {"Jobs": {id: {attribute: value}}}."""
-        if not stdout.strip():
-            return {}
-        jobs = json.loads(stdout).get("Jobs", {})
         found = {}
-        for job_id, job in jobs.items():
+        for job_id, job in json_doc(stdout, {}).get("Jobs", {}).items():
             native = job.get("job_state", "")
             comment = job.get("comment", "")
             if native in FINISHED:
@@ -123,6 +120,6 @@ class PBSPro(PBSFamily):
             estimated = job.get("estimated", {}).get("start_time")
             found[job_id] = JobStatus(
                 state=state, native=native, reason="" if state is JobState.RUNNING else comment,
-                node=first_host(job.get("exec_host", "")), start_time=job.get("stime") or estimated,
+                nodes=host_list(job.get("exec_host", "")), start_time=job.get("stime") or estimated,
                 time_left=left(limit, used) if state is JobState.RUNNING and limit else "")
         return found

@@ -1,16 +1,17 @@
 """Grid Engine (SGE, Son of Grid Engine, Open Cluster Scheduler): ``qsub -terse``, one
 ``qstat -xml`` (all of the user's jobs; finished jobs leave it), qdel.  qsub never gets ``-V``:
 the job has the execution daemon's environment, SGE's variables and SGE_O_* copies of a few
-submitter variables, not the server's environment."""
+submitter variables, not the server's environment.  Grid Engine has no command that sends a
+job a signal of one's choosing (``qmod -s``/``-us`` suspend and resume, ``qdel`` ends it)."""
 
 from __future__ import annotations
 
 import re
 
-from . import JobState, JobStatus, Resources
+from ._common import first_host, hms, last_match, megabytes, output_path, seconds, xml_root
+from .base import Scheduler
 from .limits import NEVER as NEVER_STARTS, SiteFacts
-from ._common import (StatusOnly, directive_lines, first_host, hms, last_match, megabytes, output_path, query,
-                      seconds, xml_root)
+from .model import JobState, JobStatus, Resources
 
 # State letters combine (qstat(1)): d(eletion) E(rror) h(old) r(unning) R(estarted)
 # s/S/T (suspended by user/subordination/threshold) t(ransferring) w(aiting) q(ueued).
@@ -25,7 +26,6 @@ STATE_RULES = [
 ]
 # qsub -terse prints the id alone; "123.1-10:1" for an array job.
 JOB_ID = re.compile(r"(?P<id>\d+)(?:\.\d+-\d+:\d+)?")
-NEVER = re.compile(r"(?!)")   # qstat -xml lists what exists; any stderr line is a failure
 # qstat -j's "error reason    1:  <why>" lines of a job in error state.
 ERROR_REASON = re.compile(r"^error reason\s+\d+:\s*(.+)$", re.MULTILINE)
 # The parallel environment kernels with several CPUs ask for (a site's own name may differ:
@@ -40,49 +40,41 @@ def sge_state(letters: str) -> tuple[JobState, str]:
     return JobState.UNKNOWN, ""
 
 
-class SGE(StatusOnly):
+class SGE(Scheduler):
     name = "sge"
-
-    def header(self, res: Resources) -> list[str]:
-        opts = [f"-N {res.job_name}"] if res.job_name else []
-        opts += [f"-q {res.partition}"] if res.partition else []
-        opts += [f"-A {res.account}"] if res.account else []
-        opts += [f"-l h_rt={hms(seconds(res.time))}"] if res.time else []
-        opts += [f"-pe {PE} {res.cpus}"] if res.cpus else []
+    prefix = "#$"
+    fixed_options = ("-S /bin/bash", "-r n", "-j y")
+    resource_options = (
+        ("job_name", "-N {}"), ("partition", "-q {}"), ("account", "-A {}"),
+        ("time", lambda res: f"-l h_rt={hms(seconds(res.time))}"), ("cpus", f"-pe {PE} {{}}"),
         # h_vmem is per slot: the kernel's memory divided among its CPUs.
-        opts += [f"-l h_vmem={max(1, megabytes(res.mem) // max(1, res.cpus))}M"] if res.mem else []
-        opts += [f"-l gpu={res.gpus}"] if res.gpus else []
-        opts += ["-S /bin/bash", "-r n", "-j y"]
-        opts += [f"-o {output_path(res.output, '$JOB_ID')}"] if res.output else []
-        return directive_lines("#$", opts, res.directives)
+        ("mem", lambda res: f"-l h_vmem={max(1, megabytes(res.mem) // max(1, res.cpus))}M"),
+        ("gpus", "-l gpu={}"), ("output", lambda res: f"-o {output_path(res.output, '$JOB_ID')}"))
+    submit_argv = ("qsub", "-terse")
+    # gone: none.  qstat -xml lists what exists; any stderr line is a failure.
+    no_signal = "Grid Engine has no command to send a job a signal (qmod suspends, qdel ends it)"
 
     @staticmethod
     def parse_job_id(stdout: str) -> str:
         return last_match(stdout, JOB_ID, "qsub -terse")
 
-    async def submit(self, script: str) -> str:
-        _, out, _ = await self.runner.run(["qsub", "-terse"], stdin=script)
-        return self.parse_job_id(out)
+    def status_argv(self, job_ids: list[str]) -> list[str]:
+        return ["qstat", "-xml"]
 
     @staticmethod
     def parse_status(stdout: str) -> dict[str, JobStatus]:
         """``qstat -xml``: <job_list> elements under queue_info (running) and job_info (pending)."""
-        root = xml_root(stdout)
         found = {}
-        for job in root.iter("job_list"):
+        for job in xml_root(stdout).iter("job_list"):
             letters = (job.findtext("state") or "").strip()
             state, reason = sge_state(letters)
-            start = job.findtext("JAT_start_time") or None
             found[(job.findtext("JB_job_number") or "").strip()] = JobStatus(
                 state=state, native=letters, reason=reason, node=first_host(job.findtext("queue_name") or ""),
-                start_time=start)
+                start_time=job.findtext("JAT_start_time") or None)
         return found
 
-    async def status(self, job_ids: list[str]) -> dict[str, JobStatus]:
-        return await query(self.runner, ["qstat", "-xml"], self.parse_status, job_ids, NEVER)
-
-    async def cancel(self, job_id: str) -> None:
-        await self.runner.run(["qdel", job_id])
+    def cancel_argv(self, job_id: str) -> list[str]:
+        return ["qdel", job_id]
 
     def never(self, status: JobStatus) -> str | None:
         """A job in error state (E) stays there until someone clears it (qmod -cj): it never starts."""
@@ -91,7 +83,7 @@ class SGE(StatusOnly):
     async def site_facts(self, job_id: str | None, kind: str) -> SiteFacts:
         if not job_id:
             return SiteFacts()
-        code, out, _ = await self.runner.run(["qstat", "-j", job_id], check=False)
+        code, out, _ = await self._run(["qstat", "-j", job_id], check=False)
         return SiteFacts(detail=self.parse_error_reason(out) if code == 0 else "")
 
     @staticmethod

@@ -1,13 +1,13 @@
-"""Torque: qsub (id on stdout), one ``qstat -x IDS`` (XML), qdel.  Header as PBS, nodes=1:ppn=N."""
+"""Torque: qsub (id on stdout), one ``qstat -x IDS`` (XML), qdel, qsig.  Header as PBS, nodes=1:ppn=N."""
 
 from __future__ import annotations
 
 import datetime
 import xml.etree.ElementTree as ET
 
-from . import JobState, JobStatus, Resources
-from ._common import first_host, hms, megabytes, xml_root
-from .pbs import STATES, PBSFamily, exit_state, left
+from ._common import hms, host_list, megabytes, xml_root
+from .model import JobState, JobStatus, Resources
+from .pbs import PBS_OPTIONS, STATES, PBSFamily, exit_state, left
 
 # Torque's job states: PBS's, plus C (completed, kept for keep_completed seconds).
 TORQUE_FINISHED = ("C",)
@@ -20,17 +20,18 @@ def _text(job: ET.Element, path: str) -> str:
     return (job.findtext(path) or "").strip()
 
 
+def nodes(res: Resources) -> list[str]:
+    """``-l nodes=1:ppn=N:gpus=G`` when CPUs or GPUs are asked for."""
+    spec = "nodes=1" + (f":ppn={res.cpus}" if res.cpus else "") + (f":gpus={res.gpus}" if res.gpus else "")
+    return [f"-l {spec}"] if res.cpus or res.gpus else []
+
+
 class Torque(PBSFamily):
     name = "torque"
     exit_states = TORQUE_EXIT_STATES
+    resource_options = PBS_OPTIONS + (("", nodes), ("mem", lambda res: f"-l mem={megabytes(res.mem)}mb"))
 
-    def resource_lines(self, res: Resources) -> list[str]:
-        nodes = "nodes=1" + (f":ppn={res.cpus}" if res.cpus else "") + (f":gpus={res.gpus}" if res.gpus else "")
-        lines = [f"-l {nodes}"] if res.cpus or res.gpus else []
-        return lines + ([f"-l mem={megabytes(res.mem)}mb"] if res.mem else [])
-
-    @staticmethod
-    def status_argv(job_ids: list[str]) -> list[str]:
+    def status_argv(self, job_ids: list[str]) -> list[str]:
         return ["qstat", "-x", *job_ids]
 
     @classmethod
@@ -38,9 +39,8 @@ class Torque(PBSFamily):
         """``qstat -x`` output: <Data><Job><Job_Id/><job_state/>...</Job>...</Data>."""
         if not stdout.strip():
             return {}
-        root = xml_root(stdout)
         found = {}
-        for job in root.iter("Job"):
+        for job in xml_root(stdout).iter("Job"):
             native = _text(job, "job_state")
             comment = _text(job, "comment")
             if native in TORQUE_FINISHED:
@@ -54,7 +54,7 @@ class Torque(PBSFamily):
             start = _text(job, "start_time")
             found[_text(job, "Job_Id")] = JobStatus(
                 state=state, native=native, reason="" if state is JobState.RUNNING else comment,
-                node=first_host(_text(job, "exec_host")),
+                nodes=host_list(_text(job, "exec_host")),
                 start_time=datetime.datetime.fromtimestamp(int(start)).isoformat() if start.isdigit() else None,
                 time_left=time_left if state is JobState.RUNNING else "")
         return found
