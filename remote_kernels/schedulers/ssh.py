@@ -76,7 +76,7 @@ class SSH(Scheduler):
         return log_redirect(res.output, "${RK_SSH_HOST}:$$")
 
     @staticmethod
-    def parse_job_id(host: str, stdout: str) -> str:
+    def parse_job_id(host: str, stdout: str) -> str:   # the host too: the id is HOST:PID (submit below)
         for line in reversed(stdout.splitlines()):
             m = PID.fullmatch(line.strip())
             if m:
