@@ -98,3 +98,25 @@ async def test_a_job_that_left_the_queue_is_not_a_failed_query(cluster, tmp_path
     monkeypatch.setenv("PATH", f"{tmp_path}:{__import__('os').environ['PATH']}")
     with pytest.raises(CommandError, match="Unable to contact slurm controller"):
         await slurm.status(["999999"])
+
+
+@pytest.mark.cluster
+async def test_signal_reaches_the_batch_script_of_a_running_job(cluster, tmp_path):
+    """scancel --batch --signal: the batch script (where the launcher runs) gets the signal."""
+    import signal
+
+    from kernel_helpers import until
+
+    got = tmp_path / "got"
+    res = Resources(time="2", job_name="rk-signal-test", output=str(tmp_path / "%j.log"))
+    text = "\n".join(["#!/bin/bash", *Slurm().header(res), f"trap 'echo USR1 > {got}; exit 0' USR1",
+                      f"touch {tmp_path}/started", "while true; do sleep 0.1; done", ""])
+    slurm = Slurm()
+    job = await slurm.submit(text, res)
+    try:
+        await until("the job to start", (tmp_path / "started").exists, timeout=30)
+        await slurm.signal(job, signal.SIGUSR1)
+        await until("the batch script to get USR1", got.exists, timeout=30)
+        assert got.read_text() == "USR1\n"
+    finally:
+        await slurm.cancel(job)
