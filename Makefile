@@ -1,4 +1,5 @@
-# remote-kernels: set-up, test cluster, demo and tests.  Run as root on Debian.
+# remote-kernels: set-up, test cluster, demo and tests.  Run as root on Debian (but `make unit`:
+# any user, in a checkout of their own).
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
@@ -11,11 +12,12 @@ APT_PKGS := slurm-wlm slurmdbd mariadb-server munge openssh-server tcsh libpam-s
 CLUSTER := /usr/bin/python3 tests/cluster/cluster.py
 SGE := /usr/bin/python3 tests/cluster/sge.py
 
-.PHONY: help deps venv cluster cluster-down cluster-status demo test docs bench dist
+.PHONY: help deps venv cluster cluster-down cluster-status demo unit test docs bench dist
 
 help:
 	@echo "make demo            set up everything, run a cell on a compute node"
-	@echo "make test            set up everything, run the test suite"
+	@echo "make unit            the unit tier: no root, no cluster (makes .venv if missing; < 1 min)"
+	@echo "make test            set up everything, run the unit tier, then the cluster suite"
 	@echo "make bench           benchmark a compute-node kernel against a local one (~5 min)"
 	@echo "make docs            build the documentation (warnings are errors)"
 	@echo "make dist            build the wheel and the sdist into dist/ (to install on a cluster)"
@@ -32,13 +34,20 @@ deps:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-$(STAMP): pyproject.toml | deps
+# The venv: Python packages only (pip, from the registry), so the checkout's owner can make it
+# without root.  Debian's python3.11 (with python3.11-venv, which `deps` installs) is readable
+# by all; root's own Python may not be.
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || { echo "$(PYTHON) cannot make a venv: install python3.11-venv" \
+	    "(as root: make deps), or set PYTHON= to a Python 3.9+ that can" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
-venv: deps $(STAMP)
+# Debian packages first: the venv needs python3.11-venv.
+venv: deps
+	@$(MAKE) --no-print-directory $(STAMP)
 
 cluster: deps
 	$(CLUSTER) up
@@ -67,8 +76,15 @@ dist:
 	rm -rf dist
 	$(DIST_VENV)/bin/python -m build --outdir dist .
 
-test: venv cluster docs
-	$(VPY) -m pytest tests
+# Two tiers (tests/conftest.py marks every test that uses the cluster fixture `cluster`).  The
+# unit tier needs no root, no cluster and none of its packages: parsers, script rendering,
+# options, CLI files, the stand-in, docs against the code.
+unit: $(STAMP)
+	$(VPY) -m pytest -m "not cluster" tests
+
+# The unit tier first (fast feedback), then the cluster suite.
+test: venv unit cluster docs
+	$(VPY) -m pytest -m cluster tests
 
 # The benchmark's kernelspec lives in the venv; --replace keeps it current.
 bench: venv cluster

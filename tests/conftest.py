@@ -1,4 +1,9 @@
-"""Shared fixtures.  Tests that need the test cluster fail (never skip) under CI=true."""
+"""Shared fixtures.  Tests that need the test cluster fail (never skip) under CI=true.
+
+Two tiers: a test that uses the ``cluster`` fixture (directly or through another fixture) is
+marked ``cluster``; the others are the unit tier (`make unit`: ``-m "not cluster"``), which
+runs as any user with no cluster and none of its commands.
+"""
 
 from __future__ import annotations
 
@@ -14,10 +19,15 @@ CLUSTER_JSON = Path(os.environ.get("RK_CLUSTER_STATE", "/var/lib/rk-cluster")) /
 CLUSTER_SCRIPT = Path(__file__).parent / "cluster" / "cluster.py"
 
 
-def _missing(reason: str):
+def unavailable(what: str):
+    """Skip the test, or fail it under CI=true: ``what`` says what it needs is missing and the fix."""
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"test cluster missing under CI: {reason} (run `make cluster`)")
-    pytest.skip(f"test cluster missing: {reason} (run `make cluster`)")
+        pytest.fail(f"{what} [CI=true: not skipped]")
+    pytest.skip(what)
+
+
+def _missing(reason: str):
+    unavailable(f"test cluster missing: {reason} (run `make cluster`)")
 
 
 @pytest.fixture(scope="session")
@@ -43,8 +53,40 @@ def accounting(cluster) -> dict:
 
 
 def pytest_collection_modifyitems(config, items):
-    """Run tests that take the cluster down and up again after all the others."""
+    """Mark every test that uses the cluster fixture (``fixturenames`` is transitive) as
+    ``cluster``; run the tests that take the cluster down and up again after all the others."""
+    for item in items:
+        if "cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.cluster)
     items.sort(key=lambda item: item.get_closest_marker("disruptive") is not None)
+
+
+# Commands of the test cluster and of its site (SLURM, Grid Engine, users, namespaces, the
+# browser).  A unit test finds them failing, so one that needs the cluster without asking for
+# the fixture fails in the unit tier even on a machine that has the cluster.
+CLUSTER_COMMANDS = ("sbatch", "squeue", "scontrol", "scancel", "sinfo", "sacct", "sacctmgr", "srun", "salloc",
+                    "qsub", "qstat", "qdel", "qconf", "runuser", "nsenter", "chromium", "chromedriver")
+NOT_IN_UNIT = """#!/bin/sh
+echo "$(basename "$0"): a unit test ran a command of the test cluster; give the test the cluster fixture" >&2
+exit 127
+"""
+
+
+@pytest.fixture(scope="session")
+def _cluster_command_stubs(tmp_path_factory) -> Path:
+    stubs = tmp_path_factory.mktemp("not-in-unit")
+    for name in CLUSTER_COMMANDS:
+        (stubs / name).write_text(NOT_IN_UNIT)
+        (stubs / name).chmod(0o755)
+    return stubs
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_stay_off_the_cluster(request, monkeypatch):
+    """For a test not marked ``cluster``: CLUSTER_COMMANDS first on PATH, each failing."""
+    if request.node.get_closest_marker("cluster") is None:
+        stubs = request.getfixturevalue("_cluster_command_stubs")
+        monkeypatch.setenv("PATH", f"{stubs}{os.pathsep}{os.environ.get('PATH', '')}")
 
 
 VENV_BIN = Path(sys.executable).parent

@@ -6,20 +6,18 @@ import asyncio
 import contextlib
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
 import uuid
 from pathlib import Path
 
-import pytest
 from jupyter_client.asynchronous import AsyncKernelClient
 from jupyter_client.connect import write_connection_file
 
 from conftest import SERVER_MARKER
 from kernel_helpers import job_in_queue, kernel_environ, processes_mentioning, start_sleeping_cell, until, value_of
-
-pytestmark = pytest.mark.cluster
 
 
 async def wait_for_kernel_info(kc, timeout: float) -> None:
@@ -35,7 +33,7 @@ async def wait_for_kernel_info(kc, timeout: float) -> None:
             while (await kc.get_iopub_msg(timeout=1))["parent_header"].get("msg_id") != msg_id:
                 pass
             return
-        except Exception:  # queue.Empty: nothing yet
+        except queue.Empty:   # nothing yet
             continue
     raise AssertionError(f"no kernel_info reply within {timeout}s")
 

@@ -10,15 +10,12 @@ import select
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from kernel_helpers import job_in_queue
 from slurm_helpers import jobs_named, wait_until
-
-pytestmark = pytest.mark.cluster
 
 OWNER = Path(__file__).parent / "kernel_owner.py"
 PHASES = ["submit", "queue wait", "job start -> launcher ready", "kernel ready", "first execute", "shutdown", "total"]
@@ -89,14 +86,11 @@ def test_check_good_spec_reports_node_and_timings(cli):
     wait_until(f"job {job} to leave the queue", lambda: not job_in_queue(job), timeout=15)
 
 
-def test_check_unknown_partition_fails_fast_with_slurms_message(cli):
+def test_check_unknown_partition_fails_at_submit_with_slurms_message(cli):
     cli.install("rkc-nopart", "--no-check", "--partition", "nosuch")
     before = jobs_named("rk-rkc-nopart")
-    t0 = time.monotonic()
     res = cli("check", "rkc-nopart")
-    elapsed = time.monotonic() - t0
     assert res.returncode == 1
-    assert elapsed < 5, f"took {elapsed:.1f}s"
     assert res.stderr.startswith("FAILED at submit: ") and "Invalid partition name specified" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
     assert jobs_named("rk-rkc-nopart") == before
@@ -109,18 +103,17 @@ def _users_job_listed(job: str) -> bool:
     return job in out.split()
 
 
-def test_check_of_a_spec_that_can_never_run_fails_at_once_with_the_limit(cli):
+def test_check_of_a_spec_that_can_never_run_fails_from_the_reason_with_the_limit(cli):
+    """The pending reason decides, not the queue timeout: with one longer than the CLI's patience
+    (120 s), only the reason can end the check, and the line names the limit."""
     cli.install("rkc-never", "--no-check", "--partition", "debug", "--time", "10:00:00")   # debug's MaxTime is 4:00:00
-    t0 = time.monotonic()
-    res = cli("check", "rkc-never")
-    elapsed = time.monotonic() - t0
+    res = cli("check", "rkc-never", "--queue-timeout", "600")
     assert res.returncode == 1, res.stdout + res.stderr
     assert len(res.stderr.strip().splitlines()) == 1, res.stderr
     m = re.match(r"FAILED at queue wait: slurm job (\d+) can never start \(Partition\w+\): partition debug allows "
                  r"at most 4:00:00 \(asked for 10:00:00\); ask for less with --time or RK_TIME, or use partition "
                  r"long$", res.stderr.strip())
     assert m, res.stderr
-    assert elapsed < 10, f"took {elapsed:.1f}s"
     wait_until(f"job {m.group(1)} to leave the queue", lambda: not _users_job_listed(m.group(1)), timeout=10)
 
 

@@ -1,5 +1,6 @@
 """`remote-kernels install --from/--grace/--queue-timeout`, `list`, `show`, `remove` and the RK_*
-per-launch overrides; no cluster needed (show renders the script, it submits nothing)."""
+per-launch overrides; no cluster needed (show renders the script, it submits nothing; installs
+pass --no-check: the site check asks the scheduler, tests/test_sitecheck.py tests it)."""
 
 from __future__ import annotations
 
@@ -84,15 +85,17 @@ def test_install_rejects_bad_input_without_writing(cli, args, message):
 
 
 def test_install_ignores_rk_variables(cli):
-    res = cli("install", "plain", "--time", "01:00:00", "--prefix", str(cli.prefix), RK_TIME="bogus", RK_PARTITION="x")
+    res = cli("install", "plain", "--no-check", "--time", "01:00:00", "--prefix", str(cli.prefix),
+              RK_TIME="bogus", RK_PARTITION="x")
     assert res.returncode == 0, res.stderr
     assert spec(cli, "plain")["metadata"]["kernel_provisioner"]["config"]["time"] == "01:00:00"
 
 
 def test_list_shows_compute_node_specs_only(cli):
-    assert cli("install", "cn-a", "--partition", "long", "--time", "00:30:00", "--cpus", "2", "--mem", "1G",
+    assert cli("install", "cn-a", "--no-check", "--partition", "long", "--time", "00:30:00", "--cpus", "2",
+               "--mem", "1G", "--prefix", str(cli.prefix)).returncode == 0
+    assert cli("install", "cn-b", "--no-check", "--display-name", "B kernel",
                "--prefix", str(cli.prefix)).returncode == 0
-    assert cli("install", "cn-b", "--display-name", "B kernel", "--prefix", str(cli.prefix)).returncode == 0
     plain = cli.prefix / "share" / "jupyter" / "kernels" / "local-py"
     plain.mkdir(parents=True)
     (plain / "kernel.json").write_text(json.dumps({"argv": ["python3"], "display_name": "local", "language": "python"}))
@@ -111,7 +114,8 @@ def test_list_shows_compute_node_specs_only(cli):
 
 
 def test_show_renders_the_script_with_rk_overrides(cli):
-    assert cli("install", "cn", "--partition", "debug", "--time", "01:00:00", "--prefix", str(cli.prefix)).returncode == 0
+    assert cli("install", "cn", "--no-check", "--partition", "debug", "--time", "01:00:00",
+               "--prefix", str(cli.prefix)).returncode == 0
     plain = cli("show", "cn")
     assert plain.returncode == 0, plain.stderr
     assert "#SBATCH --partition=debug" in plain.stdout and "#SBATCH --time=01:00:00" in plain.stdout
@@ -131,7 +135,7 @@ def test_show_renders_the_script_with_rk_overrides(cli):
 
 
 def test_bad_rk_variable_is_named(cli):
-    assert cli("install", "cn", "--prefix", str(cli.prefix)).returncode == 0
+    assert cli("install", "cn", "--no-check", "--prefix", str(cli.prefix)).returncode == 0
     res = cli("show", "cn", RK_TIME="tomorrow")
     assert res.returncode == 1
     assert "environment variable RK_TIME: time 'tomorrow' is not a wall-time" in res.stderr
@@ -153,7 +157,7 @@ def test_show_and_remove_refuse_other_specs(cli):
 
 
 def test_remove_deletes_the_spec(cli):
-    assert cli("install", "cn", "--prefix", str(cli.prefix)).returncode == 0
+    assert cli("install", "cn", "--no-check", "--prefix", str(cli.prefix)).returncode == 0
     res = cli("remove", "cn")
     assert res.returncode == 0, res.stderr
     assert not (cli.prefix / "share" / "jupyter" / "kernels" / "cn").exists()

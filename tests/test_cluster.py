@@ -14,8 +14,6 @@ from conftest import CLUSTER_SCRIPT
 from site_helpers import as_user, held_node, home, unique, user_jobs
 from slurm_helpers import sbatch_wait, wait_until
 
-pytestmark = pytest.mark.cluster
-
 
 def test_job_pinned_to_c2_runs_there(cluster, tmp_path):
     assert sbatch_wait(tmp_path, "-p", "debug", "-w", "c2", wrap="hostname").strip() == "c2"
@@ -165,6 +163,7 @@ def _cluster(cmd: str) -> subprocess.CompletedProcess:
 
 
 def test_up_when_up_changes_nothing(cluster):
+    assert _cluster("up").returncode == 0   # repairs what an earlier test may have left down
     res = _cluster("up")
     assert res.returncode == 0, res.stderr
     for action in ("starting", "creating", "restarting", "accounting:"):   # accounting: a sacctmgr write

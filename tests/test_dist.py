@@ -21,8 +21,6 @@ import pytest
 from site_helpers import as_user
 from slurm_helpers import wait_until
 
-pytestmark = pytest.mark.cluster
-
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "remote_kernels" / "kernelspecs"
 CLI = [sys.executable, "-m", "remote_kernels"]

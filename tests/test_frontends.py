@@ -7,20 +7,19 @@ with the test kernelspecs on JUPYTER_PATH.  The browser test is tests/test_jupyt
 
 from __future__ import annotations
 
+import concurrent.futures
+import json
 import signal
 import subprocess
 import threading
-import time
+from pathlib import Path
 
-import nbformat
 import pexpect
 import pytest
 
 from jupyter_helpers import VENV_BIN, JupyterServer, ensure_jobs_gone, frontend_env, submitted_jobs
 from kernel_helpers import SLEEPING_CELL, job_in_queue
 from slurm_helpers import wait_until
-
-pytestmark = pytest.mark.cluster
 
 NODES = ("c1", "c2")
 WHERE = "import os, socket; print(socket.gethostname(), os.environ['SLURM_JOB_ID'])"
@@ -33,6 +32,7 @@ def server(kernelspecs, tmp_path_factory):
 
 
 def test_server_rest_and_websocket(server):
+    before = set(server.jobs())   # the server is the module's: other tests may have used it
     status, kernel = server.request("POST", "/api/kernels", {"name": "rk-test"})
     assert status == 201, kernel
     kid = kernel["id"]
@@ -44,7 +44,7 @@ def test_server_rest_and_websocket(server):
             node, job = out.split()
             assert node in NODES
             assert job_in_queue(job)
-            assert server.jobs() == [job]
+            assert [j for j in server.jobs() if j not in before] == [job]
 
             # Interrupt over REST while a cell sleeps.
             reply, out = ws.execute(
@@ -61,13 +61,13 @@ def test_server_rest_and_websocket(server):
             reply, out = ws.execute(WHERE + "; print('marker' in globals())")
             assert reply["status"] == "ok", out
             assert out.split() == [node, job, "False"]
-        assert server.jobs() == [job], "restart submitted another job"
+        assert [j for j in server.jobs() if j not in before] == [job], "restart submitted another job"
 
         # Delete over REST: the job ends.
         status, body = server.request("DELETE", f"/api/kernels/{kid}")
         assert status == 204, body
         wait_until(f"job {job} to leave the queue", lambda: not job_in_queue(job), timeout=20)
-        assert server.kernels() == []
+        assert kid not in [k["id"] for k in server.kernels()]
     finally:
         if any(k["id"] == kid for k in server.kernels()):
             server.request("DELETE", f"/api/kernels/{kid}")
@@ -111,7 +111,6 @@ def test_pending_kernel_answers_while_queued_then_runs_on_the_node(pending_serve
     server = pending_server
     name = make_spec(f"rk-held-{transport}", directives=["--begin=now+1hour"], login_transport=transport)
     before = set(server.jobs())
-    t0 = time.monotonic()
     status, kernel = server.request("POST", "/api/kernels", {"name": name})
     assert status == 201, kernel
     kid = kernel["id"]
@@ -119,7 +118,7 @@ def test_pending_kernel_answers_while_queued_then_runs_on_the_node(pending_serve
     try:
         with server.channels(kid) as ws:
             ws.wait_ready(timeout=30)
-            assert time.monotonic() - t0 < 20, "the websocket waited for the queue"
+            assert job_state(job) == "PENDING", "the websocket waited for the queue"   # held for an hour
             reply, out = ws.execute(WHERE, timeout=10)
             assert reply["status"] == "error" and reply["ename"] == "KernelNotStarted", out
             assert f"job {job} is queued" in reply["evalue"] and "this cell did not run" in out
@@ -145,10 +144,35 @@ def test_pending_kernel_answers_while_queued_then_runs_on_the_node(pending_serve
             server.request("DELETE", f"/api/kernels/{kid}")
 
 
-SLOW_KERNEL_START = """import time
+# The job's sitecustomize (PYTHONPATH): an ipykernel starting marks STARTING, then waits until
+# GO exists (at most 120 s); other Pythons of the job (the launcher) pass through.
+GATED_KERNEL_START = """import os, time
 if "ipykernel" in open("/proc/self/cmdline").read():
-    time.sleep(3)
+    open({starting!r}, "a").close()
+    deadline = time.monotonic() + 120
+    while not os.path.exists({go!r}) and time.monotonic() < deadline:
+        time.sleep(0.05)
 """
+
+
+def login_side_sockets(server, kernel_id: str) -> dict[Path, int]:
+    """The kernel's login-side ipc socket files (the forwards' ends) -> their inode numbers."""
+    info = json.loads((Path(server.env["JUPYTER_RUNTIME_DIR"]) / f"kernel-{kernel_id}.json").read_text())
+    assert info["transport"] == "ipc", info
+    paths = [Path(f"{info['ip']}-{info[ch]}") for ch in ("shell_port", "iopub_port", "stdin_port", "control_port",
+                                                         "hb_port")]
+    return {p: p.stat().st_ino for p in paths if p.is_socket()}
+
+
+def replaced_or_gone(sockets: dict[Path, int]) -> bool:
+    """Some of these socket files were removed (jupyter_client's clean-up does) or made anew."""
+    for path, inode in sockets.items():
+        try:
+            if path.stat().st_ino != inode:
+                return True
+        except FileNotFoundError:
+            return True
+    return False
 
 
 class HeldKernel:
@@ -184,28 +208,54 @@ class HeldKernel:
 
 
 def test_pending_kernel_restarted_while_its_kernel_starts_keeps_the_job(pending_server, make_spec, tmp_path):
-    """A restart that lands after the job left the queue, while its kernel is starting (made
-    slow here, 3 s) and the forwards already exist, lets that start finish, then restarts the
+    """A restart that lands after the job left the queue, while its kernel is starting (held
+    here until the restart has reached jupyter_client's clean-up, which removes the login-side
+    socket files) and the forwards already exist, lets that start finish, then restarts the
     kernel in the same job; the frontend reaches it on the same endpoints."""
     server = pending_server
-    (tmp_path / "sitecustomize.py").write_text(SLOW_KERNEL_START)
-    name = make_spec("rk-held-slow", directives=["--begin=now+1hour"], setup=[f"export PYTHONPATH={tmp_path}"])
-    with HeldKernel(server, name) as k, server.channels(k.kid) as ws:
-        ws.wait_ready(timeout=30)   # the stand-in
-        subprocess.run(["scontrol", "update", f"JobId={k.job}", "StartTime=now"], check=True)
-        wait_until("the kernel to be starting in the job",
-                   lambda: f"{name}: launcher ready on" in server.log(), timeout=30)
-        status, body = server.request("POST", f"/api/kernels/{k.kid}/restart")
+    starting, go = tmp_path / "kernel-starting", tmp_path / "kernel-go"
+    (tmp_path / "sitecustomize.py").write_text(GATED_KERNEL_START.format(starting=str(starting), go=str(go)))
+    name = make_spec("rk-held-slow", directives=["--begin=now+1hour"], setup=[f"export PYTHONPATH={tmp_path}"],
+                     login_transport="ipc")
+    with HeldKernel(server, name) as k, server.channels(k.kid) as ws, concurrent.futures.ThreadPoolExecutor(1) as pool:
+        try:
+            ws.wait_ready(timeout=30)   # the stand-in
+            subprocess.run(["scontrol", "update", f"JobId={k.job}", "StartTime=now"], check=True)
+            wait_until("the kernel to be starting in the job", starting.exists, timeout=30)
+            sockets = login_side_sockets(server, k.kid)
+            assert len(sockets) == 5, sockets   # the forwards are in place
+            restart = pool.submit(server.request, "POST", f"/api/kernels/{k.kid}/restart", timeout=120)
+            wait_until("the restart to reach jupyter_client's clean-up", lambda: replaced_or_gone(sockets),
+                       timeout=60)
+        finally:
+            go.touch()   # the kernel's start goes on
+        status, body = restart.result(timeout=120)
         assert status == 200, body
         node, ran_in = wait_until("a cell to run on the compute node", lambda: ran_on_a_node(ws), timeout=60)
         assert node in NODES and ran_in == k.job
         assert k.new_jobs() == [k.job], "the restart submitted a job"
 
 
+# Logged by jupyter_client's restarter at each poll of a kernel (with KernelRestarter.debug), and
+# when a poll decides to restart it.
+RESTARTER_POLL, RESTARTER_RESTARTS = "Polling kernel...", "Restarter: restarting kernel"
+
+
+@pytest.fixture
+def polled_server(kernelspecs, tmp_path):
+    """A pending-kernels server of the test's own (its polls are its one kernel's) whose log shows
+    every poll of its restarter."""
+    with JupyterServer(tmp_path / "polled", app="server",
+                       extra_args=("--MappingKernelManager.use_pending_kernels=True", "--KernelRestarter.debug=True",
+                                   "--ServerApp.log_level=DEBUG")) as srv:
+        yield srv
+
+
 def stays_failed(k: HeldKernel, ws) -> str:
-    """Wait until the stand-in says the start failed; then check, over two of the server's
-    restarter intervals (3 s) and until the stand-in says so again, that the kernel's job is
-    still its only one (the server did not resubmit by itself).  Returns what it said."""
+    """Wait until the stand-in says the start failed; then until two whole polls of the server's
+    restarter (polled_server's) have passed since: none restarted the kernel (a poll logs that
+    it does), the kernel's job is still its only one (the server did not resubmit by itself) and
+    the stand-in says so again.  Returns what it said."""
     def explained():
         try:
             reply, _ = ws.execute(WHERE, timeout=10)
@@ -213,19 +263,20 @@ def stays_failed(k: HeldKernel, ws) -> str:
             return None
         return reply["evalue"] if "could not start" in reply["evalue"] else None
     why = wait_until("the stand-in to say the start failed", explained, timeout=60)
-    deadline = time.monotonic() + 7
-    while time.monotonic() < deadline:
-        assert k.new_jobs() == [k.job], "the server resubmitted by itself"
-        time.sleep(0.5)
+    polls = k.server.log().count(RESTARTER_POLL)   # a third begun: the second has decided
+    wait_until("two polls of the server's restarter", lambda: k.server.log().count(RESTARTER_POLL) >= polls + 3,
+               timeout=30)
+    assert RESTARTER_RESTARTS not in k.server.log()
+    assert k.new_jobs() == [k.job], "the server resubmitted by itself"
     assert explained() == why
     return why
 
 
-def test_pending_kernel_that_fails_to_start_in_its_job_is_not_resubmitted(pending_server, make_spec):
+def test_pending_kernel_that_fails_to_start_in_its_job_is_not_resubmitted(polled_server, make_spec):
     """B1: the job runs, the kernel cannot start (no ipykernel for that Python).  The stand-in,
     closed for the start, comes back saying why: the server sees no dead kernel, so its
     restarter does not resubmit the job (it used to, up to five times)."""
-    server = pending_server
+    server = polled_server
     name = make_spec("rk-held-no-ipykernel", python="/usr/bin/python3", directives=["--begin=now+1hour"])
     with HeldKernel(server, name) as k, server.channels(k.kid) as ws:
         ws.wait_ready(timeout=30)   # the stand-in
@@ -234,11 +285,11 @@ def test_pending_kernel_that_fails_to_start_in_its_job_is_not_resubmitted(pendin
         assert "ipykernel is not installed" in why and "restart the kernel" in why
 
 
-def test_pending_kernel_whose_job_ends_in_the_queue_says_so_and_restarts_only_when_asked(pending_server,
+def test_pending_kernel_whose_job_ends_in_the_queue_says_so_and_restarts_only_when_asked(polled_server,
                                                                                          make_spec):
     """A queued job cancelled from outside: the stand-in now explains, the server does not
     resubmit on its own, a restart by the user submits one new job on the same endpoints."""
-    server = pending_server
+    server = polled_server
     make_spec("rk-held", directives=["--begin=now+1hour"])
     with HeldKernel(server, "rk-held") as k, server.channels(k.kid) as ws:
         ws.wait_ready(timeout=30)
@@ -340,7 +391,11 @@ class _Collect:
         pass
 
 
+# nbformat is imported where used: importing it takes seconds (its JSON schema checks), which
+# every run of the unit tier would pay at collection.
 def _notebook(*cells) -> nbformat.NotebookNode:
+    import nbformat
+
     nb = nbformat.v4.new_notebook()
     nb.cells = list(cells)
     nb.metadata["kernelspec"] = {"name": "rk-test", "display_name": "Python 3 (compute node, test)",
@@ -353,6 +408,8 @@ def _stdout(cell) -> str:
 
 
 def test_nbconvert_execute(kernelspecs, tmp_path):
+    import nbformat
+
     nb_path = tmp_path / "where.ipynb"
     nbformat.write(_notebook(nbformat.v4.new_code_cell(WHERE)), nb_path)
     argv = [str(VENV_BIN / "jupyter"), "nbconvert", "--to", "notebook", "--execute",
@@ -370,6 +427,8 @@ def test_nbconvert_execute(kernelspecs, tmp_path):
 
 
 def test_papermill_parameters(kernelspecs, tmp_path):
+    import nbformat
+
     params = nbformat.v4.new_code_cell("value = 0")
     params.metadata["tags"] = ["parameters"]
     nbformat.write(_notebook(params, nbformat.v4.new_code_cell(WHERE + "; print(f'value={value}')")),

@@ -13,8 +13,6 @@ from site_helpers import as_user
 from slurm_helpers import jobs_named
 from remote_kernels.session import KernelStartError
 
-pytestmark = pytest.mark.cluster
-
 CONNECT_AS = "import socket, sys; s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); print('connected')"
 
 

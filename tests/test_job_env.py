@@ -15,13 +15,9 @@ import subprocess
 import uuid
 from pathlib import Path
 
-import pytest
-
 from conftest import SERVER_MARKER
 from kernel_helpers import SERVER_SCRIPT, kernel_environ, remote, value_of
 from site_helpers import VENV_BIN, UserSpecs, as_user, home
-
-pytestmark = pytest.mark.cluster
 
 # Secrets a Jupyter server's environment carries (JupyterHub's API token under both names,
 # the server's own token, a gateway's token): none may reach a job.

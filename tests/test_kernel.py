@@ -11,11 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
-
 from kernel_helpers import job_in_queue, processes_mentioning, remote, remote_sync, run_cell, start_sleeping_cell, until, value_of
-
-pytestmark = pytest.mark.cluster
 
 
 async def test_kernel_runs_on_a_compute_node_in_the_notebook_dir(start_kernel, tmp_path):
@@ -99,7 +95,7 @@ async def scancel_and_wait_for_poll(km, within: float) -> str:
 
 async def test_scancel_is_noticed_by_poll(start_kernel):
     km, kc = await start_kernel()
-    await scancel_and_wait_for_poll(km, within=5)
+    await scancel_and_wait_for_poll(km, within=60)   # how fast: `make bench`
     assert await km.provisioner.poll() != 0
     assert "CANCELLED" in (await remote(km))["ended_reason"]
 
@@ -157,7 +153,7 @@ async def test_kernels_of_two_jobs_on_one_node_have_a_connection_each(start_kern
 
 async def test_restart_after_the_job_was_cancelled_submits_a_new_job(start_kernel):
     km, kc = await start_kernel()
-    old_job = await scancel_and_wait_for_poll(km, within=10)
+    old_job = await scancel_and_wait_for_poll(km, within=60)
     await km.restart_kernel(now=True)
     await kc.wait_for_ready(timeout=60)
     assert (await remote(km))["job_id"] != old_job

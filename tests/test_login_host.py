@@ -6,12 +6,9 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import pytest
-
 from kernel_helpers import SERVER_SCRIPT, job_in_queue
 from slurm_helpers import wait_until
 
-pytestmark = pytest.mark.cluster
 
 def _in_laptop(cluster, *argv: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run(["nsenter", f"--net=/run/netns/{cluster['laptop']['netns']}", *argv],

@@ -7,6 +7,7 @@ import subprocess
 
 import pytest
 
+from conftest import unavailable
 from remote_kernels.runner import remote_command
 
 SHELLS = ["/bin/sh", "/bin/bash", "/usr/bin/tcsh"]
@@ -19,7 +20,8 @@ WORDS = [
 
 @pytest.mark.parametrize("shell", SHELLS)
 def test_every_login_shell_reads_the_same_argv(shell):
-    assert shutil.which(shell), f"{shell} missing (make deps installs tcsh)"
+    if not shutil.which(shell):   # tcsh is one of the test site's packages
+        unavailable(f"{shell} missing (apt-get install tcsh; make deps does)")
     line = remote_command(["printf", "%s\\0", *WORDS])
     out = subprocess.run([shell, "-c", line], capture_output=True, env={"PATH": "/usr/bin:/bin", "HOME": "/tmp"})
     assert out.returncode == 0, out.stderr

@@ -1,4 +1,6 @@
-"""Many kernels from one server: one batched status query per interval, no collisions, no leftovers."""
+"""Many kernels from one server: batched status queries, none for running kernels, no collisions,
+no leftovers.  How often an idle server queries is measured by `make bench` (squeue/min at
+scale), not asserted here."""
 
 from __future__ import annotations
 
@@ -11,8 +13,6 @@ import pytest
 from jupyter_client.manager import AsyncKernelManager
 
 from kernel_helpers import processes_mentioning, remote, until, value_of
-
-pytestmark = pytest.mark.cluster
 
 SQUEUE_SHIM = """#!/bin/sh
 # Counts the provisioner's status queries; fails them while $RK_SQUEUE_FAIL exists.
@@ -58,21 +58,22 @@ async def _stop_all(managers, clients):
     await asyncio.gather(*(km.shutdown_kernel() for km in managers), return_exceptions=True)
 
 
-async def test_eight_waiting_kernels_share_one_status_query_and_running_ones_need_none(make_spec, counted_squeue):
+async def test_waiting_kernels_share_one_status_query_and_running_ones_need_none(make_spec, counted_squeue):
     """While jobs wait, one query asks about all of them, and failing or hanging queries end no
-    start; once the kernels run, their links' traffic says they live: no query at all."""
+    start; once eight of the nine kernels run, their links' traffic says they live: the queries,
+    still going for the one that waits, leave them out."""
     log, fail = counted_squeue
     make_spec("rk-poll", poll_interval=0.5, command_timeout=1, directives=["--hold"])
-    managers = [AsyncKernelManager(kernel_name="rk-poll") for _ in range(8)]
+    managers = [AsyncKernelManager(kernel_name="rk-poll") for _ in range(9)]
     starts = [asyncio.ensure_future(km.start_kernel()) for km in managers]
     clients = []
     try:
-        await until("eight held jobs", lambda: len(_jobs_in(log)) == 8, 30)
+        await until("nine held jobs", lambda: len(_jobs_in(log)) == 9, 30)
         jobs = _jobs_in(log)
         log.write_text("")
         await until("four queries", lambda: len(log.read_text().splitlines()) >= 4, 15)
-        for q in log.read_text().splitlines():   # every query asks about all eight jobs at once
-            assert set(q.split("-j ")[1].split()[0].split(",")) == jobs
+        for q in log.read_text().splitlines():   # every query asks about all nine jobs at once
+            assert _ids(q) == jobs
         # Thirteen failed queries in a row, then three hanging ones (killed after command_timeout):
         # no start gives up, for a failed query is not a job that left the queue.
         fail.touch()
@@ -85,18 +86,21 @@ async def test_eight_waiting_kernels_share_one_status_query_and_running_ones_nee
         await until("three hung queries", lambda: len(log.read_text().splitlines()) >= hung_before + 3, 15)
         hang.unlink()
         assert not any(t.done() for t in starts)
-        subprocess.run(["scontrol", "release", ",".join(sorted(jobs))], check=True)
-        await asyncio.wait_for(asyncio.gather(*starts), 120)
-        clients = [km.client() for km in managers]
+        *released, waiting = sorted(jobs)
+        subprocess.run(["scontrol", "release", ",".join(released)], check=True)
+        await until("eight starts to finish", lambda: sum(t.done() for t in starts) == 8, 120)
+        running = [km for km, t in zip(managers, starts) if t.done() and t.result() is None]
+        assert len(running) == 8
+        clients = [km.client() for km in running]
         for kc in clients:
             kc.start_channels()
         await asyncio.gather(*(kc.wait_for_ready(timeout=120) for kc in clients))
         log.write_text("")
-        # An idle server for six poll intervals, and a cell in every kernel: no status query.
+        # A cell in every running kernel, and four queries of the server: all for the waiting job only.
         assert [await value_of(kc, "'alive'") for kc in clients] == ["alive"] * 8
-        await asyncio.sleep(3.0)
-        assert log.read_text() == ""
-        for km in managers:
+        queries = await until("four queries", lambda: len(q := log.read_text().splitlines()) >= 4 and q, 15)
+        assert [_ids(q) for q in queries] == [{waiting}] * len(queries)
+        for km in running:
             assert await km.provisioner.poll() is None
     finally:
         for t in starts:
@@ -105,10 +109,15 @@ async def test_eight_waiting_kernels_share_one_status_query_and_running_ones_nee
         await _stop_all(managers, clients)
 
 
+def _ids(query: str) -> set[str]:
+    """The job ids one logged squeue command line asks about (its -j list)."""
+    return set(query.split("-j ")[1].split()[0].split(","))
+
+
 def _jobs_in(log: Path) -> set[str]:
     """The job ids of the last status query in the shim's log."""
     lines = log.read_text().splitlines()
-    return set(lines[-1].split("-j ")[1].split()[0].split(",")) if lines else set()
+    return _ids(lines[-1]) if lines else set()
 
 
 async def test_sixteen_kernels_at_once_then_nothing_left(kernelspecs):

@@ -34,8 +34,6 @@ from remote_kernels.schedulers import get_scheduler
 from remote_kernels.schedulers._common import seconds
 from remote_kernels.script import render
 
-pytestmark = pytest.mark.cluster
-
 FAKES = Path(__file__).parent / "fake_schedulers"
 SGE_SCRIPT = Path(__file__).parent / "cluster" / "sge.py"
 FAKE_FLAVOURS = ("pbs", "torque", "lsf", "htcondor", "flux")
@@ -211,22 +209,20 @@ async def test_a_users_job_gets_none_of_the_submitters_environment(scheduler_env
 @pytest.mark.parametrize("scheduler_env", ["slurm", "pbs", "flux"], indirect=True)
 async def test_request_over_the_partition_limit_fails_at_once(scheduler_env, make_spec):
     """A wall time over the partition's limit (debug: 4:00:00): SLURM's pending reason, PBS's
-    "Can Never Run" comment, Flux's unsatisfiable-request exception.  The start fails within
-    seconds, with no queue_timeout, in one line; the job is gone (as its scheduler sees it)."""
+    "Can Never Run" comment, Flux's unsatisfiable-request exception.  The start fails from that
+    answer (not from a queue timeout: the one given is far off), in one line; the job is gone
+    (as its scheduler sees it)."""
     from jupyter_client.manager import AsyncKernelManager
     from remote_kernels.session import KernelStartError
 
     name = scheduler_env
     make_spec(f"rk-e2e-never-{name}", **dict(spec_config(name), partition="debug", time="10:00:00"))
     km = AsyncKernelManager(kernel_name=f"rk-e2e-never-{name}")
-    loop = asyncio.get_running_loop()
-    t0 = loop.time()
     with pytest.raises(KernelStartError) as err:
-        await km.start_kernel()
-    elapsed, message = loop.time() - t0, str(err.value)
+        await km.start_kernel(queue_timeout=300)   # a start it ended would say "still queued after"
+    message = str(err.value)
     m = re.match(rf"^{name} job (\S+) can never start \(", message)
     assert m and "\n" not in message, message
-    assert elapsed < 10, f"took {elapsed:.1f}s: {message}"
     if name == "slurm":
         assert "partition debug allows at most 4:00:00" in message
     job = m.group(1)
@@ -264,6 +260,6 @@ async def until_async(what: str, cond, timeout: float, interval: float = 0.2):
 
 @pytest.mark.parametrize("name", SCHEDULERS)
 def test_install_accepts_every_scheduler(name, tmp_path, capsys):
-    assert cli_main(["install", f"rk-{name}", "--scheduler", name, "--prefix", str(tmp_path)]) == 0
+    assert cli_main(["install", f"rk-{name}", "--scheduler", name, "--no-check", "--prefix", str(tmp_path)]) == 0
     spec = json.loads((tmp_path / "share" / "jupyter" / "kernels" / f"rk-{name}" / "kernel.json").read_text())
     assert spec["metadata"]["kernel_provisioner"]["config"]["scheduler"] == name

@@ -13,8 +13,6 @@ import pytest
 from site_helpers import UserSpecs, as_user, home, unique, user_jobs, VENV_BIN
 from slurm_helpers import wait_until
 
-pytestmark = pytest.mark.cluster
-
 CHECK = str(VENV_BIN / "remote-kernels")
 ON_C1 = ("--directive=--nodelist=c1",)
 ON_C2 = ("--partition", "long")   # c2 only: the node with a host certificate

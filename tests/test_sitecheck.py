@@ -16,8 +16,6 @@ import pytest
 
 from site_helpers import VENV_BIN, as_user, home, unique
 
-pytestmark = pytest.mark.cluster
-
 USER = "rkuser"
 RK = str(VENV_BIN / "remote-kernels")
 PREFIX = "remote-kernels install: slurm would never run this request: "

@@ -11,8 +11,6 @@ import pytest
 
 from remote_kernels import sshconnect
 
-pytestmark = pytest.mark.cluster
-
 ROOT_KEY = str(Path("~root/.ssh/id_ed25519").expanduser())
 
 
