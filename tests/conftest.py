@@ -52,6 +52,7 @@ def accounting(cluster) -> dict:
     return assocs
 
 
+@pytest.hookimpl(tryfirst=True)   # before -m selects by the marks
 def pytest_collection_modifyitems(config, items):
     """Mark every test that uses the cluster fixture (``fixturenames`` is transitive) as
     ``cluster``; run the tests that take the cluster down and up again after all the others."""

@@ -59,15 +59,16 @@ ROOT_KEY = str(Path("~root/.ssh/id_ed25519").expanduser())
     ("unknown_user_key", "authentication failed"),
     ("nothing_listening", "cannot reach node"),
 ])
-async def test_ssh_failures_are_named_and_leave_no_job(cluster, kernelspecs, tmp_path, monkeypatch, case, expected):
+async def test_ssh_failures_are_named_and_leave_no_job(cluster, make_spec, tmp_path, monkeypatch, case, expected):
     if case == "unknown_user_key":
         home = _ssh_home(tmp_path, cluster, identity=_new_key(tmp_path))
     else:
         home = _ssh_home(tmp_path, cluster, identity=ROOT_KEY, port=1)
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
-    before = jobs_named("rk-rk-test", states="PENDING,RUNNING")
-    km = AsyncKernelManager(kernel_name="rk-test")
+    name = make_spec(f"rk-ssh-{case}")   # a job name no other test's kernels have
+    before = jobs_named(f"rk-{name}", states="PENDING,RUNNING")
+    km = AsyncKernelManager(kernel_name=name)
     with pytest.raises(KernelStartError) as err:
         await km.start_kernel()
     message = str(err.value)
@@ -76,4 +77,4 @@ async def test_ssh_failures_are_named_and_leave_no_job(cluster, kernelspecs, tmp
     assert entries == []
 
     await until("the failed kernel's job to be gone",
-                lambda: not jobs_named("rk-rk-test", states="PENDING,RUNNING") - before, timeout=10)
+                lambda: not jobs_named(f"rk-{name}", states="PENDING,RUNNING") - before, timeout=10)
