@@ -15,18 +15,20 @@ from remote_kernels.schedulers.slurm import Slurm
 
 
 class SlowSbatch(Slurm):
-    """SLURM whose submit takes a while; records what it was asked to do."""
+    """SLURM whose submit (if ``held``) lasts until ``release`` is set; records what it was asked to do."""
 
-    def __init__(self, submit_seconds: float = 0.3, refuse: str = ""):
+    def __init__(self, refuse: str = "", held: bool = False):
         super().__init__(CommandRunner(timeout=5))
-        self.submit_seconds, self.refuse = submit_seconds, refuse
+        self.refuse = refuse
         self.submitted: list[str] = []
         self.cancelled: list[str] = []
-        self.submitting = asyncio.Event()
+        self.submitting, self.release = asyncio.Event(), asyncio.Event()
+        if not held:
+            self.release.set()
 
     async def submit(self, *args) -> str:
         self.submitting.set()
-        await asyncio.sleep(self.submit_seconds)
+        await self.release.wait()
         if self.refuse:
             raise CommandError(["sbatch"], 1, "", self.refuse)
         self.submitted.append(str(len(self.submitted) + 1000))
@@ -48,13 +50,14 @@ def make_job(scheduler, tmp_path, monkeypatch) -> Job:
 
 async def test_a_start_cancelled_twice_during_submit_still_cancels_the_job_it_made(tmp_path, monkeypatch):
     """B14: a re-awaited wait_for around the submission killed it mid-flight (a job nobody knew of)."""
-    scheduler = SlowSbatch()
+    scheduler = SlowSbatch(held=True)   # the submission lasts until released: both cancels land during it
     job = make_job(scheduler, tmp_path, monkeypatch)
     start = asyncio.ensure_future(job.submit())
     await scheduler.submitting.wait()
     start.cancel()
-    await asyncio.sleep(0.05)
-    start.cancel()   # the caller gives up again while the clean-up waits for the submission
+    await asyncio.sleep(0.05)   # the first cancellation reaches submit(), whose clean-up waits for the submission
+    start.cancel()   # the caller gives up again meanwhile
+    scheduler.release.set()
     with pytest.raises(asyncio.CancelledError):
         await start
     assert scheduler.submitted == ["1000"] and scheduler.cancelled == ["1000"]
@@ -62,7 +65,7 @@ async def test_a_start_cancelled_twice_during_submit_still_cancels_the_job_it_ma
 
 
 async def test_a_refused_submission_is_one_line_naming_the_scheduler(tmp_path, monkeypatch):
-    scheduler = SlowSbatch(submit_seconds=0, refuse="sbatch: error: Batch job submission failed: "
+    scheduler = SlowSbatch(refuse="sbatch: error: Batch job submission failed: "
                            "Invalid account or account/partition combination specified")
     job = make_job(scheduler, tmp_path, monkeypatch)
     with pytest.raises(KernelStartError, match=r"^slurm refused the job") as e:
@@ -71,7 +74,7 @@ async def test_a_refused_submission_is_one_line_naming_the_scheduler(tmp_path, m
 
 
 async def test_end_cancels_once(tmp_path, monkeypatch):
-    scheduler = SlowSbatch(submit_seconds=0)
+    scheduler = SlowSbatch()
     job = make_job(scheduler, tmp_path, monkeypatch)
     await job.submit()
     assert job.entry is not None and job.entry.path.exists()
