@@ -11,6 +11,7 @@ from remote_kernels.errors import KernelStartError
 from remote_kernels.job import Job
 from remote_kernels.options import KernelOptions
 from remote_kernels.runner import CommandError, CommandRunner
+from remote_kernels.schedulers.limits import SiteFacts
 from remote_kernels.schedulers.slurm import Slurm
 
 
@@ -39,6 +40,9 @@ class SlowSbatch(Slurm):
 
     async def status(self, job_ids):
         return {}
+
+    async def site_facts(self, job_id, kind):
+        return SiteFacts()   # a site that tells nothing: the real SLURM (if any) is not asked
 
 
 def make_job(scheduler, tmp_path, monkeypatch) -> Job:
