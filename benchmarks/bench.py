@@ -74,7 +74,9 @@ async def measure_kernel(name: str, runs: int, round_trips: int, stream_mb: int)
     for i in range(runs):
         km, kc, started = await start(name)
         out["start"].append(started)
-        out["phases"].append(dict((await remote(km))["timings"], total=started))
+        info = (await km.provisioner.get_provisioner_info()).get("remote_kernel")
+        if info is not None:   # a compute-node kernel (the local one has no phases)
+            out["phases"].append(dict(info["timings"], total=started))
         await until_idle(kc, "1")
         # interrupt: time.sleep running -> reply with KeyboardInterrupt
         msg_id = kc.execute("import time; time.sleep(30)")
