@@ -11,7 +11,7 @@ may carry an ``"id"``, which its reply repeats (replies may come out of order):
     -> {"op": "ping"}                          <- {"event": "pong"}
     -> {"op": "signal", "signum"}              <- {"event": "ok"} | {"event": "error", "message"}
     -> {"op": "start", "key", "signature_scheme"?, "kernel_name"?, "cwd"?, "env"?, "argv"?}
-                                               <- {"event": "started", "pid"} | {"event": "error", "code", "message"}
+                                               <- {"event": "started", "pid", "tcp"} | {"event": "error", "code", "message"}
     -> {"op": "stop"}                          <- {"event": "stopped", "code"}
     -> {"op": "shutdown"}                      <- {"event": "bye"}; the launcher exits, ending the job
     anything malformed (not JSON, not an object, no or unknown "op", bad arguments)
@@ -24,12 +24,21 @@ hello, ping and signal are answered at once; start, stop and shutdown run one at
 A start request's ``env`` is added to the job's environment for the kernel alone (the
 kernelspec's env stanza travels this way, never in the batch script); the launcher keeps
 the job's.  The kernel (ipykernel by default) binds ipc sockets ``BASE/rk-SESSION/k-1..5`` only,
-so nothing but the owner (and the SSH forward acting for them) can reach it.  The
-key arrives over the control socket and is written only to a 0600 connection file
-inside the 0700 directory.  Dead-man switch (liveness by traffic): when no line has
-arrived from any client for GRACE seconds (no client at all, or a half-open link that
-never delivers an EOF), the launcher stops the kernel and exits.  The login side pings
-well within GRACE.
+so nothing but the owner (and the SSH forward acting for them) can reach it; ipykernel is
+started through KERNEL_BOOT, which moves its loopback TCP pipe for subprocess output to an
+ipc socket there too.  A started reply's ``tcp`` lists the TCP ports the kernel listens on
+anyway (none for ipykernel; a warning in the job log otherwise).  The key arrives over the
+control socket and is written only to a 0600 connection file inside the 0700 directory.
+
+Everything a kernel starts ends when it stops (stop, a restart's start, shutdown, the
+launcher's own end): on Linux the launcher is a child subreaper, so descendants that
+detach (double fork, setsid) are reparented to it rather than to init; stopping sends
+SIGTERM to the kernel's process group and to every other descendant, and SIGKILL to what
+is left after a few seconds.  Elsewhere only the kernel's process group is signalled.
+
+Dead-man switch (liveness by traffic): when no line has arrived from any client for GRACE
+seconds (no client at all, or a half-open link that never delivers an EOF), the launcher
+stops the kernel and exits.  The login side pings well within GRACE.
 """
 
 import asyncio
@@ -47,6 +56,54 @@ SERIALISED = ("start", "stop", "shutdown")   # one at a time
 IMMEDIATE = ("hello", "ping", "signal")       # answered at once
 LINE_LIMIT = 1 << 24   # bytes in one request line (a start's env can be large)
 OPTIONAL_STR = ("signature_scheme", "kernel_name", "cwd")
+PR_SET_CHILD_SUBREAPER = 36   # linux/prctl.h
+
+# Written to BASE/rk-SESSION/kernel-boot.py and run as ``PYTHON kernel-boot.py -f kernel.json``
+# in place of ``PYTHON -m ipykernel_launcher -f kernel.json``.
+KERNEL_BOOT = '''"""Started by the remote-kernels launcher: ipykernel as `python -m ipykernel_launcher` runs it,
+with one change.  While it sets itself up, ipykernel binds a ZMQ PULL socket to a random port of
+127.0.0.1 for the output of the kernel's forked subprocesses (ipykernel/iostream.py, IOPubThread);
+any user on the node could connect to it.  Here every such bind made during
+IPKernelApp.initialize() becomes an ipc socket in this private directory (k-pipe-N), and a
+forked child's connect to the port it was given goes there instead.
+"""
+import os
+import sys
+
+import zmq
+
+del sys.path[0]   # this file's directory; IPython adds the working directory, as under -m
+PREFIX = os.path.join(os.path.dirname(os.path.abspath(__file__)), "k-pipe-")
+moved = {}        # port handed out (over 65535, so never a real one) -> ipc endpoint
+setting_up = [True]
+bind_random, connect = zmq.Socket.bind_to_random_port, zmq.Socket.connect
+
+
+def bind_to_random_port(self, addr, *args, **kwargs):
+    if not (setting_up[0] and addr == "tcp://127.0.0.1" and self.getsockopt(zmq.TYPE) == zmq.PULL):
+        return bind_random(self, addr, *args, **kwargs)
+    port = 65536 + len(moved)
+    moved[port] = "ipc://%s%d" % (PREFIX, len(moved) + 1)
+    self.bind(moved[port])
+    return port
+
+
+def connect_moved(self, addr, *args, **kwargs):
+    host, _, port = addr.rpartition(":") if isinstance(addr, str) else ("", "", "")
+    if host == "tcp://127.0.0.1" and port.isdigit() and int(port) in moved:
+        addr = moved[int(port)]
+    return connect(self, addr, *args, **kwargs)
+
+
+zmq.Socket.bind_to_random_port = bind_to_random_port
+zmq.Socket.connect = connect_moved
+from ipykernel.kernelapp import IPKernelApp  # noqa: E402
+
+app = IPKernelApp.instance()
+app.initialize()
+setting_up[0] = False
+app.start()
+'''
 
 
 class Launcher:
@@ -61,6 +118,8 @@ class Launcher:
         self.serial = asyncio.Lock()   # start, stop and shutdown run one at a time
         self.last_heard = time.monotonic()   # when a client last sent a line (or connected)
         self.done = asyncio.Event()
+        self.waited = set()         # pids of kernels asyncio waits for (reap() leaves them alone)
+        self.spawning = False       # a kernel is being started: reap() waits until its pid is known
 
     # --- set-up -----------------------------------------------------------
     def make_dir(self):
@@ -76,22 +135,26 @@ class Launcher:
 
     # --- kernel -----------------------------------------------------------
     async def start_kernel(self, req):
-        """Start a kernel (stopping the one running).  req was checked by check_request."""
-        if self.kernel is not None and self.kernel.returncode is None:
-            await self.stop_kernel()
-        argv = req.get("argv") or [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
-        if argv[:3] == [sys.executable, "-m", "ipykernel_launcher"]:
+        """Start a kernel (ending the previous one and all it left).  req was checked by check_request."""
+        await self.stop_kernel()
+        conn_file = os.path.join(self.dir, "kernel.json")
+        argv = req.get("argv")
+        if argv is None:
             import importlib.util
             if importlib.util.find_spec("ipykernel") is None:
                 return {"event": "error", "code": ERR_NO_IPYKERNEL, "message":
                         "ipykernel is not installed for %s on %s: run `%s -m pip install ipykernel`"
                         % (sys.executable, socket.gethostname(), sys.executable)}
-        conn_file = os.path.join(self.dir, "kernel.json")
-        for n in CHANNELS.values():
-            try:
-                os.unlink(os.path.join(self.dir, "k-%d" % n))
-            except FileNotFoundError:
-                pass
+            boot = os.path.join(self.dir, "kernel-boot.py")
+            with os.fdopen(os.open(boot, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+                f.write(KERNEL_BOOT)
+            argv = [sys.executable, boot, "-f", conn_file]
+        for name in os.listdir(self.dir):   # the previous kernel's sockets (and its pipes')
+            if name.startswith("k-"):
+                try:
+                    os.unlink(os.path.join(self.dir, name))
+                except FileNotFoundError:
+                    pass
         info = dict(CHANNELS, transport="ipc", ip=os.path.join(self.dir, "k"), key=req["key"],
                     signature_scheme=req.get("signature_scheme", "hmac-sha256"),
                     kernel_name=req.get("kernel_name", ""))
@@ -109,13 +172,18 @@ class Launcher:
                 print("remote-kernels launcher: %s does not exist on %s; starting in %s"
                       % (cwd, socket.gethostname(), os.path.expanduser("~")), file=sys.stderr, flush=True)
             cwd = os.path.expanduser("~")
+        self.spawning = True   # reap() leaves our children alone until the kernel's pid is known
         try:
             self.kernel = await asyncio.create_subprocess_exec(
                 *argv, cwd=cwd, env=env, stdin=asyncio.subprocess.DEVNULL, start_new_session=True)
         except OSError as e:
             return {"event": "error", "code": 127, "message": "cannot start %s on %s: %s"
                     % (argv[0], socket.gethostname(), e)}
+        finally:
+            self.spawning = False
         proc = self.kernel
+        self.waited.add(proc.pid)
+        self.reap()
         asyncio.ensure_future(self.watch_kernel(proc))
         sockets = [os.path.join(self.dir, "k-%d" % n) for n in CHANNELS.values()]
         deadline = time.monotonic() + 60
@@ -127,10 +195,16 @@ class Launcher:
                         "the kernel (%s) %s during start-up on %s; its stderr is in the job's output"
                         % (" ".join(argv[:3]), what, socket.gethostname())}
             await asyncio.sleep(0.02)
-        return {"event": "started", "pid": proc.pid}
+        tcp = tcp_listeners(proc.pid)
+        if tcp:
+            print("remote-kernels launcher: the kernel (pid %d) listens on TCP port(s) %s of %s, "
+                  "which any user there can connect to" % (proc.pid, ", ".join(map(str, tcp)),
+                                                           socket.gethostname()), file=sys.stderr, flush=True)
+        return {"event": "started", "pid": proc.pid, "tcp": tcp}
 
     async def watch_kernel(self, proc):
         code = await proc.wait()
+        self.waited.discard(proc.pid)
         if proc is self.kernel:
             self.broadcast({"event": "exited", "code": code})
 
@@ -146,26 +220,65 @@ class Launcher:
         return {"event": "ok"}
 
     async def stop_kernel(self, timeout=5.0):
-        proc = self.kernel
+        """End the kernel and everything it started; the kernel's exit code (None: there was none).
+
+        SIGTERM to the kernel's process group and each other descendant of the launcher, up to
+        ``timeout`` s for all of them to go, then SIGKILL to any left (and to their children,
+        reparented here as their parents die) for up to ``timeout`` s more."""
+        proc, self.kernel = self.kernel, None
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            sent = set()   # each process gets each signal once
+            deadline = time.monotonic() + timeout
+            while self.signal_tree(proc, sig, sent) and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
         if proc is None:
             return None
-        self.kernel = None
         if proc.returncode is None:
-            for sig in (signal.SIGTERM, signal.SIGKILL):
-                try:
-                    os.killpg(proc.pid, sig)
-                except ProcessLookupError:
-                    break
-                try:
-                    await asyncio.wait_for(proc.wait(), timeout)
-                    break
-                except asyncio.TimeoutError:
-                    continue
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)   # whatever the kernel left in its group
-        except (ProcessLookupError, PermissionError):
-            pass
+            try:
+                await asyncio.wait_for(proc.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+        if process_table() is None:   # no /proc to find its group's survivors by: the group itself
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except OSError:
+                pass
         return proc.returncode
+
+    def signal_tree(self, proc, sig, sent):
+        """Send sig to the kernel's group (while the kernel runs) and to each live descendant not
+        in ``sent`` (adding them); True while any of them runs."""
+        table = self.reap() or {}
+        below = [(pid, table[pid]) for pid in descendants(table, os.getpid())]
+        running = proc is not None and proc.returncode is None
+        if running and "group" not in sent:
+            sent.add("group")
+            try:
+                os.killpg(proc.pid, sig)
+            except OSError:
+                pass
+            sent.update((pid, start) for pid, (_, group, _, start) in below if group == proc.pid)
+        for pid, (_, _, _, start) in below:
+            if (pid, start) not in sent:
+                sent.add((pid, start))
+                send_signal(pid, start, sig)
+        return running or bool(below)
+
+    def reap(self):
+        """Collect the exit of each child that was reparented here (asyncio waits for the kernels);
+        the process table without them (None: no /proc).  Also on each SIGCHLD."""
+        table = process_table()
+        if table is None or self.spawning:
+            return table
+        me = os.getpid()
+        for pid, (ppid, _, state, _) in list(table.items()):
+            if ppid == me and state == "Z" and pid not in self.waited:
+                try:
+                    os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    pass
+                del table[pid]
+        return table
 
     # --- control socket ---------------------------------------------------
     def send(self, writer, msg):
@@ -259,6 +372,11 @@ class Launcher:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
             loop.add_signal_handler(sig, self.done.set)
+        if sys.platform.startswith("linux"):
+            loop.add_signal_handler(signal.SIGCHLD, self.reap)
+            if not become_subreaper():
+                print("remote-kernels launcher: cannot become a child subreaper on %s; processes a kernel "
+                      "detaches from itself may outlive it" % socket.gethostname(), file=sys.stderr, flush=True)
         old = os.umask(0o077)
         try:
             server = await asyncio.start_unix_server(self.handle, os.path.join(self.dir, "ctl"),
@@ -284,6 +402,104 @@ class Launcher:
                 await asyncio.wait([asyncio.ensure_future(w.wait_closed()) for w in writers], timeout=2)
             shutil.rmtree(self.dir, ignore_errors=True)
         return code
+
+
+def become_subreaper():
+    """Have orphaned descendants reparented to this process instead of init (Linux 3.4+); True if so."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (ImportError, OSError, AttributeError):   # no ctypes, no libc, no prctl
+        return False
+
+
+def process_table():
+    """{pid: (ppid, pgrp, state, start time)} of every process in /proc; None where there is no /proc."""
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return None
+    table = {}
+    for name in names:
+        if name.isdigit():
+            entry = process_stat(name)
+            if entry is not None:
+                table[int(name)] = entry
+    return table or None
+
+
+def process_stat(pid):
+    """(ppid, pgrp, state, start time) of process pid from /proc/PID/stat; None if it is gone."""
+    try:
+        with open("/proc/%s/stat" % pid, "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(b")") + 2:].split()   # after "pid (comm) ", comm may hold anything
+    return int(fields[1]), int(fields[2]), fields[0].decode(), fields[19]
+
+
+def descendants(table, root):
+    """The live (not zombie) processes of table below root, parents before their children."""
+    children = {}
+    for pid, (ppid, _, state, _) in table.items():
+        if state != "Z":
+            children.setdefault(ppid, []).append(pid)
+    found, todo = [], [root]
+    while todo:
+        below = children.get(todo.pop(), [])
+        found += below
+        todo += below
+    return found
+
+
+def send_signal(pid, start, sig):
+    """Send sig to process pid if it is still the one that started at ``start``: through a pidfd
+    (Python 3.9+, Linux 5.3+) the pid cannot be reused between the check and the signal."""
+    try:
+        fd = os.pidfd_open(pid)
+    except (AttributeError, OSError):   # an older Python or kernel: a check just before kill()
+        fd = None
+    try:
+        stat = process_stat(pid)
+        if stat is None or stat[3] != start:
+            return
+        if fd is not None:
+            signal.pidfd_send_signal(fd, sig)
+        else:
+            os.kill(pid, sig)
+    except OSError:   # gone meanwhile
+        pass
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def tcp_listeners(pid):
+    """The TCP ports process pid listens on, sorted (Linux /proc; [] where it cannot be told)."""
+    inodes = set()
+    try:
+        for fd in os.listdir("/proc/%d/fd" % pid):
+            try:
+                link = os.readlink("/proc/%d/fd/%s" % (pid, fd))
+            except OSError:
+                continue
+            if link.startswith("socket:["):
+                inodes.add(link[8:-1])
+    except OSError:
+        return []
+    ports = set()
+    for table in ("tcp", "tcp6"):
+        try:
+            with open("/proc/%d/net/%s" % (pid, table)) as f:
+                rows = [line.split() for line in f.readlines()[1:]]
+        except OSError:
+            continue
+        for row in rows:
+            if len(row) > 9 and row[3] == "0A" and row[9] in inodes:   # 0A: LISTEN
+                ports.add(int(row[1].rpartition(":")[2], 16))
+    return sorted(ports)
 
 
 def check_request(line):

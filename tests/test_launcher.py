@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import json
+import os
 import shutil
 import signal
 import sys
@@ -18,7 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from kernel_helpers import run_cell
+from proc_helpers import children, identify, parent, running, tcp_listeners, tree
 from remote_kernels.control import LauncherClient, LauncherLost
+from remote_kernels.launcher import KERNEL_BOOT
 from remote_kernels.script import launcher_source
 
 KERNEL = Path(__file__).with_name("launcher_kernel.py")
@@ -60,7 +64,7 @@ async def launch():
     async def start(grace: float = 60) -> Launched:
         session = f"s{len(launched)}"
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-", session, f"{grace:g}", str(base),
+            sys.executable, "-", session, f"{grace:g}", str(base), env=JOB_ENV,
             stdin=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         proc.stdin.write(launcher_source().encode())
         proc.stdin.close()
@@ -84,9 +88,13 @@ async def launch():
     shutil.rmtree(base, ignore_errors=True)
 
 
-def start_request(mode: str) -> dict:
+# A job's environment has no pytest in it (ipykernel does not capture fd output under pytest).
+JOB_ENV = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
+
+
+def start_request(mode: str, *args: str) -> dict:
     return {"op": "start", "key": "test-key", "cwd": "/tmp",
-            "argv": [sys.executable, str(KERNEL), "{connection_file}", mode]}
+            "argv": [sys.executable, str(KERNEL), "{connection_file}", mode, *args]}
 
 
 async def until_exists(path: Path) -> None:
@@ -97,8 +105,9 @@ async def until_exists(path: Path) -> None:
 
 
 def test_launcher_is_python_3_8_syntax():
-    """It runs under the user's Python on the node, which may be old."""
+    """It runs under the user's Python on the node, which may be old; so does its kernel boot file."""
     ast.parse(launcher_source(), feature_version=(3, 8))
+    ast.parse(KERNEL_BOOT, feature_version=(3, 8))
 
 
 MALFORMED = [
@@ -237,3 +246,110 @@ async def test_shutdown_says_bye_and_ends_the_launcher(launch):
     await asyncio.wait_for(client.wait_closed(), DEADLINE)
     with pytest.raises(LauncherLost, match="lost the test launcher"):
         await client.request({"op": "ping"}, DEADLINE)
+
+
+FORKED_PRINT = """
+import os
+pid = os.fork()
+if pid == 0:
+    print("printed by a forked child", flush=True)
+    os._exit(0)
+os.waitpid(pid, 0)
+"""
+
+
+async def test_ipykernel_listens_on_no_tcp_port_and_its_forked_children_still_print(launch):
+    """ipykernel's pipe for the output of forked subprocesses, a loopback TCP port that any
+    local user can flood, is an ipc socket in the private directory; that output still arrives."""
+    from jupyter_client.asynchronous import AsyncKernelClient
+
+    launcher = await launch()
+    client = await launcher.client()
+    reply = await client.request({"op": "start", "key": "test-key", "cwd": "/tmp"}, DEADLINE)
+    assert reply["event"] == "started", reply
+    assert reply["tcp"] == [] and tcp_listeners(tree(reply["pid"])) == []
+    assert (launcher.dir / "k-pipe-1").is_socket()
+    kc = AsyncKernelClient()
+    kc.load_connection_file(str(launcher.dir / "kernel.json"))
+    kc.start_channels()
+    try:
+        await kc.wait_for_ready(timeout=DEADLINE)
+        content, out = await run_cell(kc, FORKED_PRINT, timeout=DEADLINE)
+        assert content["status"] == "ok" and out == "printed by a forked child\n", out
+        content, out = await run_cell(kc, "import sys; print(sys.path)", timeout=DEADLINE)
+        assert str(launcher.dir) not in out   # the boot file's directory is not on the kernel's path
+    finally:
+        kc.stop_channels()
+
+
+async def until_gone(proc: tuple[int, str]) -> None:
+    deadline = time.monotonic() + DEADLINE
+    while running(proc):
+        assert time.monotonic() < deadline, f"process {proc[0]} still runs after {DEADLINE}s"
+        await asyncio.sleep(0.02)
+
+
+async def start_detaching(launcher: Launched, client: LauncherClient, name: str) -> tuple[int, str]:
+    """Start the stand-in kernel in mode detach; its orphan (pid, start time), which has been
+    reparented to the launcher (a child subreaper)."""
+    pidfile = launcher.dir.parent / f"{launcher.dir.name}-{name}"   # outside the launcher's dir
+    reply = await client.request(start_request("detach", str(pidfile)), DEADLINE)
+    assert reply["event"] == "started", reply
+    await until_exists(pidfile)
+    orphan = identify(int(pidfile.read_text()))
+    assert parent(orphan) == launcher.proc.pid, f"the orphan's parent is {parent(orphan)}, not the launcher"
+    return orphan
+
+
+@pytest.fixture
+async def bystander():
+    """A process of the test's own, in the launcher's process group: it must survive it all."""
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", "import time; time.sleep(600)")
+    yield identify(proc.pid)
+    proc.kill()
+    await proc.wait()
+
+
+@pytest.mark.parametrize("end", ["stop", "restart", "shutdown", "sigterm", "exit-then-stop"])
+async def test_what_a_kernel_detached_ends_with_it(launch, bystander, end):
+    """A double-forked, SIGTERM-ignoring process in a session of its own ends when its kernel is
+    stopped, restarted, shut down with the launcher, or stopped after exiting by itself; the
+    reply comes once it is gone.  Processes that are not the launcher's descendants live on."""
+    launcher = await launch()
+    events: asyncio.Queue = asyncio.Queue()
+    client = await launcher.client(on_event=events.put_nowait)
+    orphan = await start_detaching(launcher, client, "orphan")
+    if end == "stop":
+        assert (await client.request({"op": "stop"}, DEADLINE))["event"] == "stopped"
+        assert not running(orphan)
+    elif end == "restart":
+        assert (await client.request(start_request("fast"), DEADLINE))["event"] == "started"
+        assert not running(orphan)
+    elif end == "shutdown":
+        assert (await client.request({"op": "shutdown"}, DEADLINE))["event"] == "bye"
+        assert not running(orphan)
+    elif end == "sigterm":
+        launcher.proc.send_signal(signal.SIGTERM)
+        assert await launcher.exit_code() == 0
+        assert not running(orphan)
+    else:
+        assert (await client.request({"op": "signal", "signum": int(signal.SIGTERM)}, DEADLINE))["event"] == "ok"
+        assert (await asyncio.wait_for(events.get(), DEADLINE))["event"] == "exited"
+        assert running(orphan)   # a kernel that ended by itself leaves it until its next stop or start
+        assert (await client.request({"op": "stop"}, DEADLINE))["event"] == "stopped"
+        assert not running(orphan)
+    assert running(bystander)
+
+
+async def test_reparented_processes_that_exit_are_collected(launch):
+    """An orphan reparented to the launcher that ends by itself leaves no zombie behind."""
+    launcher = await launch()
+    client = await launcher.client()
+    orphan = await start_detaching(launcher, client, "short")
+    (launcher.dir.parent / f"{launcher.dir.name}-short.exit").touch()
+    await until_gone(orphan)
+    deadline = time.monotonic() + DEADLINE
+    while zombies := [pid for pid, state in children(launcher.proc.pid) if state == "Z"]:
+        assert time.monotonic() < deadline, f"zombie children of the launcher: {zombies}"
+        await asyncio.sleep(0.02)
+    assert (await client.request({"op": "ping"}, DEADLINE))["event"] == "pong"
