@@ -57,6 +57,7 @@ IMMEDIATE = ("hello", "ping", "signal")       # answered at once
 LINE_LIMIT = 1 << 24   # bytes in one request line (a start's env can be large)
 OPTIONAL_STR = ("signature_scheme", "kernel_name", "cwd")
 PR_SET_CHILD_SUBREAPER = 36   # linux/prctl.h
+STOP_GRACE = 3.0   # s between SIGTERM and SIGKILL when a kernel (and what it started) is stopped
 
 # Written to BASE/rk-SESSION/kernel-boot.py and run as ``PYTHON kernel-boot.py -f kernel.json``
 # in place of ``PYTHON -m ipykernel_launcher -f kernel.json``.
@@ -219,7 +220,7 @@ class Launcher:
             return {"event": "error", "message": "cannot send signal %d to the kernel: %s" % (signum, e)}
         return {"event": "ok"}
 
-    async def stop_kernel(self, timeout=5.0):
+    async def stop_kernel(self, timeout=STOP_GRACE):
         """End the kernel and everything it started; the kernel's exit code (None: there was none).
 
         SIGTERM to the kernel's process group and each other descendant of the launcher, up to

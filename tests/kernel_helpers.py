@@ -44,6 +44,16 @@ async def kernel_environ(kc) -> dict[str, str]:
     return json.loads(await value_of(kc, "__import__('json').dumps(dict(__import__('os').environ))"))
 
 
+# A cell whose output comes from a forked child (through ipykernel's pipe for subprocess output).
+FORKED_PRINT = """
+import os
+pid = os.fork()
+if pid == 0:
+    print("printed by a forked child", flush=True)
+    os._exit(0)
+os.waitpid(pid, 0)
+"""
+
 # A cell that says when it sleeps: an interrupt sent after execute_input but before the
 # cell's code runs can land in ipykernel's own code and be lost; after this output it cannot.
 SLEEPING_CELL = "print('rk-sleeping', flush=True); import time; time.sleep(60)"

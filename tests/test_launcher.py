@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from kernel_helpers import run_cell
+from kernel_helpers import FORKED_PRINT, run_cell
 from proc_helpers import children, identify, parent, running, tcp_listeners, tree
 from remote_kernels.control import LauncherClient, LauncherLost
 from remote_kernels.launcher import KERNEL_BOOT
@@ -248,16 +248,6 @@ async def test_shutdown_says_bye_and_ends_the_launcher(launch):
         await client.request({"op": "ping"}, DEADLINE)
 
 
-FORKED_PRINT = """
-import os
-pid = os.fork()
-if pid == 0:
-    print("printed by a forked child", flush=True)
-    os._exit(0)
-os.waitpid(pid, 0)
-"""
-
-
 async def test_ipykernel_listens_on_no_tcp_port_and_its_forked_children_still_print(launch):
     """ipykernel's pipe for the output of forked subprocesses, a loopback TCP port that any
     local user can flood, is an ipc socket in the private directory; that output still arrives."""
@@ -267,7 +257,7 @@ async def test_ipykernel_listens_on_no_tcp_port_and_its_forked_children_still_pr
     client = await launcher.client()
     reply = await client.request({"op": "start", "key": "test-key", "cwd": "/tmp"}, DEADLINE)
     assert reply["event"] == "started", reply
-    assert reply["tcp"] == [] and tcp_listeners(tree(reply["pid"])) == []
+    assert tcp_listeners(tree(reply["pid"])) == [] and reply["tcp"] == []
     assert (launcher.dir / "k-pipe-1").is_socket()
     kc = AsyncKernelClient()
     kc.load_connection_file(str(launcher.dir / "kernel.json"))
