@@ -21,24 +21,26 @@ may carry an ``"id"``, which its reply repeats (replies may come out of order):
 hello, ping and signal are answered at once; start, stop and shutdown run one at a time
 (a start waits up to 60 s for the kernel's sockets) without holding up the others.
 
+ipykernel (the default kernel) is started through KERNEL_BOOT, which puts the one TCP socket
+it would open, its loopback pipe for the output of forked subprocesses, on an ipc socket in
+the private directory too.  A started reply's ``tcp`` lists the TCP ports the kernel
+listens on all the same (none for ipykernel; a warning goes to the job log otherwise).
+
+Everything a kernel starts ends when it is stopped (stop, the next start, shutdown, the
+launcher's own end): on Linux the launcher is a child subreaper, so processes that detach
+(double fork, setsid) are reparented to it rather than to init; a stop sends SIGTERM to
+the kernel's process group and each other descendant, then SIGKILL to those left after
+STOP_GRACE seconds.  Elsewhere only the kernel's process group is signalled.
+
 A start request's ``env`` is added to the job's environment for the kernel alone (the
 kernelspec's env stanza travels this way, never in the batch script); the launcher keeps
 the job's.  The kernel (ipykernel by default) binds ipc sockets ``BASE/rk-SESSION/k-1..5`` only,
-so nothing but the owner (and the SSH forward acting for them) can reach it; ipykernel is
-started through KERNEL_BOOT, which moves its loopback TCP pipe for subprocess output to an
-ipc socket there too.  A started reply's ``tcp`` lists the TCP ports the kernel listens on
-anyway (none for ipykernel; a warning in the job log otherwise).  The key arrives over the
-control socket and is written only to a 0600 connection file inside the 0700 directory.
-
-Everything a kernel starts ends when it stops (stop, a restart's start, shutdown, the
-launcher's own end): on Linux the launcher is a child subreaper, so descendants that
-detach (double fork, setsid) are reparented to it rather than to init; stopping sends
-SIGTERM to the kernel's process group and to every other descendant, and SIGKILL to what
-is left after a few seconds.  Elsewhere only the kernel's process group is signalled.
-
-Dead-man switch (liveness by traffic): when no line has arrived from any client for GRACE
-seconds (no client at all, or a half-open link that never delivers an EOF), the launcher
-stops the kernel and exits.  The login side pings well within GRACE.
+so nothing but the owner (and the SSH forward acting for them) can reach it.  The
+key arrives over the control socket and is written only to a 0600 connection file
+inside the 0700 directory.  Dead-man switch (liveness by traffic): when no line has
+arrived from any client for GRACE seconds (no client at all, or a half-open link that
+never delivers an EOF), the launcher stops the kernel and exits.  The login side pings
+well within GRACE.
 """
 
 import asyncio

@@ -9,7 +9,6 @@ from __future__ import annotations
 import ast
 import asyncio
 import json
-import os
 import shutil
 import signal
 import sys
@@ -64,7 +63,7 @@ async def launch():
     async def start(grace: float = 60) -> Launched:
         session = f"s{len(launched)}"
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-", session, f"{grace:g}", str(base), env=JOB_ENV,
+            sys.executable, "-", session, f"{grace:g}", str(base),
             stdin=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         proc.stdin.write(launcher_source().encode())
         proc.stdin.close()
@@ -86,10 +85,6 @@ async def launch():
                 one.proc.kill()
                 await one.proc.wait()
     shutil.rmtree(base, ignore_errors=True)
-
-
-# A job's environment has no pytest in it (ipykernel does not capture fd output under pytest).
-JOB_ENV = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
 
 
 def start_request(mode: str, *args: str) -> dict:
