@@ -61,7 +61,7 @@ OPTIONAL_STR = ("signature_scheme", "kernel_name", "cwd")
 PR_SET_CHILD_SUBREAPER = 36   # linux/prctl.h
 STOP_GRACE = 3.0   # s between SIGTERM and SIGKILL when a kernel (and what it started) is stopped
 
-# Written to BASE/rk-SESSION/kernel-boot.py and run as ``PYTHON kernel-boot.py -f kernel.json``
+# Written to BASE/rk-SESSION/ipykernel-boot.py and run as ``PYTHON ipykernel-boot.py -f kernel.json``
 # in place of ``PYTHON -m ipykernel_launcher -f kernel.json``.
 KERNEL_BOOT = '''"""Started by the remote-kernels launcher: ipykernel as `python -m ipykernel_launcher` runs it,
 with one change.  While it sets itself up, ipykernel binds a ZMQ PULL socket to a random port of
@@ -148,7 +148,7 @@ class Launcher:
                 return {"event": "error", "code": ERR_NO_IPYKERNEL, "message":
                         "ipykernel is not installed for %s on %s: run `%s -m pip install ipykernel`"
                         % (sys.executable, socket.gethostname(), sys.executable)}
-            boot = os.path.join(self.dir, "kernel-boot.py")
+            boot = os.path.join(self.dir, "ipykernel-boot.py")
             with os.fdopen(os.open(boot, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
                 f.write(KERNEL_BOOT)
             argv = [sys.executable, boot, "-f", conn_file]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import stat
 import subprocess
@@ -12,6 +11,7 @@ import time
 from pathlib import Path
 
 from kernel_helpers import job_in_queue, processes_mentioning, remote, remote_sync, run_cell, start_sleeping_cell, until, value_of
+from proc_helpers import tcp_listeners
 
 
 async def test_kernel_runs_on_a_compute_node_in_the_notebook_dir(start_kernel, tmp_path):
@@ -127,15 +127,10 @@ async def test_kernel_uses_ipc_sockets_on_both_sides(start_kernel):
     assert info["transport"] == "ipc"
     node_info = json.loads((Path((await remote(km))["node_dir"]) / "kernel.json").read_text())
     assert node_info["transport"] == "ipc"
-    # The kernel's channels are ipc; its only TCP listener is ipykernel's internal pipe for
-    # output of forked subprocesses (PULL, per-message random token), bound to loopback.
-    pid = await value_of(kc, "__import__('os').getpid()")
-    fds = os.listdir(f"/proc/{pid}/fd")
-    inodes = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in fds}
-    tcp = Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]
-    listening = [l.split()[1] for l in tcp if l.split()[3] == "0A" and f"socket:[{l.split()[9]}]" in inodes]
-    assert len(listening) <= 1
-    assert all(addr.startswith("0100007F:") for addr in listening), listening
+    # The kernel's channels are ipc, and so is ipykernel's internal pipe for output of forked
+    # subprocesses (docs/security.md): the kernel listens on no TCP port.
+    pid = int(await value_of(kc, "__import__('os').getpid()"))
+    assert tcp_listeners([pid]) == []
 
 
 async def test_kernels_of_two_jobs_on_one_node_have_a_connection_each(start_kernel):
