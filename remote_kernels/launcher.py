@@ -75,8 +75,10 @@ import sys
 
 import zmq
 
-del sys.path[0]   # this file's directory; IPython adds the working directory, as under -m
-PREFIX = os.path.join(os.path.dirname(os.path.abspath(__file__)), "k-pipe-")
+HERE = os.path.dirname(os.path.abspath(__file__))
+if sys.path and os.path.abspath(sys.path[0] or ".") == HERE:   # (not there under -P / PYTHONSAFEPATH)
+    del sys.path[0]   # IPython puts the working directory first, as under -m ipykernel_launcher
+PREFIX = os.path.join(HERE, "k-pipe-")
 moved = {}        # port handed out (over 65535, so never a real one) -> ipc endpoint
 setting_up = [True]
 bind_random, connect = zmq.Socket.bind_to_random_port, zmq.Socket.connect

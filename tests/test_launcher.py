@@ -9,8 +9,10 @@ from __future__ import annotations
 import ast
 import asyncio
 import json
+import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -243,14 +245,17 @@ async def test_shutdown_says_bye_and_ends_the_launcher(launch):
         await client.request({"op": "ping"}, DEADLINE)
 
 
-async def test_ipykernel_listens_on_no_tcp_port_and_its_forked_children_still_print(launch):
+@pytest.mark.parametrize("env", [{}, {"PYTHONSAFEPATH": "1"}], ids=["plain", "safe-path"])
+async def test_ipykernel_listens_on_no_tcp_port_and_its_forked_children_still_print(launch, env):
     """ipykernel's pipe for the output of forked subprocesses, a loopback TCP port that any
-    local user can flood, is an ipc socket in the private directory; that output still arrives."""
+    local user can flood, is an ipc socket in the private directory; that output still arrives.
+    The kernel's module path is Python's own (under PYTHONSAFEPATH too), without the boot file's
+    directory."""
     from jupyter_client.asynchronous import AsyncKernelClient
 
     launcher = await launch()
     client = await launcher.client()
-    reply = await client.request({"op": "start", "key": "test-key", "cwd": "/tmp"}, DEADLINE)
+    reply = await client.request({"op": "start", "key": "test-key", "cwd": "/tmp", "env": env}, DEADLINE)
     assert reply["event"] == "started", reply
     assert tcp_listeners(tree(reply["pid"])) == [] and reply["tcp"] == []
     assert (launcher.dir / "k-pipe-1").is_socket()
@@ -261,8 +266,12 @@ async def test_ipykernel_listens_on_no_tcp_port_and_its_forked_children_still_pr
         await kc.wait_for_ready(timeout=DEADLINE)
         content, out = await run_cell(kc, FORKED_PRINT, timeout=DEADLINE)
         assert content["status"] == "ok" and out == "printed by a forked child\n", out
-        content, out = await run_cell(kc, "import sys; print(sys.path)", timeout=DEADLINE)
-        assert str(launcher.dir) not in out   # the boot file's directory is not on the kernel's path
+        _, out = await run_cell(kc, "import json, sys; print(json.dumps(sys.path))", timeout=DEADLINE)
+        python_path = json.loads(subprocess.run([sys.executable, "-c", "import json, sys; print(json.dumps(sys.path))"],
+                                                env={**os.environ, **env}, capture_output=True, text=True).stdout)
+        kernel_path = json.loads(out)
+        assert str(launcher.dir) not in kernel_path
+        assert set(python_path) - {""} <= set(kernel_path), (python_path, kernel_path)
     finally:
         kc.stop_channels()
 
