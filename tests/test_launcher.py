@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -274,6 +275,20 @@ async def test_ipykernel_listens_on_no_tcp_port_and_its_forked_children_still_pr
         assert set(python_path) - {""} <= set(kernel_path), (python_path, kernel_path)
     finally:
         kc.stop_channels()
+
+
+async def test_a_kernel_listening_on_tcp_is_reported(launch):
+    """A kernel that listens on TCP all the same (another kernel, or an ipykernel the boot file
+    does not know) is named in the started reply and in the job log."""
+    launcher = await launch()
+    client = await launcher.client()
+    reply = await client.request(start_request("tcp"), DEADLINE)
+    port = int((launcher.dir / "k-tcp").read_text())
+    assert reply["event"] == "started" and reply["tcp"] == [port], reply
+    assert (await client.request({"op": "shutdown"}, DEADLINE))["event"] == "bye"
+    assert await launcher.exit_code() == 0
+    assert (f"the kernel (pid {reply['pid']}) listens on TCP port(s) {port} of {socket.gethostname()}, "
+            "which any user there can connect to") in await launcher.stderr()
 
 
 async def until_gone(proc: tuple[int, str]) -> None:
