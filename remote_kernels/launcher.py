@@ -118,11 +118,8 @@ class Launcher:
         self.dir = os.path.join(base, "rk-" + session)
         self.grace = grace
         self.kernel = None          # asyncio.subprocess.Process
-        self.clients = set()        # connected StreamWriters
-        self.tasks = set()          # start/stop/shutdown requests in progress
-        self.serial = asyncio.Lock()   # start, stop and shutdown run one at a time
-        self.last_heard = time.monotonic()   # when a client last sent a line (or connected)
         self.done = asyncio.Event()
+        self.control = Control(self, grace)
         self.waited = set()         # pids of kernels asyncio waits for (reap() leaves them alone)
         self.spawning = False       # a kernel is being started: reap() waits until its pid is known
 
@@ -211,7 +208,7 @@ class Launcher:
         code = await proc.wait()
         self.waited.discard(proc.pid)
         if proc is self.kernel:
-            self.broadcast({"event": "exited", "code": code})
+            self.control.broadcast({"event": "exited", "code": code})
 
     def signal_kernel(self, signum):
         if self.kernel is None or self.kernel.returncode is not None:
@@ -285,7 +282,53 @@ class Launcher:
                 del table[pid]
         return table
 
-    # --- control socket ---------------------------------------------------
+    async def main(self):
+        self.make_dir()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+            loop.add_signal_handler(sig, self.done.set)
+        if sys.platform.startswith("linux"):
+            loop.add_signal_handler(signal.SIGCHLD, self.reap)
+            if not become_subreaper():
+                print("remote-kernels launcher: cannot become a child subreaper on %s; processes a kernel "
+                      "detaches from itself may outlive it" % socket.gethostname(), file=sys.stderr, flush=True)
+        old = os.umask(0o077)
+        try:
+            server = await asyncio.start_unix_server(self.control.handle, os.path.join(self.dir, "ctl"),
+                                                     limit=LINE_LIMIT)
+        finally:
+            os.umask(old)
+        print("remote-kernels launcher: ready on %s (pid %d, %s)"
+              % (socket.gethostname(), os.getpid(), sys.executable), file=sys.stderr, flush=True)
+        self.control.last_heard = time.monotonic()
+        watchdog = asyncio.ensure_future(self.control.dead_man())
+        try:
+            await self.done.wait()
+        finally:
+            watchdog.cancel()
+            server.close()
+            for task in list(self.control.tasks):
+                task.cancel()
+            code = await self.stop_kernel()
+            writers = list(self.control.clients)
+            for w in writers:
+                w.close()   # flushes what is queued (a bye) before closing
+            if writers:
+                await asyncio.wait([asyncio.ensure_future(w.wait_closed()) for w in writers], timeout=2)
+            shutil.rmtree(self.dir, ignore_errors=True)
+        return code
+
+
+class Control:
+    """The control socket's side of a launcher: clients, requests, replies, the dead-man switch."""
+
+    def __init__(self, launcher, grace):
+        self.launcher, self.grace = launcher, grace
+        self.clients = set()        # connected StreamWriters
+        self.tasks = set()          # start/stop/shutdown requests in progress
+        self.serial = asyncio.Lock()   # start, stop and shutdown run one at a time
+        self.last_heard = time.monotonic()   # when a client last sent a line (or connected)
+
     def send(self, writer, msg):
         """Queue one line for a client; a client that has gone is dropped (its handler ends it)."""
         try:
@@ -306,10 +349,10 @@ class Launcher:
         """The reply to a request answered at once (hello, ping, signal)."""
         op = req["op"]
         if op == "hello":
-            return self.info()
+            return self.launcher.info()
         if op == "ping":
             return {"event": "pong"}
-        return self.signal_kernel(req["signum"])
+        return self.launcher.signal_kernel(req["signum"])
 
     async def serialised(self, req, writer):
         """Run a start, stop or shutdown request after those before it; reply when done."""
@@ -317,17 +360,17 @@ class Launcher:
         async with self.serial:
             try:
                 if op == "start":
-                    msg = await self.start_kernel(req)
+                    msg = await self.launcher.start_kernel(req)
                 elif op == "stop":
-                    msg = {"event": "stopped", "code": await self.stop_kernel()}
+                    msg = {"event": "stopped", "code": await self.launcher.stop_kernel()}
                 else:
-                    await self.stop_kernel()
+                    await self.launcher.stop_kernel()
                     msg = {"event": "bye"}
             except Exception as e:   # a failed request must not end the launcher or its channel
                 msg = {"event": "error", "message": "%s failed on %s: %r" % (op, socket.gethostname(), e)}
             self.reply(writer, req, msg)
             if op == "shutdown":
-                self.done.set()
+                self.launcher.done.set()
 
     async def handle(self, reader, writer):
         """One control connection: read requests until EOF, answer each (see the docstring)."""
@@ -369,44 +412,8 @@ class Launcher:
             if time.monotonic() - self.last_heard > self.grace:
                 print("remote-kernels launcher: no contact from the login side for %gs; ending"
                       % self.grace, file=sys.stderr, flush=True)
-                self.done.set()
+                self.launcher.done.set()
                 return
-
-    async def main(self):
-        self.make_dir()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
-            loop.add_signal_handler(sig, self.done.set)
-        if sys.platform.startswith("linux"):
-            loop.add_signal_handler(signal.SIGCHLD, self.reap)
-            if not become_subreaper():
-                print("remote-kernels launcher: cannot become a child subreaper on %s; processes a kernel "
-                      "detaches from itself may outlive it" % socket.gethostname(), file=sys.stderr, flush=True)
-        old = os.umask(0o077)
-        try:
-            server = await asyncio.start_unix_server(self.handle, os.path.join(self.dir, "ctl"),
-                                                     limit=LINE_LIMIT)
-        finally:
-            os.umask(old)
-        print("remote-kernels launcher: ready on %s (pid %d, %s)"
-              % (socket.gethostname(), os.getpid(), sys.executable), file=sys.stderr, flush=True)
-        self.last_heard = time.monotonic()
-        watchdog = asyncio.ensure_future(self.dead_man())
-        try:
-            await self.done.wait()
-        finally:
-            watchdog.cancel()
-            server.close()
-            for task in list(self.tasks):
-                task.cancel()
-            code = await self.stop_kernel()
-            writers = list(self.clients)
-            for w in writers:
-                w.close()   # flushes what is queued (a bye) before closing
-            if writers:
-                await asyncio.wait([asyncio.ensure_future(w.wait_closed()) for w in writers], timeout=2)
-            shutil.rmtree(self.dir, ignore_errors=True)
-        return code
 
 
 def become_subreaper():
