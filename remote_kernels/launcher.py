@@ -1,6 +1,6 @@
 """The in-job launcher: stdlib only, run by the batch script with the user's Python (3.8+).
 
-Usage (the batch script feeds this file on stdin): ``PYTHON - SESSION GRACE BASE``
+Usage (the batch script feeds this file on stdin): ``PYTHON - SESSION GRACE BASE [CONTACT]``
 
 It makes the private runtime directory ``BASE/rk-SESSION`` (0700), listens on the
 unix control socket ``ctl`` there and waits for the login side, which reaches the
@@ -40,7 +40,9 @@ key arrives over the control socket and is written only to a 0600 connection fil
 inside the 0700 directory.  Dead-man switch (liveness by traffic): when no line has
 arrived from any client for GRACE seconds (no client at all, or a half-open link that
 never delivers an EOF), the launcher stops the kernel and exits.  The login side pings
-well within GRACE.
+well within GRACE.  Until the first line arrives, the limit is CONTACT seconds from the
+launcher's start (at most GRACE; default GRACE): a job whose server died while it was
+queued ends soon after it starts, instead of holding its allocation for GRACE.
 """
 
 import asyncio
@@ -114,12 +116,12 @@ app.start()
 class Launcher:
     """One job's launcher.  Made inside the running loop (asyncio objects bind to it on 3.8/3.9)."""
 
-    def __init__(self, session, grace, base):
+    def __init__(self, session, grace, base, contact=None):
         self.dir = os.path.join(base, "rk-" + session)
         self.grace = grace
         self.kernel = None          # asyncio.subprocess.Process
         self.done = asyncio.Event()
-        self.control = Control(self, grace)
+        self.control = Control(self, grace, contact)
         self.waited = set()         # pids of kernels asyncio waits for (reap() leaves them alone)
         self.spawning = False       # a kernel is being started: reap() waits until its pid is known
 
@@ -322,8 +324,10 @@ class Launcher:
 class Control:
     """The control socket's side of a launcher: clients, requests, replies, the dead-man switch."""
 
-    def __init__(self, launcher, grace):
+    def __init__(self, launcher, grace, contact=None):
         self.launcher, self.grace = launcher, grace
+        self.contact = grace if contact is None else min(contact, grace)   # silence allowed before the first line
+        self.contacted = False      # a line has arrived from the login side
         self.clients = set()        # connected StreamWriters
         self.tasks = set()          # start/stop/shutdown requests in progress
         self.serial = asyncio.Lock()   # start, stop and shutdown run one at a time
@@ -385,6 +389,7 @@ class Control:
                 if line == b"":
                     break
                 self.last_heard = time.monotonic()
+                self.contacted = True
                 if line is not None:
                     req, problem = check_request(line)
                 if problem is not None:
@@ -406,12 +411,18 @@ class Control:
             writer.close()
 
     async def dead_man(self):
-        """End the job when no client has sent anything for grace seconds."""
+        """End the job when no client has sent anything for grace seconds (contact seconds
+        while nothing has arrived yet)."""
         while True:
-            await asyncio.sleep(min(1.0, self.grace / 4))
-            if time.monotonic() - self.last_heard > self.grace:
-                print("remote-kernels launcher: no contact from the login side for %gs; ending"
-                      % self.grace, file=sys.stderr, flush=True)
+            await asyncio.sleep(min(1.0, self.contact / 4))   # contact <= grace
+            limit = self.grace if self.contacted else self.contact
+            if time.monotonic() - self.last_heard > limit:
+                if self.contacted:
+                    why = "no contact from the login side for %gs" % limit
+                else:
+                    why = ("nobody reached the launcher within %gs of its start (the server that started "
+                           "the job is gone, or it reached the node too late: raise contact_timeout)" % limit)
+                print("remote-kernels launcher: %s; ending" % why, file=sys.stderr, flush=True)
                 self.launcher.done.set()
                 return
 
@@ -553,13 +564,14 @@ def check_start(req):
     return None
 
 
-async def run(session, grace, base):
-    return await Launcher(session, grace, base).main()
+async def run(session, grace, base, contact=None):
+    return await Launcher(session, grace, base, contact).main()
 
 
 def main(argv):
     session, grace, base = argv[1], float(argv[2]), argv[3]
-    asyncio.run(run(session, grace, base))
+    contact = float(argv[4]) if len(argv) > 4 else None
+    asyncio.run(run(session, grace, base, contact))
     return 0
 
 

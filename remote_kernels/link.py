@@ -22,12 +22,20 @@ from .errors import KernelStartError
 from .launcher import CHANNELS
 from .options import KernelOptions
 from .runner import SSHCommandRunner
-from .ssh import NodeConnection, NodeConnections
+from .ssh import CONNECT_TIMEOUT, NodeConnection, NodeConnections
 from .sshconnect import SSH_ERRORS, UntrustedConfig, describe
 
 # Seconds a node may drop logins after its job started (pam_slurm_adopt admits a user once
 # the job's extern step exists).
 ADMIT_WAIT = 10.0
+# Most seconds between pings: a silent link is noticed within (SILENT_BEATS + 1) of them.
+PING_EVERY = 2.0
+# Reconnecting: seconds one attempt may take (at least; three times the first connection's
+# time on a slow link), and the most between attempts that failed fast.  TCP resends an
+# unanswered SYN only after 1, 3, 7... s: fresh attempts put one on the wire every second
+# or two, so a link that comes back is used at once.
+RECONNECT_ATTEMPT = 4.0
+RECONNECT_PAUSE = 1.0
 # What broken() returns.
 DROPPED = "dropped"     # the SSH connection (or the link under it) failed: the launcher may live on
 LAUNCHER = "launcher"   # the launcher closed its channel over a working connection: it ended
@@ -41,8 +49,15 @@ def endpoints(info: dict) -> dict[str, str | int]:
 
 
 def heartbeat(grace: float) -> float:
-    """Seconds between pings: well inside the launcher's dead-man ``grace``."""
-    return max(0.5, min(10.0, grace / 3))
+    """Seconds between pings: well inside the launcher's dead-man ``grace``, and often
+    enough that a silent link is noticed within seconds."""
+    return max(0.5, min(PING_EVERY, grace / 3))
+
+
+def attempt_timeout(first_connect: float) -> float:
+    """Seconds one reconnect attempt may take, for a link whose first connection took
+    ``first_connect`` s."""
+    return min(CONNECT_TIMEOUT, max(RECONNECT_ATTEMPT, 3 * first_connect))
 
 
 class NodeLink:
@@ -57,6 +72,7 @@ class NodeLink:
         self._endpoints: dict[str, str | int] = {}
         self._listeners: list = []
         self._closed = False
+        self._connect_took = 0.0   # seconds the first connection took to open
 
     @property
     def what(self) -> str:
@@ -80,9 +96,12 @@ class NodeLink:
         started is tried again for ADMIT_WAIT s."""
         deadline, delay = time.monotonic() + ADMIT_WAIT, 0.1
         while True:
+            t0 = time.monotonic()
             try:
-                return await NodeConnections.shared().acquire(
+                conn = await NodeConnections.shared().acquire(
                     self.node, self.job_id, interactive=self.opts.interactive_ssh, via=self.via)
+                self._connect_took = time.monotonic() - t0
+                return conn
             except SSH_ERRORS as e:
                 if not isinstance(e, asyncssh.ConnectionLost) or time.monotonic() + delay > deadline:
                     raise KernelStartError(f"cannot reach node {self.node} over SSH: {describe(e)}") from None
@@ -156,30 +175,35 @@ class NodeLink:
         return LAUNCHER
 
     async def reconnect(self, job_finished: Callable[[], bool]) -> bool:
-        """After DROPPED: reconnect with back-off, reopen the control channel and the forwards.
+        """After DROPPED: reconnect, reopen the control channel and the forwards.
 
-        False when the job has ended, on an SSH configuration error, or after grace minus a
-        margin (the launcher's dead-man switch ends the job then).  The kernel is untouched."""
+        The old connection is aborted (nothing is sent on it or waited for); attempts last
+        attempt_timeout() s each and follow one another at once (one that failed fast after a
+        pause of up to RECONNECT_PAUSE s).  False when the job has ended, on an SSH
+        configuration error, or after grace minus a margin (the launcher's dead-man switch
+        ends the job then).  The kernel is untouched."""
         pool = NodeConnections.shared()
         deadline = time.monotonic() + max(5.0, self.opts.grace - 5.0)
-        delay = 0.25
+        attempt, pause = attempt_timeout(self._connect_took), 0.25
         self.log.warning("remote kernel: SSH connection to %s dropped; reconnecting", self.node)
         self._close_forwards()   # stop accepting local connections onto the dead connection
         if self.conn is not None:
             old, self.conn = self.conn, None
+            old.abort()
             await pool.release(old)
         while not self._closed and time.monotonic() < deadline and not job_finished():
             try:
-                self.conn = await pool.acquire(self.node, self.job_id, interactive=self.opts.interactive_ssh,
-                                               via=self.via)
+                self.conn = await pool.acquire(self.node, self.job_id, connect_timeout=attempt,
+                                               interactive=self.opts.interactive_ssh, via=self.via)
             except UntrustedConfig as e:   # a configuration error does not heal by waiting
                 self.log.error("remote kernel: cannot reconnect to %s: %s", self.node, e)
                 return False
             except SSH_ERRORS as e:
+                wait = 0.0 if isinstance(e, asyncio.TimeoutError) else pause   # a timeout has waited enough
                 self.log.info("remote kernel: reconnect to %s failed (%s); retrying in %.1fs",
-                              self.node, describe(e), delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+                              self.node, describe(e), wait)
+                await asyncio.sleep(wait)
+                pause = min(pause * 2, RECONNECT_PAUSE)
                 continue
             try:
                 await self._open_control(max(1.0, deadline - time.monotonic()), job_finished, "the job's log")

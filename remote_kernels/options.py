@@ -44,6 +44,9 @@ class KernelOptions(LoggingConfigurable):
     queue_timeout = Float(0, help="Give up (and cancel the job) after this many seconds queued; 0: wait forever.").tag(config=True)
     launch_timeout = Float(120, help="Seconds from job start until the launcher must answer.").tag(config=True)
     grace = Float(300, help="Dead-man switch: the job ends when the login side is silent this long (s).").tag(config=True)
+    contact_timeout = Float(60, help=(
+        "Seconds a started job waits for the login side's first word before it ends (its server died "
+        "while it was queued); grace if shorter.")).tag(config=True)
     command_timeout = Float(30.0, help="Seconds a scheduler command may take before it counts as failed.").tag(config=True)
     poll_interval = Float(2.0, help="Seconds between the scheduler status queries of a server.").tag(config=True)
     login_host = Unicode("", help=(
@@ -100,10 +103,10 @@ class KernelOptions(LoggingConfigurable):
             raise TraitError(f"{proposal['trait'].name} {value} is negative; use a whole number (0: the scheduler's default)")
         return value
 
-    @validate("grace", "queue_timeout")
+    @validate("grace", "queue_timeout", "contact_timeout")
     def _valid_seconds(self, proposal):
         name, value = proposal["trait"].name, proposal["value"]
-        if value < 0 or (value == 0 and name == "grace"):
+        if value < 0 or (value == 0 and name != "queue_timeout"):
             allowed = "a positive number of seconds" + (", or 0 to wait forever" if name == "queue_timeout" else "")
             raise TraitError(f"{name} {value:g} is out of range; use {allowed}")
         return value

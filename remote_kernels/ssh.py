@@ -21,6 +21,8 @@ from . import perloop
 from .sshconnect import connect
 
 log = logging.getLogger(__name__)
+# Seconds opening a node connection may take (TCP, SSH handshake, authentication, pty session).
+CONNECT_TIMEOUT = 30.0
 
 
 class NodeConnection:
@@ -34,6 +36,10 @@ class NodeConnection:
     @property
     def closed(self) -> bool:
         return self.conn.is_closed()
+
+    def abort(self) -> None:
+        """Drop a connection known to be dead at once: nothing more is sent on it or waited for."""
+        self.conn.abort()
 
     async def close(self) -> None:
         if self._keeper is not None:
@@ -54,7 +60,7 @@ class NodeConnections:
         """The running loop's pool."""
         return perloop.shared(cls, cls)
 
-    async def acquire(self, host: str, job: str, connect_timeout: float = 30.0, interactive: bool = True,
+    async def acquire(self, host: str, job: str, connect_timeout: float = CONNECT_TIMEOUT, interactive: bool = True,
                       via=None) -> NodeConnection:
         """The pool's connection to host for job ``job``, opened if needed.  Release it with release().
 

@@ -78,6 +78,33 @@ def job_in_queue(job_id: str) -> bool:
     return job_id in out.split()
 
 
+def job_state(job_id: str) -> str:
+    """This user's job's squeue state ('' once it has left the queue)."""
+    import getpass
+
+    out = subprocess.run(["squeue", "-h", "-u", getpass.getuser(), "-j", job_id, "-o", "%T"],
+                         capture_output=True, text=True).stdout
+    return out.strip()
+
+
+# Seconds a started job that nobody reaches (its server died while it was queued) may run (#21).
+UNCLAIMED_JOB_RUNS = 90
+
+
+async def see_it_end_unclaimed(job_id: str) -> None:
+    """Start the held job ``job_id``, whose server is dead: it must end by itself within
+    UNCLAIMED_JOB_RUNS s of its start (not after grace), its launcher saying why in its log."""
+    from remote_kernels.job import job_log_dir
+
+    assert job_state(job_id) == "PENDING", f"job {job_id} should still wait in the queue"
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True, capture_output=True)
+    await until(f"job {job_id} to start", lambda: job_state(job_id) != "PENDING", timeout=120)
+    await until(f"job {job_id}, started, to end by itself", lambda: not job_in_queue(job_id),
+                timeout=UNCLAIMED_JOB_RUNS)
+    log = (job_log_dir() / f"{job_id}.log").read_text()
+    assert "nobody reached the launcher within" in log, log
+
+
 def processes_mentioning(text: str) -> list[str]:
     """Command lines of live processes (login side and nodes share /proc) containing text."""
     from pathlib import Path

@@ -17,7 +17,8 @@ from jupyter_client.asynchronous import AsyncKernelClient
 from jupyter_client.connect import write_connection_file
 
 from conftest import SERVER_MARKER
-from kernel_helpers import job_in_queue, kernel_environ, processes_mentioning, start_sleeping_cell, until, value_of
+from kernel_helpers import (job_in_queue, kernel_environ, processes_mentioning, see_it_end_unclaimed, start_sleeping_cell,
+                            until, value_of)
 
 
 async def wait_for_kernel_info(kc, timeout: float) -> None:
@@ -124,6 +125,31 @@ async def test_argv_mode_gives_the_kernel_its_spec_env_and_nothing_else(make_spe
         script = subprocess.run(["scontrol", "write", "batch_script", job, "-"],
                                 capture_output=True, text=True, check=True).stdout
         assert server_secret not in script and user_secret not in script
+
+
+async def test_argv_mode_killed_while_queued_leaves_a_job_that_ends_soon_after_it_starts(make_spec, kernelspecs,
+                                                                                        tmp_path):
+    """#21: a frontend's kernel process SIGKILLed (a crashed VS Code) while its job waits:
+    nobody withdraws the job; once it starts, it ends within a minute or so, not after grace."""
+    spec = make_spec("rk-argv-held", directives=["--begin=now+1hour"], grace=300)
+    conn_file, _ = write_connection_file(str(tmp_path / "kernel-held.json"), ip="127.0.0.1",
+                                         key=uuid.uuid4().hex.encode())
+    argv = [a.replace("{connection_file}", conn_file)
+            for a in json.loads((kernelspecs / spec / "kernel.json").read_text())["argv"]]
+    proc = await asyncio.create_subprocess_exec(*argv, cwd=str(tmp_path), stderr=asyncio.subprocess.PIPE)
+    try:
+        log: list[str] = []
+        while (job := _job_of(log)) is None:
+            line = await asyncio.wait_for(proc.stderr.readline(), 60)
+            assert line, f"remote-kernels run exited before submitting: {''.join(log)}"
+            log.append(line.decode())
+        proc.kill()   # SIGKILL: nothing of the process's clean-up runs
+        await proc.wait()
+        await see_it_end_unclaimed(job)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
 
 
 def test_argv_mode_unreadable_connection_file(kernelspecs, tmp_path):

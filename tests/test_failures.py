@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import getpass
 import queue
 import subprocess
 import sys
@@ -12,20 +11,14 @@ import textwrap
 import pytest
 from jupyter_client.manager import AsyncKernelManager
 
-from kernel_helpers import job_in_queue, processes_mentioning, remote, run_cell, until, value_of
+from kernel_helpers import (job_in_queue, job_state, processes_mentioning, remote, run_cell, see_it_end_unclaimed,
+                            until, value_of)
 from remote_kernels.session import KernelStartError
 from slurm_helpers import wait_until
 
 NOT_BEFORE_AN_HOUR = ["--begin=now+1hour"]   # SLURM keeps the job PENDING (reason BeginTime)
 # Deadline for poll() to report a job that the scheduler ended (how fast it does: `make bench`).
 DEATH_SEEN = 60
-
-
-def job_state(job_id: str) -> str:
-    """This user's job's squeue state ('' once it has left the queue)."""
-    out = subprocess.run(["squeue", "-h", "-u", getpass.getuser(), "-j", job_id, "-o", "%T"],
-                         capture_output=True, text=True).stdout
-    return out.strip()
 
 
 async def test_queue_timeout_cancels_the_job_and_says_why(make_spec):
@@ -79,6 +72,42 @@ def test_dead_man_switch_ends_the_job_of_a_killed_server(make_spec):
         server.wait(timeout=10)
         # grace (3 s) + the launcher's check interval + SLURM noticing the batch step ended
         wait_until(f"job {job} to end by itself", lambda: not job_in_queue(job), timeout=20)
+    finally:
+        if server.poll() is None:
+            server.kill()
+
+
+# A server that prints its kernel's job id as soon as the job is submitted (it may wait in the queue).
+QUEUED_SERVER = textwrap.dedent("""
+    import asyncio, sys
+    from jupyter_client.manager import AsyncKernelManager
+    async def main():
+        km = AsyncKernelManager(kernel_name=sys.argv[1])
+        start = asyncio.ensure_future(km.start_kernel())
+        while not start.done():
+            if km.provisioner is not None:
+                job = (await km.provisioner.get_provisioner_info())["remote_kernel"].get("job_id")
+                if job:
+                    print(job, flush=True)
+                    break
+            await asyncio.sleep(0.05)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    asyncio.run(main())
+""")
+
+
+async def test_a_job_queued_when_its_server_was_killed_ends_soon_after_it_starts(make_spec):
+    """#21: nobody withdraws the job of a SIGKILLed server; once it starts, it must not hold
+    its allocation for grace (300 s here) but end within a minute or so."""
+    make_spec("rk-held", directives=NOT_BEFORE_AN_HOUR, grace=300)
+    server = subprocess.Popen([sys.executable, "-c", QUEUED_SERVER, "rk-held"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        job = server.stdout.readline().strip()
+        assert job and job_state(job) == "PENDING"
+        server.kill()   # SIGKILL: no clean-up runs on the login side
+        server.wait(timeout=10)
+        await see_it_end_unclaimed(job)
     finally:
         if server.poll() is None:
             server.kill()
@@ -193,6 +222,40 @@ async def test_a_half_open_link_ends_the_job_within_grace(cluster, make_spec, st
         await until(f"job {info['job_id']} to leave the queue", lambda: not job_in_queue(info["job_id"]), timeout=30)
     await _wait_for_death(km, within=60)
     assert f"job {info['job_id']}" in (await remote(km))["ended_reason"]
+
+
+OUTAGE = 30            # s without a packet to or from the node (#21)
+ANSWERS_AFTER = 5      # s after the network's return within which the kernel must answer (#21)
+
+
+async def test_a_kernel_answers_within_seconds_after_a_long_outage(cluster, make_spec, start_kernel):
+    """#21: after OUTAGE s of a half-open link (every SSH packet to and from the node dropped),
+    the kernel answers kernel_info within ANSWERS_AFTER s of the network's return, its state
+    kept.  TCP alone resends into a link that came back only after its back-off (up to tens of
+    seconds); the link notices the silence and keeps making fresh connections instead."""
+    make_spec("rk-outage", grace=120)   # survives the outage
+    km, kc = await start_kernel("rk-outage")
+    info = await remote(km)
+    await run_cell(kc, "x = 42")
+    with SSHBlackhole(info["node"]):
+        await asyncio.sleep(OUTAGE)   # the scenario itself
+    loop = asyncio.get_running_loop()
+    back = loop.time()
+    asked: set[str] = set()
+    while True:   # as a frontend does: ask again until a reply comes (a request in flight may be lost)
+        assert loop.time() < back + ANSWERS_AFTER, \
+            f"no kernel_info reply within {ANSWERS_AFTER}s of the network's return"
+        asked.add(kc.kernel_info())
+        try:
+            reply = await kc.get_shell_msg(timeout=0.25)
+        except queue.Empty:
+            continue
+        if reply["parent_header"].get("msg_id") in asked:
+            break
+    print(f"kernel_info answered {loop.time() - back:.2f}s after the outage ended")
+    assert await value_of(kc, "x") == "42"
+    assert await km.provisioner.poll() is None
+    assert (await remote(km))["reconnects"] >= 1
 
 
 async def _wait_for_death(km, within: float) -> int:

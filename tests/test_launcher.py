@@ -59,14 +59,16 @@ class Launched:
 
 @pytest.fixture
 async def launch():
-    """launch(grace=60) -> Launched, ready (its socket listens); all ended afterwards."""
+    """launch(grace=60, contact=None) -> Launched, ready (its socket listens); all ended afterwards.
+    ``contact``: the first-contact window argument (None: left out, as grace)."""
     base = Path(tempfile.mkdtemp(prefix="rk-t", dir="/tmp"))   # unix socket paths must stay short
     launched: list[Launched] = []
 
-    async def start(grace: float = 60) -> Launched:
+    async def start(grace: float = 60, contact: float | None = None) -> Launched:
         session = f"s{len(launched)}"
+        window = [] if contact is None else [f"{contact:g}"]
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-", session, f"{grace:g}", str(base),
+            sys.executable, "-", session, f"{grace:g}", str(base), *window,
             stdin=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         proc.stdin.write(launcher_source().encode())
         proc.stdin.close()
@@ -227,11 +229,35 @@ async def test_pings_keep_the_launcher_alive_and_it_ends_once_they_stop(launch):
     assert "no contact from the login side" in await launcher.stderr()
 
 
-async def test_dead_man_ends_the_job_when_no_client_ever_connects(launch):
-    launcher = await launch(grace=1)
+@pytest.mark.parametrize("connects", [False, True], ids=["nobody-connects", "a-silent-connection"])
+async def test_a_launcher_nobody_talks_to_ends_after_the_first_contact_window(launch, connects):
+    """A job whose server died while it was queued: nothing ever reaches its launcher, which
+    ends after the first-contact window (short here), not after grace."""
+    launcher = await launch(grace=300, contact=1)
+    if connects:
+        reader, writer = await launcher.raw()   # connected, but never a line
     code = await launcher.exit_code()
     assert code == 0
-    assert "no contact from the login side for 1s; ending" in await launcher.stderr()
+    assert ("nobody reached the launcher within 1s of its start (the server that started the job is gone, "
+            "or it reached the node too late: raise contact_timeout); ending") in await launcher.stderr()
+    assert not launcher.dir.exists()
+
+
+@pytest.mark.parametrize("contact", [None, 300], ids=["no-window-given", "a-longer-window"])
+async def test_the_first_contact_window_is_at_most_grace(launch, contact):
+    launcher = await launch(grace=1, contact=contact)
+    assert await launcher.exit_code() == 0
+    assert "nobody reached the launcher within 1s of its start" in await launcher.stderr()
+
+
+async def test_once_contacted_the_launcher_allows_grace_of_silence_not_the_window(launch):
+    launcher = await launch(grace=300, contact=0.5)
+    client = await launcher.client(heartbeat=0)
+    assert (await client.request({"op": "hello"}, DEADLINE))["event"] == "hello"
+    # Outliving the window cannot be shown by a condition: stay silent for several of them.
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(asyncio.shield(launcher.proc.wait()), 6 * 0.5)
+    assert (await client.request({"op": "ping"}, DEADLINE))["event"] == "pong"
 
 
 async def test_shutdown_says_bye_and_ends_the_launcher(launch):

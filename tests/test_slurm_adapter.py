@@ -79,7 +79,7 @@ def test_rendered_script_carries_launcher_setup_and_env_but_no_key():
     assert "export SLURM_EXPORT_ENV=NONE\n" in render(Slurm(), override, override.resources("rk-t", "/tmp/%j.log"),
                                                        session="abc123")
     assert "module load python/3.11 || {" in text
-    assert "exec /opt/env/bin/python - abc123 120 /tmp <<'RK_LAUNCHER_EOF'" in text
+    assert "exec /opt/env/bin/python - abc123 120 /tmp 60 <<'RK_LAUNCHER_EOF'" in text
     assert text.rstrip().endswith(LAUNCHER_EOF)
     assert "key" not in text.split("<<'RK_LAUNCHER_EOF'")[0].lower()
 
