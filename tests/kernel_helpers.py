@@ -98,7 +98,7 @@ async def see_it_end_unclaimed(job_id: str) -> None:
 
     assert job_state(job_id) == "PENDING", f"job {job_id} should still wait in the queue"
     subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True, capture_output=True)
-    await until(f"job {job_id} to start", lambda: job_state(job_id) != "PENDING", timeout=120)
+    await until(f"job {job_id} to start", lambda: job_state(job_id) != "PENDING", timeout=600)   # a busy cluster
     await until(f"job {job_id}, started, to end by itself", lambda: not job_in_queue(job_id),
                 timeout=UNCLAIMED_JOB_RUNS)
     log = (job_log_dir() / f"{job_id}.log").read_text()
