@@ -200,8 +200,8 @@ class NodeLink:
                 return False
             except SSH_ERRORS as e:
                 wait = 0.0 if isinstance(e, asyncio.TimeoutError) else pause   # a timeout has waited enough
-                self.log.info("remote kernel: reconnect to %s failed (%s); retrying in %.1fs",
-                              self.node, describe(e), wait)
+                self.log.info("remote kernel: reconnect to %s failed (%s); retrying%s",
+                              self.node, describe(e), f" in {wait:.1f}s" if wait else "")
                 await asyncio.sleep(wait)
                 pause = min(pause * 2, RECONNECT_PAUSE)
                 continue

@@ -69,6 +69,33 @@ async def start_sleeping_cell(kc, timeout: float = 30) -> str:
             return msg_id
 
 
+async def wait_for_kernel_info(kc, timeout: float, every: float = 1.0) -> None:
+    """What frontends do: send kernel_info_request until a reply comes (the job may still be
+    queued, a link be restored), and until iopub also carries that request's status (a
+    request sent before iopub's socket has (re)connected loses its iopub messages); asking
+    again after ``every`` s without both.  AssertionError after ``timeout`` s."""
+    import asyncio
+    import queue
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+
+    def wait() -> float:   # seconds to wait for the next message: never past the deadline
+        return max(0.0, min(every, deadline - loop.time()))
+
+    while loop.time() < deadline:
+        msg_id = kc.kernel_info()
+        try:
+            while (await kc.get_shell_msg(timeout=wait()))["parent_header"].get("msg_id") != msg_id:
+                pass
+            while (await kc.get_iopub_msg(timeout=wait()))["parent_header"].get("msg_id") != msg_id:
+                pass
+            return
+        except queue.Empty:   # nothing yet
+            continue
+    raise AssertionError(f"no kernel_info reply on shell and iopub within {timeout}s")
+
+
 def job_in_queue(job_id: str) -> bool:
     """True while squeue still lists this user's job ``job_id`` as pending/running/completing."""
     import getpass

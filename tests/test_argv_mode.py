@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import json
 import os
-import queue
 import signal
 import subprocess
 import sys
@@ -18,25 +17,7 @@ from jupyter_client.connect import write_connection_file
 
 from conftest import SERVER_MARKER
 from kernel_helpers import (job_in_queue, kernel_environ, processes_mentioning, see_it_end_unclaimed, start_sleeping_cell,
-                            until, value_of)
-
-
-async def wait_for_kernel_info(kc, timeout: float) -> None:
-    """What VS Code does: send kernel_info_request until a reply comes (the job may still be
-    queued), and until iopub also carries that request's status (iopub is subscribed)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        msg_id = kc.kernel_info()
-        try:
-            while (await kc.get_shell_msg(timeout=1))["parent_header"].get("msg_id") != msg_id:
-                pass
-            while (await kc.get_iopub_msg(timeout=1))["parent_header"].get("msg_id") != msg_id:
-                pass
-            return
-        except queue.Empty:   # nothing yet
-            continue
-    raise AssertionError(f"no kernel_info reply within {timeout}s")
+                            until, value_of, wait_for_kernel_info)
 
 
 def _job_of(proc_log: list[str]) -> str | None:
