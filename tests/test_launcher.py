@@ -250,6 +250,20 @@ async def test_the_first_contact_window_is_at_most_grace(launch, contact):
     assert "nobody reached the launcher within 1s of its start" in await launcher.stderr()
 
 
+def test_the_window_comes_from_contact_timeout_which_must_be_positive():
+    from traitlets import TraitError
+
+    from remote_kernels.options import KernelOptions
+    from remote_kernels.schedulers.slurm import Slurm
+    from remote_kernels.script import render
+
+    opts = KernelOptions(contact_timeout=45, grace=600, environ={})
+    assert " - abc 600 /tmp 45 <<'RK_LAUNCHER_EOF'\n" in render(Slurm(), opts, opts.resources("rk-t", "/tmp/%j.log"),
+                                                                 session="abc")
+    with pytest.raises(TraitError, match=r"^contact_timeout 0 is out of range; use a positive number of seconds$"):
+        KernelOptions(contact_timeout=0, environ={})
+
+
 async def test_once_contacted_the_launcher_allows_grace_of_silence_not_the_window(launch):
     launcher = await launch(grace=300, contact=0.5)
     client = await launcher.client(heartbeat=0)
