@@ -12,6 +12,7 @@ from traitlets import TraitError
 from . import __version__
 from .commands import CHECK_QUEUE_TIMEOUT
 from .examples import shipped_examples
+from .options import DISPATCH
 
 EXAMPLES = """\
 examples:
@@ -32,7 +33,7 @@ RK_CONSTRAINT and RK_RESERVATION in the environment of the Jupyter server (or of
 # install's options that are kernel options (argparse dest == option name).
 INSTALL_FIELDS = ("scheduler", "partition", "account", "qos", "time", "cpus", "mem", "gpus", "constraint",
                   "reservation", "directives", "python", "setup", "env", "grace", "queue_timeout",
-                  "login_host")
+                  "login_host", "dispatch")
 
 
 def _env_pair(text: str) -> tuple[str, str]:
@@ -59,6 +60,10 @@ def _add_install(sub) -> None:
                    help=f"start from a shipped example ({', '.join(shipped_examples())}) or the kernelspec "
                         "in DIR; options given here override its values")
     p.add_argument("--scheduler", metavar="NAME", help="batch scheduler (default: slurm)")
+    p.add_argument("--dispatch", choices=DISPATCH, help=(
+        "how jobs start: batch (sbatch), interactive (SLURM's srun: scheduled at once, no wait for "
+        "the next scheduling pass) or auto (the default: interactive where the scheduler has it and "
+        "the server runs on the cluster)"))
     p.add_argument("--display-name", metavar="TEXT", help="name shown in the kernel picker (default: --from's, or 'Python 3 (NAME)')")
     res = p.add_argument_group("resources (unset: the scheduler's defaults)")
     res.add_argument("--partition", metavar="NAME", help="partition (queue)")

@@ -22,6 +22,7 @@ from .options import KernelOptions
 from .registry import Entry
 from .runner import CommandError, CommandRunner
 from .schedulers import JobState, JobStatus, Scheduler
+from .schedulers.base import Dispatched
 from .schedulers.limits import SiteFacts
 from .watcher import JobWatcher
 
@@ -42,6 +43,20 @@ def job_log_dir() -> Path:
     return d
 
 
+def interactive(opts: KernelOptions, scheduler: Scheduler) -> bool:
+    """Whether a job starts through the scheduler's interactive path (option ``dispatch``):
+    'auto' takes it where the scheduler has one, commands run here (no login host: the
+    command must live as long as the job) and the spec sets no directives (sbatch lines).
+    ValueError if asked for where the scheduler has none."""
+    if opts.dispatch == "batch":
+        return False
+    if not scheduler.dispatch_prefix:
+        if opts.dispatch == "interactive":
+            raise ValueError(f"{scheduler.name} has no interactive dispatch; set dispatch to batch or auto")
+        return False
+    return opts.dispatch == "interactive" or not (opts.login_host or opts.directives)
+
+
 class Job:
     """A batch job for one session.  Methods raise KernelStartError (one line) where they fail."""
 
@@ -57,6 +72,12 @@ class Job:
         self.queue_timeout = opts.queue_timeout
         self._waitable: set[str] = set()   # reasons the site's facts showed to clear with time
         self._ended = False
+        self.dispatched: Dispatched | None = None   # the interactive command, when dispatched so
+
+    @property
+    def interactive(self) -> bool:
+        """interactive(opts, scheduler) for this job."""
+        return interactive(self.opts, self.scheduler)
 
     # --- where its output goes -------------------------------------------------------------
     def _log_dir(self) -> str:
@@ -88,12 +109,13 @@ class Job:
         self.t0 = time.monotonic()
         res = self.opts.resources(job_name=f"rk-{self.name}"[:64], output=f"{self._log_dir()}/%j.log")
         try:
-            text = script.render(self.scheduler, self.opts, res, session=self.session_id)
+            interactive = self.interactive
+            text = script.render(self.scheduler, self.opts, res, session=self.session_id, interactive=interactive)
             if self.opts.login_host:
                 await self.runner.run(["mkdir", "-p", "-m", "700", REMOTE_JOB_DIR])
         except (CommandError, ValueError) as e:
             raise KernelStartError(f"{self.scheduler.name} job not submitted: {e}") from None
-        submit = asyncio.ensure_future(self.scheduler.submit(text, res))
+        submit = asyncio.ensure_future(self._dispatch(text, res) if interactive else self.scheduler.submit(text, res))
         try:
             self.id = await asyncio.shield(submit)
         except asyncio.CancelledError:
@@ -108,6 +130,10 @@ class Job:
         self.log.info("remote kernel %s: submitted %s job %s", self.name, self.scheduler.name, self.id)
         self.watch()
 
+    async def _dispatch(self, text: str, res) -> str:
+        self.dispatched = await self.scheduler.dispatch(text, res)
+        return self.dispatched.job_id
+
     async def _withdraw(self, submit: asyncio.Future) -> None:
         """Let an abandoned submission finish (never cancelling it) and cancel the job it made."""
         done, _ = await asyncio.wait({submit}, timeout=self.runner.timeout)
@@ -121,6 +147,8 @@ class Job:
         except Exception as e:  # noqa: BLE001 - logged; `remote-kernels cancel --orphans` finds it
             self.log.warning("remote kernel %s: cancelling job %s of an abandoned start failed: %s",
                              self.name, submit.result(), e)
+        if self.dispatched is not None:
+            await self.dispatched.finish()
 
     # --- watching ---------------------------------------------------------------------------
     def watch(self, starting: bool = True) -> None:
@@ -266,6 +294,8 @@ class Job:
             except Exception as e:  # noqa: BLE001 - the job may have ended meanwhile
                 self.log.warning("remote kernel %s: cancelling job %s failed: %s", self.name, self.id, e)
         self.watcher.unwatch(self.id)
+        if self.dispatched is not None:
+            await self.dispatched.finish()
         if self.entry is not None:
             self.entry.remove()
             self.entry = None

@@ -21,6 +21,7 @@ TIME_RE = re.compile(r"^(?:(\d+)-)?(?:(\d+):)?(\d+)(?::(\d+))?$")
 MEM_RE = re.compile(r"^\d+[KMGT]?$", re.IGNORECASE)
 ENV_PREFIX = "RK_"
 # Options a launch may override from the environment (RK_ + the upper-case name).
+DISPATCH = ("auto", "batch", "interactive")
 ENV_OPTIONS = ("partition", "account", "qos", "time", "cpus", "mem", "gpus", "constraint", "reservation")
 
 
@@ -55,6 +56,11 @@ class KernelOptions(LoggingConfigurable):
     interactive_ssh = Bool(True, help=(
         "Keep a pty session open on each node connection: sshd disables Nagle's algorithm only "
         "for connections with a pty, which makes forwarded round trips several times faster.")).tag(config=True)
+    dispatch = Unicode("auto", help=(
+        "How the job is started: 'batch' (sbatch and its kind), 'interactive' (the scheduler's "
+        "allocation path, SLURM's srun: scheduled at once, no wait for the next batch scheduling "
+        "pass) or 'auto' (interactive where the scheduler has it, the server runs on the cluster "
+        "and the spec sets no directives; batch otherwise).")).tag(config=True)
     runtime_base = Unicode("/tmp", help="Directory on the node for the kernel's private socket dir.").tag(config=True)
 
     def __init__(self, *, environ: Mapping[str, str] | None = None, **kwargs):
@@ -94,6 +100,13 @@ class KernelOptions(LoggingConfigurable):
         value = proposal["value"]
         if value and not MEM_RE.match(value):
             raise TraitError(f"mem {value!r} is not a size; use a number with K, M, G or T, e.g. 4G")
+        return value
+
+    @validate("dispatch")
+    def _valid_dispatch(self, proposal):
+        value = proposal["value"]
+        if value not in DISPATCH:
+            raise TraitError(f"dispatch {value!r} is not one of {', '.join(DISPATCH)}")
         return value
 
     @validate("cpus", "gpus")

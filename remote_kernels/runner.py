@@ -65,6 +65,24 @@ class CommandRunner:
             raise CommandError(argv, proc.returncode, stdout, stderr)
         return proc.returncode, stdout, stderr
 
+    async def start(self, argv: list[str], *, stdin: str, drop_env: tuple[str, ...] = (),
+                    keep_env: tuple[str, ...] = ()) -> asyncio.subprocess.Process:
+        """Start argv as a long-lived command in a session of its own (a terminal's Ctrl-C and
+        the death of this process do not reach it), ``stdin`` written to it and closed, stderr
+        a pipe, stdout discarded; LC_ALL=C.  Variables named with a prefix in ``drop_env`` are
+        left out of its environment, but those in ``keep_env``.  CommandError if it cannot
+        start; ValueError where commands run elsewhere (SSHCommandRunner)."""
+        env = {k: v for k, v in os.environ.items() if k in keep_env or not k.startswith(drop_env)}
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, env=dict(env, LC_ALL="C"), stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, start_new_session=True)
+        except FileNotFoundError as e:
+            raise CommandError(argv, 127, "", f"{argv[0]}: command not found ({e})") from None
+        proc.stdin.write(stdin.encode())
+        proc.stdin.close()   # the pipe buffers the script until the command reads it
+        return proc
+
     async def close(self) -> None:
         """Let go of what run() holds open (nothing here)."""
 
@@ -122,6 +140,10 @@ class SSHCommandRunner(CommandRunner):
         if check and code != 0:
             raise CommandError(argv, code, stdout, stderr)
         return code, stdout, stderr
+
+    async def start(self, argv: list[str], **kw) -> asyncio.subprocess.Process:
+        raise ValueError(f"a long-lived command cannot be started on {self.host} (the server is off the "
+                         "cluster); use dispatch batch")
 
     async def close(self) -> None:
         async with self._lock:

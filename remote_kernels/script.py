@@ -26,13 +26,20 @@ def launcher_source() -> str:
     return ilr.files("remote_kernels").joinpath("launcher.py").read_text()
 
 
-def render(scheduler: Scheduler, opts: KernelOptions, res: Resources, *, session: str) -> str:
+def render(scheduler: Scheduler, opts: KernelOptions, res: Resources, *, session: str,
+           interactive: bool = False) -> str:
     """The complete job script for one kernel session: ``res`` (``opts.resources(...)``, the
     same that is then given to ``scheduler.submit``) as the header, then opts' environment,
-    set-up lines and the launcher."""
+    set-up lines and the launcher.
+
+    ``interactive``: for ``scheduler.dispatch`` (the resources are on its command line): no
+    header, and the script ends the job (``scheduler.end_line``) when it exits, whatever
+    became of the command that started it."""
     q = shlex.quote
-    lines = ["#!/bin/bash", *scheduler.header(res)]
+    lines = ["#!/bin/bash", *([] if interactive else scheduler.header(res))]
     lines.append(f"# remote-kernels session {session}: the launcher below starts the kernel")
+    if interactive:
+        lines.append(f"trap {q(scheduler.end_line)} EXIT")
     lines.append(IDENTITY)
     lines += [f"export {k}={q(v)}" for k, v in sorted({**scheduler.script_env, **opts.env}.items())]
     for line in opts.setup:
@@ -43,7 +50,7 @@ def render(scheduler: Scheduler, opts: KernelOptions, res: Resources, *, session
         f"command -v {py} >/dev/null 2>&1 || {{ echo \"remote-kernels: Python {opts.python} not found on "
         f"$(hostname); set the kernel's python to a path that exists on the compute nodes\" >&2; "
         f"exit {EXIT_NO_PYTHON}; }}")
-    lines.append(f"exec {py} - {q(session)} {opts.grace:g} {q(opts.runtime_base)} {opts.contact_timeout:g} "
+    lines.append(f"{'' if interactive else 'exec '}{py} - {q(session)} {opts.grace:g} {q(opts.runtime_base)} {opts.contact_timeout:g} "
                  f"<<'{LAUNCHER_EOF}'")
     src = launcher_source()
     if LAUNCHER_EOF in src.splitlines():

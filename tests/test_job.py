@@ -11,12 +11,16 @@ from remote_kernels.errors import KernelStartError
 from remote_kernels.job import Job
 from remote_kernels.options import KernelOptions
 from remote_kernels.runner import CommandError, CommandRunner
+from remote_kernels.schedulers.base import Dispatched
 from remote_kernels.schedulers.limits import SiteFacts
 from remote_kernels.schedulers.slurm import Slurm
 
 
 class SlowSbatch(Slurm):
-    """SLURM whose submit (if ``held``) lasts until ``release`` is set; records what it was asked to do."""
+    """SLURM whose submit (if ``held``) lasts until ``release`` is set; records what it was asked to do.
+    Batch dispatch only (SlowSrun: the interactive path)."""
+
+    dispatch_prefix = ()
 
     def __init__(self, refuse: str = "", held: bool = False):
         super().__init__(CommandRunner(timeout=5))
@@ -45,6 +49,24 @@ class SlowSbatch(Slurm):
         return SiteFacts()   # a site that tells nothing: the real SLURM (if any) is not asked
 
 
+class SlowSrun(SlowSbatch):
+    """The same through the interactive path: dispatch() is the held submission, its command a
+    real process that ends when the job is cancelled."""
+
+    dispatch_prefix = Slurm.dispatch_prefix
+
+    async def dispatch(self, text, res):
+        job_id = await self.submit()
+        proc = await asyncio.create_subprocess_exec("sleep", "30", stderr=asyncio.subprocess.PIPE)
+        self.procs = getattr(self, "procs", []) + [proc]
+        return Dispatched(job_id, proc, ["sleep"])
+
+    async def cancel(self, job_id: str) -> None:
+        await super().cancel(job_id)
+        for proc in self.procs:
+            proc.terminate()
+
+
 def make_job(scheduler, tmp_path, monkeypatch) -> Job:
     monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))
@@ -52,9 +74,10 @@ def make_job(scheduler, tmp_path, monkeypatch) -> Job:
                session_id="s1", kernel_id="", log=logging.getLogger("test"))
 
 
-async def test_a_start_cancelled_twice_during_submit_still_cancels_the_job_it_made(tmp_path, monkeypatch):
+@pytest.mark.parametrize("kind", [SlowSbatch, SlowSrun])
+async def test_a_start_cancelled_twice_during_submit_still_cancels_the_job_it_made(kind, tmp_path, monkeypatch):
     """B14: a re-awaited wait_for around the submission killed it mid-flight (a job nobody knew of)."""
-    scheduler = SlowSbatch(held=True)   # the submission lasts until released: both cancels land during it
+    scheduler = kind(held=True)   # the submission lasts until released: both cancels land during it
     job = make_job(scheduler, tmp_path, monkeypatch)
     start = asyncio.ensure_future(job.submit())
     await scheduler.submitting.wait()
@@ -66,6 +89,7 @@ async def test_a_start_cancelled_twice_during_submit_still_cancels_the_job_it_ma
         await start
     assert scheduler.submitted == ["1000"] and scheduler.cancelled == ["1000"]
     assert job.entry is None   # never recorded as a live kernel
+    assert all(p.returncode is not None for p in getattr(scheduler, "procs", []))   # srun reaped
 
 
 async def test_a_refused_submission_is_one_line_naming_the_scheduler(tmp_path, monkeypatch):
@@ -77,11 +101,13 @@ async def test_a_refused_submission_is_one_line_naming_the_scheduler(tmp_path, m
     assert "\n" not in str(e.value) and scheduler.cancelled == []
 
 
-async def test_end_cancels_once(tmp_path, monkeypatch):
-    scheduler = SlowSbatch()
+@pytest.mark.parametrize("kind", [SlowSbatch, SlowSrun])
+async def test_end_cancels_once(kind, tmp_path, monkeypatch):
+    scheduler = kind()
     job = make_job(scheduler, tmp_path, monkeypatch)
     await job.submit()
     assert job.entry is not None and job.entry.path.exists()
     path = job.entry.path
     await asyncio.gather(job.end(said_bye=False), job.end(said_bye=False))
     assert scheduler.cancelled == ["1000"] and not path.exists()
+    assert all(p.returncode is not None for p in getattr(scheduler, "procs", []))

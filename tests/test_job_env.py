@@ -15,6 +15,8 @@ import subprocess
 import uuid
 from pathlib import Path
 
+import pytest
+
 from conftest import SERVER_MARKER
 from kernel_helpers import SERVER_SCRIPT, kernel_environ, remote, value_of
 from site_helpers import VENV_BIN, UserSpecs, as_user, home
@@ -29,27 +31,37 @@ def proc_environ(pid: int | str) -> bytes:
     return Path(f"/proc/{pid}/environ").read_bytes()
 
 
-def slurm_records(job: str) -> dict[str, str]:
-    """What SLURM keeps of a live job: scontrol's view, the batch script and the environment
-    slurmctld saved with the job (StateSaveLocation/hash.N/job.ID/environment)."""
+def slurm_records(job: str, batch: bool) -> dict[str, str]:
+    """What SLURM keeps of a live job: scontrol's view of it and its steps, and for a batch job
+    the batch script and the environment slurmctld saved with it
+    (StateSaveLocation/hash.N/job.ID/environment; an allocation made by srun has none)."""
     def scontrol(*args: str) -> str:
         return subprocess.run(["scontrol", *args], capture_output=True, text=True, check=True).stdout
 
     state = re.search(r"^StateSaveLocation\s*=\s*(\S+)", scontrol("show", "config"), re.MULTILINE).group(1)
     saved = Path(state) / f"hash.{int(job) % 10}" / f"job.{job}" / "environment"
-    return {"scontrol show job -d": scontrol("show", "job", "-d", job),
-            "batch script": scontrol("write", "batch_script", job, "-"),
+    records = {"scontrol show job -d": scontrol("show", "job", "-d", job),
+               "scontrol show step": scontrol("show", "step", job)}
+    if not batch:
+        assert not saved.exists()
+        return records
+    return {**records, "batch script": scontrol("write", "batch_script", job, "-"),
             str(saved): saved.read_bytes().decode(errors="replace")}
 
 
+@pytest.mark.parametrize("dispatch", ["batch", "interactive"])
 async def test_the_job_gets_nothing_of_the_servers_environment_and_the_kernel_its_spec(
-        start_kernel, make_spec, server_secret, monkeypatch):
+        dispatch, start_kernel, make_spec, server_secret, monkeypatch):
     for name in SERVER_SECRETS:
         monkeypatch.setenv(name, f"{server_secret}-{name}")
     substituted = f"subst-{uuid.uuid4().hex}"
     monkeypatch.setenv("RK_SUBST_SOURCE", substituted)
     user_secret = f"user-secret-{uuid.uuid4().hex}"
-    spec = make_spec("rk-env-policy", env={"RK_FROM_OPTION": "option value"},
+    # A server running inside a job of its own (as under some JupyterHub spawners): its SLURM_*
+    # variables must not make the kernel's job a step of that one.
+    monkeypatch.setenv("SLURM_JOB_ID", "999999")
+    monkeypatch.setenv("SLURM_JOBID", "999999")
+    spec = make_spec("rk-env-policy", dispatch=dispatch, env={"RK_FROM_OPTION": "option value"},
                      stanza={"RK_USER_TOKEN": user_secret, "RK_STANZA": "from ${RK_SUBST_SOURCE}"})
     notebook = "work/env-policy.ipynb"
     # As jupyter_server starts a notebook's kernel: its whole environment plus JPY_SESSION_NAME.
@@ -78,11 +90,13 @@ async def test_the_job_gets_nothing_of_the_servers_environment_and_the_kernel_it
     assert user_secret.encode() in proc_environ(session["kernel_pid"])
     # SLURM's records of the job hold neither either (with sbatch's default --export=ALL they hold both
     # names and values of the whole server environment).
-    records = slurm_records(session["job_id"])
+    records = slurm_records(session["job_id"], batch=dispatch == "batch")
+    assert f"BatchFlag={int(dispatch == 'batch')}" in records["scontrol show job -d"]
     for where, text in records.items():
         assert server_secret not in text and user_secret not in text, where
         assert SERVER_MARKER not in text, where
-    assert "export RK_FROM_OPTION=" in records["batch script"]   # the option is the script's, by design
+    if dispatch == "batch":
+        assert "export RK_FROM_OPTION=" in records["batch script"]   # the option is the script's, by design
 
 
 # Run in a user's kernel: what it has of the server's environment and of its spec, in words.

@@ -10,6 +10,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from kernel_helpers import job_in_queue, processes_mentioning, remote, remote_sync, run_cell, start_sleeping_cell, until, value_of
 from proc_helpers import tcp_listeners
 
@@ -100,18 +102,22 @@ async def test_scancel_is_noticed_by_poll(start_kernel):
     assert "CANCELLED" in (await remote(km))["ended_reason"]
 
 
-async def test_key_is_never_in_argv_script_or_readable_files(start_kernel):
-    km, kc = await start_kernel()
+@pytest.mark.parametrize("dispatch", ["batch", "interactive"])
+async def test_key_is_never_in_argv_script_or_readable_files(dispatch, start_kernel, make_spec):
+    km, kc = await start_kernel(make_spec(f"rk-key-{dispatch}", dispatch=dispatch))
     key = km.session.key.decode()
     session = await remote(km)
     assert await value_of(kc, "1") == "1"
-    assert processes_mentioning(key) == []
-    script = subprocess.run(["scontrol", "write", "batch_script", session["job_id"], "-"],
-                            capture_output=True, text=True, check=True).stdout
-    assert "#SBATCH" in script and session["session_id"] in script
-    assert key not in script
-    show = subprocess.run(["scontrol", "show", "job", session["job_id"]], capture_output=True, text=True).stdout
-    assert key not in show
+    assert processes_mentioning(key) == []   # srun's argv too
+    if dispatch == "batch":
+        script = subprocess.run(["scontrol", "write", "batch_script", session["job_id"], "-"],
+                                capture_output=True, text=True, check=True).stdout
+        assert "#SBATCH" in script and session["session_id"] in script
+        assert key not in script
+    for what in ("job", "step"):
+        show = subprocess.run(["scontrol", "show", what, "-d", session["job_id"]], capture_output=True,
+                              text=True, check=True).stdout
+        assert session["job_id"] in show and key not in show
     assert key not in Path(session["log_file"]).read_text()
     node_dir = Path(session["node_dir"])
     assert stat.S_IMODE(node_dir.stat().st_mode) == 0o700

@@ -277,3 +277,61 @@ def test_host_runners_through_a_login_host_tunnel_through_it():
     found, login = asyncio.run(runner())
     assert found.via is login and found.timeout == 12.0 and found.host == "c1"
 
+
+
+# --- interactive dispatch -----------------------------------------------------------------------
+
+class Interactive(Scheduler):
+    """An adapter whose interactive command is a real shell: it prints what it was given on
+    stderr, names a job, and runs its stdin (the script), as srun does."""
+
+    name = "fake-interactive"
+    dispatch_prefix = ("sh",)
+    dispatch_drop = ("RKT_",)
+    dispatch_keep = ("RKT_KEEP",)
+
+    def __init__(self, body: str, runner: CommandRunner | None = None):
+        super().__init__(runner)
+        self.body = body
+
+    def dispatch_argv(self, res: Resources, user: str, home: str) -> list[str]:
+        return ["sh", "-c", self.body, "sh", res.job_name, user]
+
+    @staticmethod
+    def parse_dispatched(line: str) -> str | None:
+        m = re.fullmatch(r"fake: job (\d+) made", line)
+        return m.group(1) if m else None
+
+
+async def test_dispatch_returns_at_the_job_id_and_finish_reaps_the_command(tmp_path, monkeypatch):
+    monkeypatch.setenv("RKT_SECRET", "s3cret")
+    monkeypatch.setenv("RKT_KEEP", "kept")
+    out = tmp_path / "out"
+    body = (f'echo "fake: job 41 made for $1 by $2" >&2; echo "fake: job 42 made" >&2; '
+            f'{{ env; cat; }} > {out}; echo "fake: done" >&2')
+    dispatched = await Interactive(body).dispatch("echo from-the-script\n", RES)
+    assert dispatched.job_id == "42"
+    assert await dispatched.finish() == 0
+    text = out.read_text()
+    assert "echo from-the-script" in text and "RKT_KEEP=kept" in text and "LC_ALL=C" in text
+    assert "s3cret" not in text
+
+
+async def test_a_command_that_ends_without_naming_a_job_is_a_one_line_error():
+    with pytest.raises(CommandError, match=r"exited 1: srun: error: Unable to allocate resources: Invalid partition"):
+        await Interactive('cat >/dev/null; echo "srun: error: Unable to allocate resources: Invalid partition '
+                          'name specified" >&2; exit 1').dispatch("true\n", RES)
+
+
+async def test_a_silent_command_is_stopped_and_reported(tmp_path):
+    pid_file = tmp_path / "pid"
+    with pytest.raises(CommandError, match="no job id within 0.5s"):
+        await Interactive(f"echo $$ > {pid_file}; exec sleep 30", CommandRunner(timeout=0.5)).dispatch("", RES)
+    pid = int(pid_file.read_text())
+    with pytest.raises(ProcessLookupError):   # terminated and reaped: nothing left running
+        __import__("os").kill(pid, 0)
+
+
+async def test_a_login_host_cannot_keep_an_interactive_command():
+    with pytest.raises(ValueError, match="use dispatch batch"):
+        await Interactive("true", SSHCommandRunner("login1")).dispatch("", RES)

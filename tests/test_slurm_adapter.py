@@ -120,3 +120,73 @@ async def test_signal_reaches_the_batch_script_of_a_running_job(cluster, tmp_pat
         assert got.read_text() == "USR1\n"
     finally:
         await slurm.cancel(job)
+
+
+# --- interactive dispatch (srun) ------------------------------------------------------------
+
+def srun_sample() -> list[tuple[str, list[str]]]:
+    """tests/samples/slurm/srun-verbose.txt: (the command's comment, its stderr lines) per case."""
+    from pathlib import Path
+
+    cases: list[tuple[str, list[str]]] = []
+    for line in (Path(__file__).parent / "samples/slurm/srun-verbose.txt").read_text().splitlines():
+        if line.startswith("# "):
+            cases.append((line, []))
+        else:
+            cases[-1][1].append(line)
+    return cases
+
+
+def test_srun_names_its_job_when_granted_at_once_and_when_queued_and_never_when_refused():
+    found = [[j for j in map(Slurm.parse_dispatched, lines) if j] for _, lines in srun_sample()]
+    assert found == [["50"], ["52"], []]
+    # The refusal's last line is what the one-line error carries; it names the limit.
+    refused = srun_sample()[2][1][-1]
+    assert Slurm().refused(refused) == ("partition", "Invalid partition name specified")
+
+
+def test_dispatch_argv_carries_the_resources_who_the_user_is_and_the_login_shell():
+    res = Resources(partition="long", time="01:00:00", cpus=4, mem="8G", gpus=1, job_name="rk-x",
+                    output="/o/%j.log", directives=["--exclusive", "#SBATCH --comment=nb"])
+    argv = Slurm().dispatch_argv(res, "ada", "/home/ada")
+    assert argv[:5] == ["srun", "--verbose", "--nodes=1", "--ntasks=1", "--overlap"]
+    assert "--export=HOME=/home/ada,USER=ada,LOGNAME=ada" in argv
+    for opt in ["--partition=long", "--time=01:00:00", "--cpus-per-task=4", "--mem=8G", "--gpus=1",
+                "--job-name=rk-x", "--output=/o/%j.log", "--exclusive", "--comment=nb"]:
+        assert opt in argv
+    assert argv[-3:] == ["/bin/bash", "-l", "-s"]
+    # A home srun's --export list cannot carry: nothing of the server's instead.
+    assert "--export=NONE" in Slurm().dispatch_argv(Resources(), "ada", "/home/a,b")
+
+
+def test_the_interactive_script_ends_its_job_itself_and_has_no_header():
+    opts = KernelOptions(python="/opt/env/bin/python", grace=120)
+    text = render(Slurm(), opts, opts.resources(job_name="rk-t", output="/tmp/%j.log"), session="abc123",
+                  interactive=True)
+    assert "#SBATCH" not in text
+    assert "\ntrap 'scancel --quiet \"$SLURM_JOB_ID\"' EXIT\n" in text
+    # Not exec'd: the shell outlives the launcher to run the trap.
+    assert "\n/opt/env/bin/python - abc123 120 /tmp 60 <<'RK_LAUNCHER_EOF'\n" in text
+
+
+@pytest.mark.parametrize("config, interactive", [
+    ({}, True), ({"dispatch": "batch"}, False), ({"dispatch": "interactive"}, True),
+    ({"login_host": "login1"}, False), ({"directives": ["--exclusive"]}, False),
+    ({"directives": ["--exclusive"], "dispatch": "interactive"}, True),
+    ({"scheduler": "pbs"}, False), ({"scheduler": "sge", "dispatch": "auto"}, False),
+])
+def test_auto_dispatch_is_interactive_only_where_it_is_safe(config, interactive):
+    from remote_kernels import job
+    from remote_kernels.schedulers import get_scheduler
+
+    opts = KernelOptions(environ={}, **config)
+    assert job.interactive(opts, get_scheduler(opts.scheduler)) is interactive
+
+
+def test_interactive_dispatch_where_the_scheduler_has_none_is_a_one_line_error():
+    from remote_kernels import job
+    from remote_kernels.schedulers import get_scheduler
+
+    opts = KernelOptions(environ={}, scheduler="pbs", dispatch="interactive")
+    with pytest.raises(ValueError, match="pbs has no interactive dispatch; set dispatch to batch or auto"):
+        job.interactive(opts, get_scheduler("pbs"))

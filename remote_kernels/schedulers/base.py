@@ -11,6 +11,10 @@ run their commands through ``_run``.
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import os
+import pwd
 import re
 import signal as _signal
 from typing import TYPE_CHECKING, Callable, NamedTuple
@@ -23,6 +27,7 @@ if TYPE_CHECKING:
     from .limits import SiteFacts
 
 NO_MATCH = re.compile(r"(?!)")
+log = logging.getLogger(__name__)
 
 
 class UnreadableOutput(CommandError):
@@ -37,6 +42,37 @@ class Command(NamedTuple):
 
     argv: list[str]
     stdin: str | None = None
+
+
+class Dispatched:
+    """A job started through the scheduler's interactive path (``Scheduler.dispatch``): its id,
+    and the command that made it, which stays with the job until the job ends.
+
+    The job does not end with that command (SLURM keeps an allocation whose srun was killed):
+    the job script ends it (``end_line``) and the core cancels it; ``finish()`` then reaps
+    the command.  Owned by the Job, used on its loop."""
+
+    def __init__(self, job_id: str, proc: asyncio.subprocess.Process, argv: list[str]):
+        self.job_id, self.proc, self.argv = job_id, proc, argv
+        self._drain = asyncio.ensure_future(self._read_rest())
+
+    async def _read_rest(self) -> None:
+        """Read the command's stderr to its end (a full pipe would stop it), logged at debug."""
+        async for raw in self.proc.stderr:
+            log.debug("job %s: %s: %s", self.job_id, self.argv[0], raw.decode(errors="replace").rstrip())
+
+    async def finish(self, timeout: float = 5.0) -> int | None:
+        """After the job's end: wait up to ``timeout`` s for the command to exit, then kill it.
+        Its exit code (None if it had to be killed)."""
+        try:
+            await asyncio.wait_for(asyncio.shield(self.proc.wait()), timeout)
+        except asyncio.TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
+            return None
+        finally:
+            await asyncio.wait({self._drain}, timeout=1.0)
+        return self.proc.returncode
 
 
 class Scheduler:
@@ -120,6 +156,27 @@ class Scheduler:
         (the launcher); only when ``no_signal`` is empty."""
         raise NotImplementedError
 
+    # --- interactive dispatch, as data (dispatch() below) -----------------------------------
+    # The command that makes the job and runs the script on stdin in it at once (SLURM's srun),
+    # without waiting for a batch scheduling pass; () : the scheduler has none.
+    dispatch_prefix: tuple[str, ...] = ()
+    # Variables (by prefix) left out of that command's environment: a server running inside a
+    # job of its own must not have the command take that job for the kernel's.  Kept: dispatch_keep.
+    dispatch_drop: tuple[str, ...] = ()
+    dispatch_keep: tuple[str, ...] = ()
+    # The script line that ends the job after the launcher (the command may be gone by then).
+    end_line = ""
+
+    def dispatch_argv(self, res: Resources, user: str, home: str) -> list[str]:
+        """The interactive command for a job of ``res`` run by ``user`` (whose home is ``home``);
+        only when dispatch_prefix is set."""
+        raise NotImplementedError
+
+    @staticmethod
+    def parse_dispatched(line: str) -> str | None:
+        """The job id in one stderr line of the interactive command, or None."""
+        raise NotImplementedError
+
     def where(self, job_id: str) -> str:
         """Where commands about job_id run: "" (self.runner), or a host (the ssh adapter)."""
         return ""
@@ -168,6 +225,31 @@ class Scheduler:
         for cmd in self.submit_commands(text, res):
             _, out, _ = await self._run(cmd.argv, stdin=cmd.stdin)
         return self.parse_job_id(out)
+
+    async def dispatch(self, text: str, res: Resources) -> Dispatched:
+        """Start job script ``text`` (rendered with ``interactive=True``) through the interactive
+        path; return once the command has named the job (on submission, or on allocation when
+        it is granted at once).  CommandError (its stderr) if it exits or stays silent first."""
+        me = pwd.getpwuid(os.getuid())
+        argv = self.dispatch_argv(res, me.pw_name, me.pw_dir)
+        proc = await self.runner.start(argv, stdin=text, drop_env=self.dispatch_drop, keep_env=self.dispatch_keep)
+        said: list[str] = []
+        try:
+            while True:
+                raw = await asyncio.wait_for(proc.stderr.readline(), self.runner.timeout)
+                if not raw:
+                    raise CommandError(argv, await proc.wait(), "", "\n".join(said))
+                said.append(raw.decode(errors="replace").rstrip())
+                job_id = self.parse_dispatched(said[-1])
+                if job_id:
+                    return Dispatched(job_id, proc, argv)
+        except BaseException as e:
+            if proc.returncode is None:   # no job named: asked to stop, it withdraws its request
+                proc.terminate()
+                await proc.wait()
+            if isinstance(e, asyncio.TimeoutError):
+                raise CommandError(argv, None, "", f"no job id within {self.runner.timeout:g}s") from None
+            raise
 
     async def status(self, job_ids: list[str]) -> dict[str, JobStatus]:
         """One command for all job_ids (and one for those that left the queue, where the

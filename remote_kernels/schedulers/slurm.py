@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import re
+import shlex
 
 from . import limits as L
-from ._common import expand_hostlist, host_list, split_lines
+from ._common import expand_hostlist, host_list, options, split_lines
 from .base import Scheduler
 from .model import JobState, JobStatus, Resources
 from .slurm_facts import parse_accounting, parse_config, parse_facts, parse_qos
@@ -43,6 +44,16 @@ NO_TIME_LEFT = ("INVALID", "NOT_SET", "N/A")
 # (`su - USER -c env`: HOME, PATH, LANG, MODULEPATH, an exported `module` function).  On the
 # command line, so that neither SBATCH_EXPORT nor an #SBATCH line can undo it.
 SUBMIT = ["sbatch", "--parsable", "--export=NONE"]
+
+# Interactive dispatch: srun makes the job and runs the script (on its stdin) as its first step
+# at once: batch jobs wait for the next scheduling pass (batch_sched_delay, 3 s by default),
+# allocations do not.  --overlap: the kernel's own srun steps may share the step's resources.
+# --verbose: srun names the job even when it is granted at once.
+SRUN = ("srun", "--verbose", "--nodes=1", "--ntasks=1", "--overlap")
+# srun's stderr: "srun: job 36 queued and waiting for resources" (pending), or with --verbose
+# "srun: jobid 36: nodes(1):`c2', cpu counts: 1(x1)" (granted).
+DISPATCHED = re.compile(r"^srun: (?:job (?P<queued>\d+) queued and waiting for resources"
+                        r"|jobid (?P<granted>\d+): nodes\(|Granted job allocation (?P<alloc>\d+)$)")
 
 # Pending reasons (squeue %r, SLURM 22.05's job_reason_string) that say the job, as asked, can
 # never start -> the limit.  Everything else (Resources, Priority, Dependency, BeginTime,
@@ -107,6 +118,12 @@ class Slurm(Scheduler):
         ("output", "--output={}"))
     submit_argv = SUBMIT
     gone = GONE
+    dispatch_prefix = SRUN
+    # Inputs srun reads from its environment (a server in a job of its own has SLURM_JOB_ID...).
+    dispatch_drop = ("SLURM_", "SRUN_", "SALLOC_", "SBATCH_")
+    dispatch_keep = ("SLURM_CONF",)
+    # An allocation made by srun lives on if srun dies (its server was killed): the step ends it.
+    end_line = 'scancel --quiet "$SLURM_JOB_ID"'
 
     @staticmethod
     def parse_job_id(stdout: str) -> str:
@@ -115,6 +132,20 @@ class Slurm(Scheduler):
         if not m:
             raise ValueError(f"sbatch --parsable printed no job id: {stdout.strip()!r}")
         return m.group("id")
+
+    def dispatch_argv(self, res: Resources, user: str, home: str) -> list[str]:
+        # The job gets only who the user is (and SLURM_*), from no value of the server's; a
+        # login shell then reads the site's and the user's profile, as sbatch --export=NONE does.
+        # (--export with NAME=value items and no ALL: those and SLURM_* only.)
+        export = f"--export=HOME={home},USER={user},LOGNAME={user}" if "," not in home else "--export=NONE"
+        extra = [w for d in res.directives for w in shlex.split(d.removeprefix(self.prefix))]
+        return [*self.dispatch_prefix, export, *options(res, self.resource_options), *extra,
+                "/bin/bash", "-l", "-s"]
+
+    @staticmethod
+    def parse_dispatched(line: str) -> str | None:
+        m = DISPATCHED.match(line.strip())
+        return next((g for g in m.groups() if g), None) if m else None
 
     def status_argv(self, job_ids: list[str]) -> list[str]:
         return ["squeue", "-h", "-t", "all", "-j", ",".join(job_ids), "-o", SQUEUE_FORMAT]
