@@ -18,13 +18,17 @@ from remote_kernels.session import KernelStartError
 from slurm_helpers import wait_until
 
 NOT_BEFORE_AN_HOUR = ["--begin=now+1hour"]   # SLURM keeps the job PENDING (reason BeginTime)
+# Every way an allocation must end is proven for both ways a job starts (option dispatch): an srun
+# allocation has no batch step that ends with the launcher.
+DISPATCHES = pytest.mark.parametrize("dispatch", ["batch", "interactive"])
 # Deadline for poll() to report a job that the scheduler ended (how fast it does: `make bench`).
 DEATH_SEEN = 60
 
 
-async def test_queue_timeout_cancels_the_job_and_says_why(make_spec):
-    make_spec("rk-queue-timeout", directives=NOT_BEFORE_AN_HOUR, queue_timeout=2)
-    km = AsyncKernelManager(kernel_name="rk-queue-timeout")
+@DISPATCHES
+async def test_queue_timeout_cancels_the_job_and_says_why(make_spec, dispatch):
+    name = make_spec(f"rk-queue-timeout-{dispatch}", directives=NOT_BEFORE_AN_HOUR, queue_timeout=2, dispatch=dispatch)
+    km = AsyncKernelManager(kernel_name=name)
     with pytest.raises(KernelStartError) as err:
         await km.start_kernel()
     message = str(err.value)
@@ -33,9 +37,10 @@ async def test_queue_timeout_cancels_the_job_and_says_why(make_spec):
     await until(f"job {job} to leave the queue", lambda: not job_in_queue(job), timeout=10)
 
 
-async def test_start_abandoned_while_pending_cancels_the_job(make_spec):
-    make_spec("rk-pending", directives=NOT_BEFORE_AN_HOUR)
-    km = AsyncKernelManager(kernel_name="rk-pending")
+@DISPATCHES
+async def test_start_abandoned_while_pending_cancels_the_job(make_spec, dispatch):
+    name = make_spec(f"rk-pending-{dispatch}", directives=NOT_BEFORE_AN_HOUR, dispatch=dispatch)
+    km = AsyncKernelManager(kernel_name=name)
     start = asyncio.ensure_future(km.start_kernel())
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 15
@@ -62,9 +67,10 @@ SERVER = textwrap.dedent("""
 """)
 
 
-def test_dead_man_switch_ends_the_job_of_a_killed_server(make_spec):
-    make_spec("rk-short-grace", grace=3)
-    server = subprocess.Popen([sys.executable, "-c", SERVER, "rk-short-grace"],
+@DISPATCHES
+def test_dead_man_switch_ends_the_job_of_a_killed_server(make_spec, dispatch):
+    name = make_spec(f"rk-short-grace-{dispatch}", grace=3, dispatch=dispatch)
+    server = subprocess.Popen([sys.executable, "-c", SERVER, name],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         job = server.stdout.readline().strip()
@@ -97,11 +103,12 @@ QUEUED_SERVER = textwrap.dedent("""
 """)
 
 
-async def test_a_job_queued_when_its_server_was_killed_ends_soon_after_it_starts(make_spec):
+@DISPATCHES
+async def test_a_job_queued_when_its_server_was_killed_ends_soon_after_it_starts(make_spec, dispatch):
     """#21: nobody withdraws the job of a SIGKILLed server; once it starts, it must not hold
     its allocation for grace (300 s here) but end within a minute or so."""
-    make_spec("rk-held", directives=NOT_BEFORE_AN_HOUR, grace=300)
-    server = subprocess.Popen([sys.executable, "-c", QUEUED_SERVER, "rk-held"],
+    name = make_spec(f"rk-held-{dispatch}", directives=NOT_BEFORE_AN_HOUR, grace=300, dispatch=dispatch)
+    server = subprocess.Popen([sys.executable, "-c", QUEUED_SERVER, name],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         job = server.stdout.readline().strip()
