@@ -216,6 +216,8 @@ def cmd_run(args) -> int:
     from .options import KernelOptions
 
     logging.basicConfig(level=args.log_level.upper(), format="[remote-kernels %(levelname)s] %(message)s")
+    if logging.getLogger().level <= logging.DEBUG:   # asyncssh's channel messages too
+        logging.getLogger("asyncssh").setLevel(logging.DEBUG)
     info = read_connection_file(args.connection_file)
     try:
         spec = remote_spec(args.kernel)

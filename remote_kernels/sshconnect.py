@@ -24,6 +24,7 @@ hand the Jupyter server's variables to whatever the session runs (the ``ssh`` ba
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from pathlib import Path
 
@@ -33,6 +34,12 @@ SYSTEM_CONFIG = "/etc/ssh/ssh_config"
 USER_KNOWN_HOSTS = ("~/.ssh/known_hosts", "~/.ssh/known_hosts2")
 GLOBAL_KNOWN_HOSTS = ("/etc/ssh/ssh_known_hosts", "/etc/ssh/ssh_known_hosts2")
 KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 30, 4
+
+# asyncssh logs each channel it opens and closes at INFO: 55 lines for one papermill run,
+# 60-70 per kernel in VS Code's output.  Its warnings and errors still show; its INFO lines
+# only where the application set the "asyncssh" logger's level itself (or `run --log-level DEBUG`).
+if logging.getLogger("asyncssh").level == logging.NOTSET:
+    logging.getLogger("asyncssh").setLevel(logging.WARNING)
 
 
 class UntrustedConfig(ValueError):

@@ -84,6 +84,8 @@ async def test_argv_mode_like_vscode(kernelspecs, tmp_path):
         proc.send_signal(signal.SIGTERM)
         await asyncio.wait_for(proc.wait(), 20)
         await until(f"job {job} to leave the queue", lambda: not job_in_queue(job), timeout=15)
+        # What VS Code's output shows: our progress lines, not asyncssh's line per channel (63-73 before).
+        assert any("launcher ready on" in l for l in log) and not any("asyncssh" in l for l in log), log
 
 
 async def test_argv_mode_gives_the_kernel_its_spec_env_and_nothing_else(make_spec, kernelspecs, tmp_path,

@@ -446,5 +446,7 @@ def test_papermill_parameters(kernelspecs, tmp_path):
         assert value == "value=7"
         assert out.metadata["papermill"]["parameters"] == {"value": 7}
         assert jobs == [job], res.stderr
+        # Our progress lines at INFO, not asyncssh's line per SSH channel (55 per run before).
+        assert "launcher ready on" in res.stderr and "asyncssh" not in res.stderr, res.stderr
     finally:
         ensure_jobs_gone(jobs, "papermill")
