@@ -42,7 +42,8 @@ arrived from any client for GRACE seconds (no client at all, or a half-open link
 never delivers an EOF), the launcher stops the kernel and exits.  The login side pings
 well within GRACE.  Until the first line arrives, the limit is CONTACT seconds from the
 launcher's start (at most GRACE; default GRACE): a job whose server died while it was
-queued ends soon after it starts, instead of holding its allocation for GRACE.
+queued ends soon after it starts, instead of holding its allocation for GRACE.  The process
+exits EXIT_ABANDONED when the dead-man switch ended it, 0 otherwise.
 """
 
 import asyncio
@@ -56,6 +57,9 @@ import time
 
 CHANNELS = {"shell_port": 1, "iopub_port": 2, "stdin_port": 3, "control_port": 4, "hb_port": 5}
 ERR_NO_IPYKERNEL = 93
+# The launcher's exit code when the dead-man switch ended it (0 otherwise): the job script of an
+# srun job then ends its allocation itself, since the srun that made it may be gone.
+EXIT_ABANDONED = 96
 SERIALISED = ("start", "stop", "shutdown")   # one at a time
 IMMEDIATE = ("hello", "ping", "signal")       # answered at once
 LINE_LIMIT = 1 << 24   # bytes in one request line (a start's env can be large)
@@ -121,6 +125,7 @@ class Launcher:
         self.grace = grace
         self.kernel = None          # asyncio.subprocess.Process
         self.done = asyncio.Event()
+        self.abandoned = False   # the dead-man switch ended it
         self.control = Control(self, grace, contact)
         self.waited = set()         # pids of kernels asyncio waits for (reap() leaves them alone)
         self.spawning = False       # a kernel is being started: reap() waits until its pid is known
@@ -423,6 +428,7 @@ class Control:
                     why = ("nobody reached the launcher within %gs of its start (the server that started "
                            "the job is gone, or it reached the node too late: raise contact_timeout)" % limit)
                 print("remote-kernels launcher: %s; ending" % why, file=sys.stderr, flush=True)
+                self.launcher.abandoned = True
                 self.launcher.done.set()
                 return
 
@@ -565,14 +571,16 @@ def check_start(req):
 
 
 async def run(session, grace, base, contact=None):
-    return await Launcher(session, grace, base, contact).main()
+    """Run a launcher to its end; the process's exit code (EXIT_ABANDONED or 0)."""
+    launcher = Launcher(session, grace, base, contact)
+    await launcher.main()
+    return EXIT_ABANDONED if launcher.abandoned else 0
 
 
 def main(argv):
     session, grace, base = argv[1], float(argv[2]), argv[3]
     contact = float(argv[4]) if len(argv) > 4 else None
-    asyncio.run(run(session, grace, base, contact))
-    return 0
+    return asyncio.run(run(session, grace, base, contact))
 
 
 if __name__ == "__main__":

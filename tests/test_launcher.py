@@ -24,7 +24,7 @@ import pytest
 from kernel_helpers import FORKED_PRINT, run_cell
 from proc_helpers import children, identify, parent, running, tcp_listeners, tree
 from remote_kernels.control import LauncherClient, LauncherLost
-from remote_kernels.launcher import KERNEL_BOOT
+from remote_kernels.launcher import EXIT_ABANDONED, KERNEL_BOOT
 from remote_kernels.script import launcher_source
 
 KERNEL = Path(__file__).with_name("launcher_kernel.py")
@@ -210,7 +210,7 @@ async def test_dead_man_ends_the_job_when_a_connected_client_is_silent(launch):
     client = await launcher.client(heartbeat=0)
     assert (await client.request(start_request("fast"), DEADLINE))["event"] == "started"
     code = await launcher.exit_code()
-    assert code == 0
+    assert code == EXIT_ABANDONED   # the srun job script ends its allocation on it
     assert "no contact from the login side for 1s; ending" in await launcher.stderr()
     await asyncio.wait_for(client.wait_closed(), DEADLINE)
     assert not launcher.dir.exists()
@@ -225,7 +225,7 @@ async def test_pings_keep_the_launcher_alive_and_it_ends_once_they_stop(launch):
     assert client.open and (await client.request({"op": "ping"}, DEADLINE))["event"] == "pong"
     client.close()   # no client at all: the job ends after grace too
     code = await launcher.exit_code()
-    assert code == 0
+    assert code == EXIT_ABANDONED   # the srun job script ends its allocation on it
     assert "no contact from the login side" in await launcher.stderr()
 
 
@@ -237,7 +237,7 @@ async def test_a_launcher_nobody_talks_to_ends_after_the_first_contact_window(la
     if connects:
         reader, writer = await launcher.raw()   # connected, but never a line
     code = await launcher.exit_code()
-    assert code == 0
+    assert code == EXIT_ABANDONED   # the srun job script ends its allocation on it
     assert ("nobody reached the launcher within 1s of its start (the server that started the job is gone, "
             "or it reached the node too late: raise contact_timeout); ending") in await launcher.stderr()
     assert not launcher.dir.exists()
@@ -246,7 +246,7 @@ async def test_a_launcher_nobody_talks_to_ends_after_the_first_contact_window(la
 @pytest.mark.parametrize("contact", [None, 300], ids=["no-window-given", "a-longer-window"])
 async def test_the_first_contact_window_is_at_most_grace(launch, contact):
     launcher = await launch(grace=1, contact=contact)
-    assert await launcher.exit_code() == 0
+    assert await launcher.exit_code() == EXIT_ABANDONED
     assert "nobody reached the launcher within 1s of its start" in await launcher.stderr()
 
 

@@ -164,7 +164,7 @@ def test_the_interactive_script_ends_its_job_itself_and_has_no_header():
     text = render(Slurm(), opts, opts.resources(job_name="rk-t", output="/tmp/%j.log"), session="abc123",
                   interactive=True)
     assert "#SBATCH" not in text
-    assert "\ntrap 'scancel --quiet \"$SLURM_JOB_ID\"' EXIT\n" in text
+    assert "\ntrap '[ $? = 0 ] || scancel --quiet \"$SLURM_JOB_ID\"' EXIT\n" in text
     # Not exec'd: the shell outlives the launcher to run the trap.
     assert "\n/opt/env/bin/python - abc123 120 /tmp 60 <<'RK_LAUNCHER_EOF'\n" in text
 

@@ -164,7 +164,8 @@ class Scheduler:
     # job of its own must not have the command take that job for the kernel's.  Kept: dispatch_keep.
     dispatch_drop: tuple[str, ...] = ()
     dispatch_keep: tuple[str, ...] = ()
-    # The script line that ends the job after the launcher (the command may be gone by then).
+    # The script's EXIT trap after the launcher: ends the job unless the shell's exit status ($?)
+    # is 0 (launcher.EXIT_ABANDONED: its login side, and perhaps the command, are gone).
     end_line = ""
 
     def dispatch_argv(self, res: Resources, user: str, home: str) -> list[str]:

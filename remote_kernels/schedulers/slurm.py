@@ -122,8 +122,9 @@ class Slurm(Scheduler):
     # Inputs srun reads from its environment (a server in a job of its own has SLURM_JOB_ID...).
     dispatch_drop = ("SLURM_", "SRUN_", "SALLOC_", "SBATCH_")
     dispatch_keep = ("SLURM_CONF",)
-    # An allocation made by srun lives on if srun dies (its server was killed): the step ends it.
-    end_line = 'scancel --quiet "$SLURM_JOB_ID"'
+    # An allocation made by srun lives on if srun dies (its server was killed): the step ends it
+    # when the launcher did not end on the login side's word (shutdown: srun, alive, completes it).
+    end_line = '[ $? = 0 ] || scancel --quiet "$SLURM_JOB_ID"'
 
     @staticmethod
     def parse_job_id(stdout: str) -> str:
