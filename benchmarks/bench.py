@@ -169,10 +169,19 @@ async def stop_all(opened: list) -> float:
     return time.perf_counter() - t0
 
 
-async def job_ids(opened: list) -> list[str]:
-    """The jobs of the compute-node kernels among opened (none for local kernels)."""
+async def remote_infos(opened: list) -> list[dict]:
+    """The provisioner's word on each compute-node kernel among opened (none for local kernels)."""
     infos = [(await km.provisioner.get_provisioner_info()).get("remote_kernel") for km, _ in opened]
-    return [info["job_id"] for info in infos if info]
+    return [info for info in infos if info]
+
+
+def median_phases(phases: list[dict]) -> dict:
+    return {k: statistics.median(p[k] for p in phases) for k in phases[0]} if phases else {}
+
+
+def start_phases(infos: list[dict], starts: list[float]) -> dict:
+    """The median start phases (submit, queued, ssh, launcher, total) of compute-node starts."""
+    return median_phases([dict(info["timings"], total=secs) for info, secs in zip(infos, starts)])
 
 
 def live_jobs(ids: list[str]) -> list[str]:
@@ -201,22 +210,24 @@ async def measure_kept_open(name: str, n: int) -> dict:
             km, kc, secs = await start(name)
             opened.append((km, kc))
             starts.append(secs)
-        jobs = await job_ids(opened)
+        infos = await remote_infos(opened)
     except BaseException:
         await asyncio.gather(*(stop(km, kc) for km, kc in opened), return_exceptions=True)
         raise
     t0 = time.perf_counter()
     shutdown = await stop_all(opened)
     out = {"start": starts, "shutdown_s": shutdown}
-    if jobs:
-        out["queue_empty_s"] = await until_gone(jobs, t0)
+    if infos:
+        out["queue_empty_s"] = await until_gone([info["job_id"] for info in infos], t0)
+        out["phases"] = start_phases(infos, starts)
     return out
 
 
 async def measure_at_once(name: str, n: int) -> dict:
     opened, starts, all_ready = await open_at_once(name, n)
+    infos = await remote_infos(opened)
     await stop_all(opened)
-    return {"start": starts, "all_ready_s": all_ready}
+    return {"start": starts, "all_ready_s": all_ready, **({"phases": start_phases(infos, starts)} if infos else {})}
 
 
 async def measure_running_load(name: str, n: int, idle_seconds: float, meter: LoadMeter) -> dict:
@@ -325,7 +336,8 @@ def report(res: dict) -> str:
         lines.append(_load(f"scheduler load, {load[key]['kernels']} {what} ({load[key]['seconds']:.0f} s)", load[key]))
     ph = res["phases"]
     lines.append("")
-    lines.append("Start phases (remote, medians): " + ", ".join(f"{k} {v:.3f} s" for k, v in ph.items()))
+    for label, phases in (("isolated", ph), ("kept open", kept["remote"]["phases"]), ("at once", once["remote"]["phases"])):
+        lines.append(f"Start phases (remote, {label}, medians): " + ", ".join(f"{k} {v:.3f} s" for k, v in phases.items()))
     lines.append(f"Provisioner overhead = total − scheduler dispatch − local ipykernel start: "
                  f"{res['overhead_s']:.3f} s")
     sc = load["running_n"]
@@ -374,7 +386,7 @@ async def main(args) -> int:
         load = {"running_1": await measure_running_load(args.remote, 1, args.idle, meter),
                 "running_n": await measure_running_load(args.remote, args.scale, args.idle, meter),
                 "queued_n": await measure_queued_load(args.scale, args.idle, meter)}
-    phases = {k: statistics.median(p[k] for p in remote["phases"]) for k in remote["phases"][0]}
+    phases = median_phases(remote["phases"])
     dispatch = phases.get("submit", 0) + phases.get("queued", 0)
     overhead = phases["total"] - dispatch - statistics.median(local["start"])
     res = {"when": time.strftime("%Y-%m-%d %H:%M"), "host": platform.node(), "args": vars(args),
