@@ -18,7 +18,7 @@ help:
 	@echo "make demo            set up everything, run a cell on a compute node"
 	@echo "make unit            the unit tier: no root, no cluster (makes .venv if missing; < 1 min)"
 	@echo "make test            set up everything, run the unit tier, then the cluster suite"
-	@echo "make bench           benchmark a compute-node kernel against a local one (~5 min)"
+	@echo "make bench           benchmark a compute-node kernel against a local one (~6 min)"
 	@echo "make docs            build the documentation (warnings are errors)"
 	@echo "make dist            build the wheel and the sdist into dist/ (to install on a cluster)"
 	@echo "make cluster         bring up (or repair) the test cluster"

@@ -3,16 +3,20 @@
 Run with ``make bench`` (test cluster up, kernelspecs installed by the Makefile).  Prints
 a table, writes ``benchmarks/results/latest.json`` and ``latest.png``.  A round trip is
 execute_request -> the kernel reporting idle on iopub, as a frontend sees a cell finish.
+Starts are measured isolated, kept open one after another, and several at once; the
+scheduler load is slurmctld's own RPC count of the server's queries (schedload.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
-import os
 import platform
 import resource
+import secrets
+import shutil
 import statistics
 import subprocess
 import sys
@@ -21,6 +25,8 @@ import time
 from pathlib import Path
 
 from jupyter_client.manager import AsyncKernelManager
+
+from schedload import REAL, LoadMeter
 
 
 async def remote(km) -> dict:
@@ -142,25 +148,136 @@ async def measure_detection(name: str, runs: int) -> list[float]:
     return found
 
 
-async def measure_scale(name: str, n: int, idle_seconds: float, shim_log: Path) -> dict:
+async def open_at_once(name: str, n: int) -> tuple[list, list[float], float]:
+    """n starts at once: ([(km, kc)], each start's seconds, seconds until all were ready).  If one
+    fails, the others are shut down and its error raised."""
     t0 = time.perf_counter()
-    managers = [AsyncKernelManager(kernel_name=name) for _ in range(n)]
-    await asyncio.gather(*(km.start_kernel() for km in managers))
-    clients = [km.client() for km in managers]
-    for kc in clients:
-        kc.start_channels()
-    await asyncio.gather(*(kc.wait_for_ready(timeout=300) for kc in clients))
+    results = await asyncio.gather(*(start(name) for _ in range(n)), return_exceptions=True)
     all_ready = time.perf_counter() - t0
-    shim_log.write_text("")
-    cpu0, wall0 = _cpu_seconds(), time.perf_counter()
-    await asyncio.sleep(idle_seconds)
-    cpu = (_cpu_seconds() - cpu0) / (time.perf_counter() - wall0)
-    queries = len(shim_log.read_text().splitlines())
-    for kc in clients:
-        kc.stop_channels()
-    await asyncio.gather(*(km.shutdown_kernel() for km in managers))
-    return {"kernels": n, "all_ready_s": all_ready, "squeue_per_minute_idle": queries * 60 / idle_seconds,
-            "server_cpu_idle_percent": 100 * cpu}
+    opened = [r for r in results if not isinstance(r, BaseException)]
+    failed = [r for r in results if isinstance(r, BaseException)]
+    if failed:
+        await asyncio.gather(*(stop(km, kc) for km, kc, _ in opened), return_exceptions=True)
+        raise failed[0]
+    return [(km, kc) for km, kc, _ in opened], [secs for _, _, secs in opened], all_ready
+
+
+async def stop_all(opened: list) -> float:
+    """Shut the kernels down at once (as a server's "shut down all kernels" does); seconds taken."""
+    t0 = time.perf_counter()
+    await asyncio.gather(*(stop(km, kc) for km, kc in opened))
+    return time.perf_counter() - t0
+
+
+async def remote_infos(opened: list) -> list[dict]:
+    """The provisioner's word on each compute-node kernel among opened (none for local kernels)."""
+    infos = [(await km.provisioner.get_provisioner_info()).get("remote_kernel") for km, _ in opened]
+    return [info for info in infos if info]
+
+
+def median_phases(phases: list[dict]) -> dict:
+    return {k: statistics.median(p[k] for p in phases) for k in phases[0]} if phases else {}
+
+
+def start_phases(infos: list[dict], starts: list[float]) -> dict:
+    """The median start phases (submit, queued, ssh, launcher, total) of compute-node starts."""
+    return median_phases([dict(info["timings"], total=secs) for info, secs in zip(infos, starts)])
+
+
+def live_jobs(ids: list[str]) -> list[str]:
+    """Which of ids squeue still lists (pending, running or completing).  The real squeue, not
+    the counting one: the bench's own queries are not the server's load."""
+    out = subprocess.run([REAL["squeue"], "-h", "-u", getpass.getuser(), "-j", ",".join(ids), "-o", "%i"],
+                         capture_output=True, text=True).stdout
+    return [j for j in out.split() if j in ids]
+
+
+async def until_gone(ids: list[str], t0: float, timeout: float = 60.0) -> float | None:
+    """Seconds from t0 (perf_counter) until squeue lists none of ids; None if not within timeout."""
+    while live_jobs(ids):
+        if time.perf_counter() - t0 > timeout:
+            return None
+        await asyncio.sleep(0.05)
+    return time.perf_counter() - t0
+
+
+async def measure_kept_open(name: str, n: int) -> dict:
+    """n kernels opened one after another, each kept open (a user opening notebooks); then
+    shut down at once, and (compute-node kernels) how long until squeue lists none of their jobs."""
+    opened, starts = [], []
+    try:
+        for _ in range(n):
+            km, kc, secs = await start(name)
+            opened.append((km, kc))
+            starts.append(secs)
+        infos = await remote_infos(opened)
+    except BaseException:
+        await asyncio.gather(*(stop(km, kc) for km, kc in opened), return_exceptions=True)
+        raise
+    t0 = time.perf_counter()
+    shutdown = await stop_all(opened)
+    out = {"start": starts, "shutdown_s": shutdown}
+    if infos:
+        out["queue_empty_s"] = await until_gone([info["job_id"] for info in infos], t0)
+        out["phases"] = start_phases(infos, starts)
+    return out
+
+
+async def measure_at_once(name: str, n: int) -> dict:
+    opened, starts, all_ready = await open_at_once(name, n)
+    infos = await remote_infos(opened)
+    await stop_all(opened)
+    return {"start": starts, "all_ready_s": all_ready, **({"phases": start_phases(infos, starts)} if infos else {})}
+
+
+async def measure_running_load(name: str, n: int, idle_seconds: float, meter: LoadMeter) -> dict:
+    """n kernels started at once, then idle: the server's queries and their RPCs meanwhile."""
+    opened, _, all_ready = await open_at_once(name, n)
+    try:
+        cpu0, wall0 = _cpu_seconds(), time.perf_counter()
+        meter.begin()
+        await asyncio.sleep(idle_seconds)
+        load = meter.end()
+        cpu = (_cpu_seconds() - cpu0) / (time.perf_counter() - wall0)
+    finally:
+        await stop_all(opened)
+    return {"kernels": n, "all_ready_s": all_ready, **load, "server_cpu_idle_percent": 100 * cpu}
+
+
+async def measure_queued_load(n: int, idle_seconds: float, meter: LoadMeter) -> dict:
+    """n kernels whose jobs wait in the queue (``--begin=now+1hour``: they hold no node, so the
+    shared cluster stays free), from the moment all are queued; then their starts are cancelled
+    and their jobs must leave the queue."""
+    from remote_kernels.kernelspec import install
+
+    name = f"rk-bench-queued-{secrets.token_hex(3)}"
+    spec_dir = Path(install(name, "Python 3 (compute node, queued)",
+                            {"python": sys.executable, "directives": ["--begin=now+1hour"]},
+                            prefix=sys.prefix, replace=True))
+    managers = [AsyncKernelManager(kernel_name=name) for _ in range(n)]
+    starts = [asyncio.ensure_future(km.start_kernel()) for km in managers]
+    job_name, ids = f"rk-{name}"[:64], []
+    try:
+        deadline = time.perf_counter() + 60
+        while len(ids) < n and time.perf_counter() < deadline and not any(t.done() for t in starts):
+            await asyncio.sleep(0.1)
+            ids = subprocess.run([REAL["squeue"], "-h", "-u", getpass.getuser(), "-n", job_name, "-t", "PENDING",
+                                  "-o", "%i"], capture_output=True, text=True).stdout.split()
+        if len(ids) < n:
+            raise RuntimeError(f"only {len(ids)} of {n} queued jobs appeared within 60 s")
+        meter.begin()
+        await asyncio.sleep(idle_seconds)
+        load = meter.end()
+    finally:
+        for t in starts:
+            t.cancel()
+        await asyncio.gather(*starts, return_exceptions=True)
+        shutil.rmtree(spec_dir, ignore_errors=True)
+    t0 = time.perf_counter()
+    gone = await until_gone(ids, t0, timeout=30)
+    if gone is None:   # left behind: cancel them here, and say so
+        subprocess.run(["scancel", *live_jobs(ids)])
+    return {"kernels": n, **load, "cancelled_gone_s": gone}
 
 
 def _cpu_seconds() -> float:
@@ -168,51 +285,66 @@ def _cpu_seconds() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def _squeue_shim(tmp: Path) -> Path:
-    """Put a counting squeue first on PATH; returns its log file."""
-    bindir = tmp / "bin"
-    bindir.mkdir()
-    log = tmp / "squeue.log"
-    log.touch()
-    shim = bindir / "squeue"
-    shim.write_text(f'#!/bin/sh\necho "$*" >> {log}\nexec /usr/bin/squeue "$@"\n')
-    shim.chmod(0o755)
-    os.environ["PATH"] = f"{bindir}{os.pathsep}{os.environ['PATH']}"
-    return log
-
-
 # --- report -----------------------------------------------------------------------
+
+def _span(values: list[float], unit: str = "s", scale: float = 1.0) -> str:
+    sm = summary(values)
+    return f"{sm['median']*scale:.3g} ({sm['min']*scale:.3g}–{sm['max']*scale:.3g}) {unit}"
+
+
+def _pair(label: str, rem: list[float], loc: list[float], unit: str = "s", scale: float = 1.0) -> str:
+    """A table row: remote and local median (min–max), and the ratio of the medians."""
+    ratio = statistics.median(rem) / statistics.median(loc)
+    return f"| {label} | {_span(rem, unit, scale)} | {_span(loc, unit, scale)} | {ratio:.2f}× |"
+
+
+def _load(label: str, load: dict) -> str:
+    rpcs = "sdiag reset meanwhile" if load["rpcs_per_min"] is None else f"{load['rpcs_per_min']:.3g} RPCs/min"
+    return f"| {label} | {rpcs} ({load['queries_per_min']:.3g} queries/min) | | |"
+
 
 def report(res: dict) -> str:
     loc, rem = res["local"], res["remote"]
 
     def row(label, key, unit="s", scale=1.0):
-        a, b = summary(loc[key]), summary(rem[key])
-        return (f"| {label} | {b['median']*scale:.3g} ({b['min']*scale:.3g}–{b['max']*scale:.3g}) {unit} "
-                f"| {a['median']*scale:.3g} ({a['min']*scale:.3g}–{a['max']*scale:.3g}) {unit} "
-                f"| {b['median'] / a['median']:.2f}× |")
+        return _pair(label, rem[key], loc[key], unit, scale)
+    kept, once = res["kept_open"], res["at_once"]
+    n_kept, n_once = len(kept["remote"]["start"]), len(once["remote"]["start"])
+    gone = kept["remote"].get("queue_empty_s")
     lines = ["| measure | remote (median, min–max) | local (median, min–max) | ratio |", "| --- | --- | --- | --- |",
-             row("start → kernel_info", "start"), row("restart", "restart"),
+             row("start → kernel_info", "start"),
+             _pair(f"start, {n_kept} one after another, kept open", kept["remote"]["start"], kept["local"]["start"]),
+             _pair(f"start, {n_once} at once (each)", once["remote"]["start"], once["local"]["start"]),
+             _pair(f"start, {n_once} at once: all ready", [once["remote"]["all_ready_s"]], [once["local"]["all_ready_s"]]),
+             _pair(f"shutdown of the {n_kept} kept open (at once)", [kept["remote"]["shutdown_s"]],
+                   [kept["local"]["shutdown_s"]]),
+             f"| shutdown → squeue lists none of their jobs | "
+             f"{'not within 60 s' if gone is None else f'{gone:.3g} s'} | | |",
+             row("restart", "restart"),
              row("round trip to idle (median)", "round_trip", "ms", 1000),
              row("interrupt → reply", "interrupt", "ms", 1000)]
     p99r, p99l = summary(rem["round_trip"])["p99"], summary(loc["round_trip"])["p99"]
     lines.append(f"| round trip p99 | {p99r*1000:.3g} ms | {p99l*1000:.3g} ms | {p99r / p99l:.2f}× |")
     npt = summary(res["round_trip_no_pty"])
-    lines.append(f"| round trip, no pty on the SSH connection | {npt['median']*1000:.3g} ms "
-                 f"({npt['min']*1000:.3g}–{npt['max']*1000:.3g}) | | "
+    lines.append(f"| round trip, no pty on the SSH connection | {_span(res['round_trip_no_pty'], 'ms', 1000)} | | "
                  f"{npt['median'] / summary(loc['round_trip'])['median']:.2f}× |")
     tr, tl = rem["throughput_mb_s"], loc["throughput_mb_s"]
     lines.append(f"| iopub throughput | {tr:.3g} MB/s | {tl:.3g} MB/s | {tr / tl:.2f}× |")
-    det = summary(res["detection"])
-    lines.append(f"| scancel → poll() reports death | {det['median']:.3g} s ({det['min']:.3g}–{det['max']:.3g}) | | |")
+    lines.append(f"| scancel → poll() reports death | {_span(res['detection'])} | | |")
+    load = res["load"]
+    for key, what in (("running_1", "running idle"), ("running_n", "running idle"), ("queued_n", "queued")):
+        lines.append(_load(f"scheduler load, {load[key]['kernels']} {what} ({load[key]['seconds']:.0f} s)", load[key]))
     ph = res["phases"]
     lines.append("")
-    lines.append("Start phases (remote, medians): " + ", ".join(f"{k} {v:.3f} s" for k, v in ph.items()))
+    for label, phases in (("isolated", ph), ("kept open", kept["remote"]["phases"]), ("at once", once["remote"]["phases"])):
+        lines.append(f"Start phases (remote, {label}, medians): " + ", ".join(f"{k} {v:.3f} s" for k, v in phases.items()))
     lines.append(f"Provisioner overhead = total − scheduler dispatch − local ipykernel start: "
                  f"{res['overhead_s']:.3f} s")
-    sc = res["scale"]
+    sc = load["running_n"]
     lines.append(f"Scale: {sc['kernels']} kernels all ready in {sc['all_ready_s']:.2f} s; idle: "
-                 f"{sc['squeue_per_minute_idle']:.1f} squeue/min, server CPU {sc['server_cpu_idle_percent']:.2f} %")
+                 f"{sc['queries_per_min']:.1f} scheduler queries/min, server CPU {sc['server_cpu_idle_percent']:.2f} %")
+    lines.append(f"Scheduler load: slurmctld's RPC count (sdiag, by user) of this server's queries, which ran "
+                 f"as user {sc['counted_user']}; queries: its squeue/scontrol/sinfo commands.")
     return "\n".join(lines)
 
 
@@ -223,9 +355,12 @@ def plot(res: dict, path: Path) -> None:
 
     keys = [("start", "start (s)", 1), ("restart", "restart (s)", 1), ("round_trip", "round trip (ms)", 1000),
             ("interrupt", "interrupt (ms)", 1000)]
-    fig, axes = plt.subplots(1, len(keys) + 1, figsize=(15, 3.4))
-    for ax, (key, label, scale) in zip(axes, keys):
-        data = [[v * scale for v in res["remote"][key]], [v * scale for v in res["local"][key]]]
+    panels = [(label, [[v * scale for v in res[side][key]] for side in ("remote", "local")])
+              for key, label, scale in keys]
+    panels.insert(1, ("start, kept open (s)", [res["kept_open"][side]["start"] for side in ("remote", "local")]))
+    panels.insert(2, ("start, at once (s)", [res["at_once"][side]["start"] for side in ("remote", "local")]))
+    fig, axes = plt.subplots(1, len(panels) + 1, figsize=(20, 3.4))
+    for ax, (label, data) in zip(axes, panels):
         ax.boxplot(data, tick_labels=["remote", "local"])
         ax.set_title(label)
     ax = axes[-1]
@@ -239,17 +374,24 @@ def plot(res: dict, path: Path) -> None:
 async def main(args) -> int:
     RESULTS.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        shim_log = _squeue_shim(Path(tmp))
+        meter = LoadMeter(Path(tmp))
         local = await measure_kernel(args.local, args.runs, args.round_trips, args.stream_mb)
         remote = await measure_kernel(args.remote, args.runs, args.round_trips, args.stream_mb)
         nopty = await measure_round_trips_without_pty(min(args.round_trips, 200))
         detection = await measure_detection(args.remote, args.runs)
-        scale = await measure_scale(args.remote, args.scale, args.idle, shim_log)
-    phases = {k: statistics.median(p[k] for p in remote["phases"]) for k in remote["phases"][0]}
+        kept_open = {side: await measure_kept_open(name, args.kept)
+                     for side, name in (("local", args.local), ("remote", args.remote))}
+        at_once = {side: await measure_at_once(name, args.at_once)
+                   for side, name in (("local", args.local), ("remote", args.remote))}
+        load = {"running_1": await measure_running_load(args.remote, 1, args.idle, meter),
+                "running_n": await measure_running_load(args.remote, args.scale, args.idle, meter),
+                "queued_n": await measure_queued_load(args.scale, args.idle, meter)}
+    phases = median_phases(remote["phases"])
     dispatch = phases.get("submit", 0) + phases.get("queued", 0)
     overhead = phases["total"] - dispatch - statistics.median(local["start"])
     res = {"when": time.strftime("%Y-%m-%d %H:%M"), "host": platform.node(), "args": vars(args),
-           "local": local, "remote": remote, "round_trip_no_pty": nopty, "detection": detection, "scale": scale,
+           "local": local, "remote": remote, "round_trip_no_pty": nopty, "detection": detection,
+           "kept_open": kept_open, "at_once": at_once, "load": load, "scale": load["running_n"],
            "phases": phases, "overhead_s": overhead}
     (RESULTS / "latest.json").write_text(json.dumps(res, indent=1))
     table = report(res)
@@ -270,6 +412,9 @@ if __name__ == "__main__":
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--round-trips", type=int, default=500)
     p.add_argument("--stream-mb", type=int, default=100)
-    p.add_argument("--scale", type=int, default=16)
-    p.add_argument("--idle", type=float, default=20.0, help="seconds of idle measurement at scale")
+    p.add_argument("--kept", type=int, default=4, help="kernels opened one after another and kept open")
+    p.add_argument("--at-once", type=int, default=4, help="kernels started at once")
+    p.add_argument("--scale", type=int, default=16, help="kernels running (and queued) for the scheduler load")
+    p.add_argument("--idle", type=float, default=60.0,
+                   help="seconds of each scheduler-load window: 1 and --scale running idle, --scale queued")
     sys.exit(asyncio.run(main(p.parse_args())))

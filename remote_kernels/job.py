@@ -64,7 +64,8 @@ class Job:
                  name: str, session_id: str, kernel_id: str, log: logging.Logger):
         self.opts, self.scheduler, self.runner, self.log = opts, scheduler, runner, log
         self.name, self.session_id, self.kernel_id = name, session_id, kernel_id
-        self.watcher = JobWatcher.for_scheduler(scheduler, interval=opts.poll_interval)
+        self.watcher = JobWatcher.for_scheduler(scheduler, interval=opts.poll_interval,
+                                                max_interval=opts.queue_poll_max)
         self.id: str | None = None
         self.entry: Entry | None = None
         self.timings: dict[str, float] = {}

@@ -49,7 +49,11 @@ class KernelOptions(LoggingConfigurable):
         "Seconds a started job waits for the login side's first word before it ends (its server died "
         "while it was queued); grace if shorter.")).tag(config=True)
     command_timeout = Float(30.0, help="Seconds a scheduler command may take before it counts as failed.").tag(config=True)
-    poll_interval = Float(2.0, help="Seconds between the scheduler status queries of a server.").tag(config=True)
+    poll_interval = Float(2.0, help=(
+        "Seconds between a server's scheduler status queries while a link is restored or a job ends.")).tag(config=True)
+    queue_poll_max = Float(30.0, help=(
+        "Longest seconds between a server's status queries while a job waits in the queue "
+        "(0.2 s at first, then a quarter of the time waited).")).tag(config=True)
     login_host = Unicode("", help=(
         "For a Jupyter server off the cluster (a laptop): run scheduler commands over SSH on this "
         "login host and reach compute nodes through it. Nothing of remote-kernels is needed there.")).tag(config=True)
@@ -116,7 +120,7 @@ class KernelOptions(LoggingConfigurable):
             raise TraitError(f"{proposal['trait'].name} {value} is negative; use a whole number (0: the scheduler's default)")
         return value
 
-    @validate("grace", "queue_timeout", "contact_timeout")
+    @validate("grace", "queue_timeout", "contact_timeout", "poll_interval", "queue_poll_max")
     def _valid_seconds(self, proposal):
         name, value = proposal["trait"].name, proposal["value"]
         if value < 0 or (value == 0 and name != "queue_timeout"):

@@ -22,8 +22,12 @@ def _answered(error: BaseException) -> bool:
 class JobWatcher:
     """Polls ``scheduler.status`` for every watched job in one command.
 
-    It polls every ``interval`` seconds, or every ``fast_interval`` during the first
-    ``fast_period`` seconds of a job's wait to start (most jobs start within it).  The loop
+    One round asks about all watched jobs; rounds follow each other as the most urgent job
+    wants (``delay``).  A job waiting to start wants a round every ``fast_interval`` seconds
+    at first (most start within a second), then every ``backoff`` times the time it has
+    waited so far, at most every ``max_interval``: a job that waits long costs ever fewer
+    queries, and its start is seen at most that fraction of its wait late.  Any other watched
+    job (a link being restored, a job ending) wants one every ``interval``.  The loop
     never ends on an error: any exception of a query or of its parser is one failed query,
     logged and retried.  A job is declared lost (state UNKNOWN, reason naming the failure)
     only after ``max_failures`` consecutive failed queries about it.  When the batched answer
@@ -33,10 +37,10 @@ class JobWatcher:
     """
 
     def __init__(self, scheduler: Scheduler, interval: float = 2.0, fast_interval: float = 0.2,
-                 max_failures: int = 5, fast_period: float = 10.0):
+                 max_failures: int = 5, backoff: float = 0.25, max_interval: float = 30.0):
         self.scheduler = scheduler
         self.interval, self.fast_interval, self.max_failures = interval, fast_interval, max_failures
-        self.fast_period = fast_period
+        self.backoff, self.max_interval = backoff, max_interval
         self.status: dict[str, JobStatus] = {}
         self._waiters: dict[str, asyncio.Event] = {}
         self._starting: dict[str, float] = {}   # job id -> when it began waiting
@@ -79,6 +83,15 @@ class JobWatcher:
         ev = self._waiters.pop(job_id, None)
         if ev:
             ev.set()
+
+    def delay(self, now: float) -> float:
+        """Seconds from ``now`` (time.monotonic()) until the next round: the shortest any
+        watched job wants."""
+        wants = [min(self.max_interval, max(self.fast_interval, self.backoff * (now - since)))
+                 for since in self._starting.values()]
+        if len(self._starting) < len(self.status):
+            wants.append(self.interval)
+        return min(wants, default=self.interval)
 
     async def wait_update(self, job_id: str) -> JobStatus:
         ev = self._waiters[job_id]
@@ -129,11 +142,8 @@ class JobWatcher:
         while self.status:
             await self._poll_once()
             self._wake.clear()
-            now = time.monotonic()
-            fast = any(now - t < self.fast_period for t in self._starting.values())
-            delay = self.fast_interval if fast else self.interval
             try:
-                await asyncio.wait_for(self._wake.wait(), delay)
+                await asyncio.wait_for(self._wake.wait(), self.delay(time.monotonic()))
             except asyncio.TimeoutError:
                 pass
         self._task = None

@@ -63,7 +63,7 @@ async def test_waiting_kernels_share_one_status_query_and_running_ones_need_none
     start; once eight of the nine kernels run, their links' traffic says they live: the queries,
     still going for the one that waits, leave them out."""
     log, fail = counted_squeue
-    make_spec("rk-poll", poll_interval=0.5, command_timeout=1, directives=["--hold"])
+    make_spec("rk-poll", poll_interval=0.5, queue_poll_max=0.5, command_timeout=1, directives=["--hold"])
     managers = [AsyncKernelManager(kernel_name="rk-poll") for _ in range(9)]
     starts = [asyncio.ensure_future(km.start_kernel()) for km in managers]
     clients = []

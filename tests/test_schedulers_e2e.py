@@ -60,7 +60,7 @@ def scheduler_env(request, monkeypatch, tmp_path, cluster):
 
 
 def spec_config(name: str) -> dict:
-    config = {"scheduler": name, "time": TIME_LIMIT, "cpus": 1, "poll_interval": 0.5}
+    config = {"scheduler": name, "time": TIME_LIMIT, "cpus": 1, "poll_interval": 0.5, "queue_poll_max": 0.5}
     if name == "ssh":
         config["partition"] = "c1"   # the host to run on
     return config

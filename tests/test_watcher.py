@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import statistics
+import time
 import weakref
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from remote_kernels.schedulers.ssh import SSH
 from remote_kernels.watcher import JobWatcher
 
 SAMPLES = Path(__file__).parent / "samples"
-FAST = dict(interval=0.01, fast_interval=0.01, max_failures=3)
+FAST = dict(interval=0.01, fast_interval=0.01, max_interval=0.01, max_failures=3)
 DEADLINE = 10.0   # seconds for a condition that holds within a few polls
 
 
@@ -148,6 +150,84 @@ async def test_unwatch_forgets_the_failures():
     await next_status(w, "1", JobState.RUNNING)
     w.unwatch("1")
     assert w.failures == 0 and not w.status
+
+
+# --- the schedule: fast at first, backing off while jobs wait, one query per round ------------
+
+class Counting(Scheduler):
+    """Every job QUEUED; records each status query as (time.monotonic(), the ids asked about)."""
+
+    name = "counting"
+
+    def __init__(self):
+        super().__init__(printing(""))
+        self.calls: list[tuple[float, tuple[str, ...]]] = []
+
+    async def status(self, job_ids):
+        self.calls.append((time.monotonic(), tuple(job_ids)))
+        return {j: JobStatus(JobState.QUEUED, "Priority") for j in job_ids}
+
+
+async def test_the_delay_of_a_waiting_job_grows_with_its_wait_up_to_the_cap():
+    w = JobWatcher(Counting(), interval=2.0, fast_interval=0.2, backoff=0.25, max_interval=30.0)
+    t0 = time.monotonic()
+    w.watch("1")
+    assert w.delay(t0 + 0.5) == 0.2                       # its first second: fast
+    assert w.delay(t0 + 8) == pytest.approx(2.0, abs=0.01)   # a quarter of its wait
+    assert w.delay(t0 + 3600) == 30.0                    # at most the cap
+    w._starting["1"] = t0 - 3600   # job 1 has waited an hour
+    w.watch("2")   # a new job: the next round comes fast, for both
+    assert w.delay(time.monotonic()) == 0.2
+    w.started("2")   # running, its link not reached yet: it wants rounds every interval
+    assert w.delay(time.monotonic()) == 2.0
+    w.unwatch("1")
+    w.unwatch("2")
+    assert w.delay(t0) == 2.0 and not w.status
+
+
+async def test_waiting_jobs_share_each_query_and_back_off_to_the_cap():
+    """Real loop, real timers: gaps between queries never undercut the schedule (timers do not
+    fire early), so a watcher without back-off would make far more queries than allowed here."""
+    sched = Counting()
+    w = JobWatcher(sched, interval=5.0, fast_interval=0.02, backoff=0.5, max_interval=0.16)
+    t0 = time.monotonic()
+    w.watch("1")
+    w.watch("2")
+    await asyncio.sleep(1.5)
+    times = [t for t, _ in sched.calls]
+    assert all(ids == ("1", "2") for _, ids in sched.calls)   # one query per round for both
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    for since, gap in zip(times, gaps):   # each gap at least what the schedule asks for
+        assert gap >= min(0.16, max(0.02, 0.5 * (since - t0))) - 0.005
+    # 0.02 s gaps to 0.04 s, then growing by half to the cap: about 14 queries (75 without back-off).
+    assert 8 <= len(times) <= 17
+    late = [g for since, g in zip(times, gaps) if since - t0 > 0.5]
+    assert late and statistics.median(late) < 0.32   # at the cap, not growing further
+    # A newly submitted job is asked about at once and fast again, together with the old ones.
+    before = len(sched.calls)
+    w.watch("3")
+    await asyncio.sleep(0.3)
+    fresh = sched.calls[before:]
+    assert len(fresh) >= 5 and all(set(ids) == {"1", "2", "3"} for _, ids in fresh)
+    for job_id in ("1", "2", "3"):
+        w.unwatch(job_id)
+
+
+async def test_running_jobs_unwatched_cost_no_query():
+    sched = Counting()
+    w = JobWatcher(sched, interval=0.05, fast_interval=0.01, max_interval=0.05)
+    w.watch("1")
+    w.watch("2")
+    await next_status(w, "1", JobState.QUEUED)
+    w.started("1")
+    w.unwatch("1")   # its link answers (Job.quiet)
+    await next_status(w, "2", JobState.QUEUED)
+    assert sched.calls[-1][1] == ("2",)
+    w.unwatch("2")
+    await asyncio.sleep(0.2)
+    count = len(sched.calls)
+    await asyncio.sleep(0.3)
+    assert len(sched.calls) == count and w._task is None   # nothing watched: no round, no task
 
 
 # --- one watcher per loop and settings -------------------------------------------------------
