@@ -349,8 +349,15 @@ class RemoteKernelSession:
             closing.result()
 
     def when_closed(self, fn: Callable[[], None]) -> None:
-        """After close() or shut_down(): call fn() once everything has ended (state ENDED)."""
-        self._closing().add_done_callback(lambda _: fn())
+        """After close() or shut_down(): call fn() once the closing has finished (state ENDED
+        unless it failed; a failure nobody awaits is logged here)."""
+        def done(task: asyncio.Task) -> None:
+            if not task.cancelled() and task.exception() is not None:
+                self.log.warning("remote kernel %s: ending job %s failed: %s", self.name, self.job.id,
+                                 task.exception())
+            fn()
+
+        self._closing().add_done_callback(done)
 
     def _closing(self) -> asyncio.Task:
         if self._close_task is None:
