@@ -6,8 +6,9 @@ synchronous jupyter_client user (``jupyter console``, ``KernelManager``,
 on the caller's loop would stall between calls.  Sessions therefore live on one daemon
 thread's loop, and callers on any loop or thread await them with ``run()``.
 
-At interpreter exit, sessions still registered with ``track()`` are closed (their jobs
-cancelled), so a frontend that exits while a job waits in the queue leaves nothing behind.
+At interpreter exit, sessions still registered with ``track()`` are closed, all at once
+(their jobs cancelled), so a frontend that exits while a job waits in the queue leaves
+nothing behind; so are those whose kernel was shut down but whose job is still ending.
 """
 
 from __future__ import annotations
@@ -128,7 +129,9 @@ def _close_all() -> None:
     if not _live or _loop is None or not _loop.is_running():
         return
     left = list(_live)
-    log.warning("remote kernels: closing %d kernel session(s) left open at exit", len(left))
+    still_open = sum(not getattr(obj, "stopped", False) for obj in left)   # the others are ending already
+    if still_open:
+        log.warning("remote kernels: closing %d kernel session(s) left open at exit", still_open)
 
     async def close_all() -> None:
         await asyncio.gather(*(_close(obj) for obj in left))

@@ -65,7 +65,7 @@ class HostedKernel:
                 await session.wait_start()   # past the queue: let it finish, then restart as usual
         if self.session is not None and not self.session.usable:
             self.log.warning("remote kernel: the job of the previous kernel is gone; submitting a new one")
-            await self.end_session()
+            await self.end_session(wait=True)   # its forwards use the endpoints the new one will
         if self.session is None:
             session = self.session = RemoteKernelSession(self.options, name=self.name, kernel_id=self.kernel_id,
                                                          log=self.log)
@@ -128,17 +128,26 @@ class HostedKernel:
         if self.session is not None:
             await getattr(self.session, what)(*args)
 
-    async def end_session(self) -> None:
-        """Close the session and any stand-in (job withdrawn or ended)."""
+    async def end_session(self, *, wait: bool = False) -> None:
+        """Close the session and any stand-in (job withdrawn or ended).  Returns once the kernel
+        is stopped (session.shut_down); its job, forwards and link end on this loop afterwards,
+        the session tracked for interpreter exit until then.  ``wait``: return once all ended."""
         self.held = False
         self._close_standin()
         session, self.session = self.session, None
-        if session is not None:
-            try:
-                await session.close()
-            finally:
-                background.untrack(session)
+        if session is None:
+            return
+
+        def ended() -> None:
+            background.untrack(session)
+            if self.last.get("session_id") == session.session_id:
                 self.last = session.info()
+
+        try:
+            await (session.close() if wait else session.shut_down())
+        finally:
+            self.last = session.info()
+            session.when_closed(ended)
 
     def describe(self) -> dict:
         """The session's info() (the last one's after it ended, {} before any), plus whether

@@ -276,11 +276,12 @@ class Job:
     # --- end ---------------------------------------------------------------------------------
     async def end(self, said_bye: bool) -> None:
         """End the job (once; later calls return at once): after the launcher said bye, give it
-        END_WAIT s to end by itself, else (or at once) cancel it.  Forgets the job afterwards."""
+        END_WAIT s to end by itself (polled at the fast rate: it ends within a poll or two), else
+        (or at once) cancel it.  Forgets the job afterwards."""
         if self._ended or self.id is None:
             return
         self._ended = True
-        self.watch(starting=False)
+        self.watch(starting=said_bye)
         deadline = time.monotonic() + END_WAIT
         st = self.status
         while said_bye and (st is None or not st.state.finished) and time.monotonic() < deadline:

@@ -12,6 +12,7 @@ provisioner's background loop, or argv mode's own) and is used only from it:
     s.exit_code                      # None while the kernel lives
     await s.signal(signal.SIGINT)
     await s.stop_kernel()            # kernel gone, job kept (restart)
+    await s.shut_down()              # kernel and launcher gone; job, forwards, link end in the background
     await s.close()                  # kernel, launcher and job gone, forwards closed
 
 ``State`` and ``TRANSITIONS`` are the whole lifecycle (docs/architecture.md draws them);
@@ -51,7 +52,8 @@ class State(enum.Enum):
     STARTING = "starting"           # the launcher starts a kernel
     RUNNING = "running"             # the kernel runs
     RECONNECTING = "reconnecting"   # the link dropped; the kernel runs on; restoring it
-    CLOSING = "closing"             # close(): kernel, launcher, job, link being ended
+    CLOSING = "closing"             # close(): kernel and launcher being stopped
+    ENDING = "ending"               # the kernel is stopped; its job, forwards and link being ended
     ENDED = "ended"                 # all gone; exit_code and ended_reason are final
 
 
@@ -65,7 +67,8 @@ TRANSITIONS: dict[State, frozenset[State]] = {
     S.STARTING: frozenset({S.RUNNING, S.READY, S.RECONNECTING, S.CLOSING}),
     S.RUNNING: frozenset({S.READY, S.STARTING, S.RECONNECTING, S.CLOSING}),
     S.RECONNECTING: frozenset({S.READY, S.RUNNING, S.CLOSING}),
-    S.CLOSING: frozenset({S.ENDED}),
+    S.CLOSING: frozenset({S.ENDING}),
+    S.ENDING: frozenset({S.ENDED}),
     S.ENDED: frozenset(),
 }
 # info() keys from the launcher's hello.
@@ -122,6 +125,7 @@ class RemoteKernelSession:
         self._start_task: asyncio.Task | None = None
         self._supervisor: asyncio.Task | None = None
         self._close_task: asyncio.Task | None = None
+        self._stopped = asyncio.Event()   # set on ENDING: the kernel is stopped
         self._held_exit = HeldExit()
 
     # --- what it is ---------------------------------------------------------------------------
@@ -147,6 +151,11 @@ class RemoteKernelSession:
     def starting(self) -> bool:
         """True while a start is in progress (the job may still wait in the queue)."""
         return self._start_task is not None and not self._start_task.done()
+
+    @property
+    def stopped(self) -> bool:
+        """True once the kernel is stopped for good (its job may still be ending)."""
+        return self.state in (S.ENDING, S.ENDED)
 
     @property
     def usable(self) -> bool:
@@ -324,10 +333,37 @@ class RemoteKernelSession:
         """End everything: kernel, launcher, job, forwards, connection.  Idempotent: concurrent
         and later calls wait for the one closing.  A start in progress is cancelled first.
         Afterwards ``exit_code`` is set (0 unless the kernel had exited already)."""
+        await asyncio.shield(self._closing())
+
+    async def shut_down(self) -> None:
+        """close(), returning once the kernel is stopped (state ENDING or ENDED): its launcher
+        said bye, or, when it could not, its job was cancelled.  Ending the job, forwards and
+        link goes on in the closing task; close() waits for it (background.py's exit does)."""
+        closing = self._closing()
+        stopped = asyncio.ensure_future(self._stopped.wait())
+        try:
+            await asyncio.wait({closing, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+        if closing.done():
+            closing.result()
+
+    def when_closed(self, fn: Callable[[], None]) -> None:
+        """After close() or shut_down(): call fn() once the closing has finished (state ENDED
+        unless it failed; a failure nobody awaits is logged here)."""
+        def done(task: asyncio.Task) -> None:
+            if not task.cancelled() and task.exception() is not None:
+                self.log.warning("remote kernel %s: ending job %s failed: %s", self.name, self.job.id,
+                                 task.exception())
+            fn()
+
+        self._closing().add_done_callback(done)
+
+    def _closing(self) -> asyncio.Task:
         if self._close_task is None:
             spare = asyncio.current_task()   # a start or the supervisor closing on failure: not cancelled
             self._close_task = asyncio.get_running_loop().create_task(self._close(spare))
-        await asyncio.shield(self._close_task)
+        return self._close_task
 
     async def _close(self, spare: asyncio.Task | None) -> None:
         self._to(S.CLOSING)
@@ -336,16 +372,25 @@ class RemoteKernelSession:
                 task.cancel()
                 await asyncio.wait({task})
         said_bye = False
-        if self.link is not None:
-            if self.link.usable:
-                try:
-                    said_bye = (await self.link.request({"op": "shutdown"}, timeout=10)).get("event") == "bye"
-                except KernelStartError:
-                    pass
-            await self.link.close()
-        await self.job.end(said_bye)
+        if self.link is not None and self.link.usable:
+            try:
+                said_bye = (await self.link.request({"op": "shutdown"}, timeout=10)).get("event") == "bye"
+            except KernelStartError:
+                pass
+        if not said_bye:   # the kernel may run on: its job's end (cancelled at once) stops it
+            await self._release(said_bye)
         self._flush_exit_report()
         if self.exit_code is None:
             self.exit_code = 0
         self.kernel_pid = None
+        self._to(S.ENDING)
+        self._stopped.set()
+        if said_bye:
+            await self._release(said_bye)
         self._to(S.ENDED)
+
+    async def _release(self, said_bye: bool) -> None:
+        """Close the link (control channel, forwards, connection), then end the job."""
+        if self.link is not None:
+            await self.link.close()
+        await self.job.end(said_bye)

@@ -305,6 +305,33 @@ def test_pending_kernel_whose_job_ends_in_the_queue_says_so_and_restarts_only_wh
                    lambda: answer_says(ws, f"job {k.jobs[1]} is queued"), timeout=30)
 
 
+def test_server_stopped_with_four_running_kernels_ends_all_their_jobs(kernelspecs, tmp_path):
+    """SIGTERM with four running kernels: the server shuts them down, all at once, and its exit
+    awaits every job's end still going on in the background (registry entries are removed
+    only once a job has ended).  Not combined with the queued case below: jupyter_server's
+    shutdown_all then fails on the kernel whose start is pending (404) and the server hangs."""
+    srv = JupyterServer(tmp_path, app="server").start()
+    jobs = []
+    try:
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:   # each POST answers once its kernel runs
+            answers = list(pool.map(lambda _: srv.request("POST", "/api/kernels", {"name": "rk-test"}), range(4)))
+        assert [status for status, _ in answers] == [201] * 4, answers
+        jobs = wait_until("the kernels' jobs", lambda: len(srv.jobs()) == 4 and srv.jobs())
+        assert all(job_in_queue(j) for j in jobs)
+        srv.proc.send_signal(signal.SIGTERM)
+        wait_until("the server to exit", lambda: srv.proc.poll() is not None, timeout=30)
+        registry = Path(srv.env["JUPYTER_RUNTIME_DIR"]) / "remote-kernels"
+        assert not list(registry.glob("*.json")), f"the server exited before its jobs ended:\n{srv.log()[-3000:]}"
+        assert "left open at exit" not in srv.log()   # all four were shut down, none abandoned
+        wait_until(f"jobs {jobs} of the stopped server to leave the queue",
+                   lambda: not any(job_in_queue(j) for j in jobs), timeout=15)
+    finally:
+        left = [j for j in jobs if job_in_queue(j)]
+        if left:
+            subprocess.run(["scancel", *left], capture_output=True)
+        srv.stop()
+
+
 def test_server_stopped_while_a_job_is_queued_cancels_it(kernelspecs, make_spec, tmp_path):
     make_spec("rk-held", directives=["--begin=now+1hour"])
     srv = JupyterServer(tmp_path, app="server").start()

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import select
 import signal
 import stat
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -14,6 +17,7 @@ import pytest
 
 from kernel_helpers import job_in_queue, processes_mentioning, remote, remote_sync, run_cell, start_sleeping_cell, until, value_of
 from proc_helpers import tcp_listeners
+from slurm_helpers import wait_until
 
 
 async def test_kernel_runs_on_a_compute_node_in_the_notebook_dir(start_kernel, tmp_path):
@@ -76,11 +80,55 @@ async def test_shutdown_leaves_nothing_behind(start_kernel):
     login_dir = (await remote(km))["login_dir"]
     assert processes_mentioning(sid), "the launcher should be running while the kernel lives"
     await km.shutdown_kernel()
+    # Shutdown returns once the kernel is stopped; the job ends afterwards, by itself (the
+    # launcher exits), not cancelled.
+    assert (await remote(km))["state"] in ("ending", "ended")
     await until(f"job {job} to leave the queue", lambda: not job_in_queue(job), timeout=15)
+    assert final_state(job) == "COMPLETED"
     await until("launcher and kernel processes to end", lambda: not processes_mentioning(sid), timeout=10)
     assert not Path(login_dir).exists()
     assert not Path(f"/tmp/rk-{sid}").exists()
-    assert (await remote(km))["state"] == "ended"
+    deadline = time.monotonic() + 10
+    while (state := (await remote(km))["state"]) != "ended":   # its link and job released
+        assert time.monotonic() < deadline, f"the session is still {state} 10 s after its job ended"
+        await asyncio.sleep(0.1)
+
+
+def final_state(job: str) -> str:
+    """A job's end state as squeue lists it for MinJobAge (30 s on the test cluster) after its end."""
+    import getpass
+
+    return subprocess.run(["squeue", "-h", "-u", getpass.getuser(), "-t", "all", "-j", job, "-o", "%T"],
+                          capture_output=True, text=True).stdout.strip()
+
+
+def test_a_process_that_exits_right_after_a_shutdown_leaves_no_job(kernelspecs, tmp_path):
+    """kernel_owner.py shuts its kernel down and returns from main at once: interpreter exit
+    awaits the job's end still going on in the background.  The registry entry, removed only
+    once the job has ended, is gone when the process has exited, and so is the job."""
+    owner = Path(__file__).parent / "kernel_owner.py"
+    registry = tmp_path / "runtime" / "remote-kernels"
+    proc = subprocess.Popen([sys.executable, str(owner), "rk-test"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime")))
+    job = None
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], 90)
+        line = proc.stdout.readline() if ready else ""
+        assert line, f"the owner process did not start a kernel (exit code {proc.poll()})"
+        job = json.loads(line)["job_id"]
+        assert [p.stem for p in registry.glob("*.json")], "the running kernel should be registered"
+        _, err = proc.communicate("", timeout=60)   # EOF: shut down, then exit
+        assert proc.returncode == 0, err
+        assert not list(registry.glob("*.json")), f"job {job}'s end was not awaited at exit:\n{err}"
+        assert "left open at exit" not in err, err   # shut down, not abandoned
+        wait_until(f"job {job} to leave the queue", lambda: not job_in_queue(job), timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if job is not None and job_in_queue(job):
+            subprocess.run(["scancel", job], capture_output=True)
 
 
 async def scancel_and_wait_for_poll(km, within: float) -> str:
@@ -185,8 +233,8 @@ def test_synchronous_jupyter_client_api(kernelspecs):
     finally:
         kc.stop_channels()
         km.shutdown_kernel()
-    assert remote_sync(km)["state"] == "ended"
+    assert remote_sync(km)["state"] in ("ending", "ended")   # stopped; its job ends in the background
     deadline = time.monotonic() + 20
-    while job_in_queue(job):
-        assert time.monotonic() < deadline, f"job {job} still queued after shutdown"
+    while job_in_queue(job) or remote_sync(km)["state"] != "ended":
+        assert time.monotonic() < deadline, f"job {job} still queued or its session not ended after shutdown"
         time.sleep(0.2)

@@ -29,6 +29,8 @@ class FakeJob:
         self.status = None
         self.run = asyncio.Event()   # set: the job "starts running"
         self.run.set()
+        self.end_gate = asyncio.Event()   # set: end() returns (the scheduler's word that it ended)
+        self.end_gate.set()
 
     async def submit(self):
         self.calls.append("submit")
@@ -59,6 +61,8 @@ class FakeJob:
 
     async def end(self, said_bye):
         self.calls.append(f"end(bye={said_bye})")
+        await self.end_gate.wait()
+        self.calls.append("job gone")
 
 
 class FakeLink:
@@ -163,8 +167,10 @@ def test_every_state_has_transitions_and_ended_is_final():
     assert TRANSITIONS[State.ENDED] == frozenset()
     for state, targets in TRANSITIONS.items():
         assert targets <= set(State)
-        if state is not State.ENDED:
-            assert State.CLOSING in targets or state is State.CLOSING, state
+        if state not in (State.CLOSING, State.ENDING, State.ENDED):
+            assert State.CLOSING in targets, state
+    # Closing stops the kernel, then its job, forwards and link end: one way, to the end.
+    assert TRANSITIONS[State.CLOSING] == {State.ENDING} and TRANSITIONS[State.ENDING] == {State.ENDED}
 
 
 def test_every_state_is_reachable_and_every_state_can_end():
@@ -203,7 +209,8 @@ async def test_start_restart_and_close_walk_the_table():
     await s.start_kernel(b"key")
     await s.close()
     assert seen == [State.NEW, State.SUBMITTING, State.QUEUED, State.CONNECTING, State.READY, State.STARTING,
-                    State.RUNNING, State.READY, State.STARTING, State.RUNNING, State.CLOSING, State.ENDED]
+                    State.RUNNING, State.READY, State.STARTING, State.RUNNING, State.CLOSING, State.ENDING,
+                    State.ENDED]
     assert "end(bye=True)" in job.calls and s.exit_code == 0
     assert not s.usable and State.ENDED not in LIVE
 
@@ -276,11 +283,58 @@ async def test_a_cancelled_close_still_finishes():
     assert "end(bye=True)" in job.calls
 
 
+async def test_shut_down_returns_once_the_launcher_said_bye_and_the_job_ends_afterwards():
+    s, job, seen = await started()
+    job.end_gate.clear()   # the scheduler has not yet seen the job end
+    link = FakeLink.made[-1]
+    await asyncio.wait_for(s.shut_down(), 5)
+    assert s.state is State.ENDING and s.stopped and not s.usable and s.exit_code == 0
+    assert link.calls[-1] == "shutdown" or "close" in link.calls
+    ended = []
+    s.when_closed(lambda: ended.append(s.state))
+    await asyncio.wait_for(_until(lambda: "end(bye=True)" in job.calls), 5)
+    assert link.closed and link.calls.index("shutdown") < link.calls.index("close")
+    assert ended == [] and not s._close_task.done()
+    job.end_gate.set()
+    await asyncio.wait_for(s.close(), 5)   # close() waits for the rest
+    assert s.state is State.ENDED and ended == [State.ENDED] and job.calls[-1] == "job gone"
+    assert seen[-3:] == [State.CLOSING, State.ENDING, State.ENDED]
+
+
+async def test_shut_down_without_a_bye_ends_the_job_before_it_returns():
+    """The kernel may run on when its launcher cannot be told: its job's end stops it."""
+    s, job, _ = await started()
+    link = FakeLink.made[-1]
+    link.closed = True   # the link is gone: no shutdown request can be sent
+    await asyncio.wait_for(s.shut_down(), 5)
+    assert "shutdown" not in link.calls and job.calls[-2:] == ["end(bye=False)", "job gone"]
+    await asyncio.wait_for(s.close(), 5)
+    assert s.state is State.ENDED and job.calls.count("end(bye=False)") == 1
+
+
+async def test_a_session_shut_down_but_still_ending_is_awaited_at_exit():
+    from remote_kernels import background
+
+    async def go():   # on the background loop, as the provisioner's sessions
+        s, job, _ = await started()
+        job.end_gate.clear()
+        await s.shut_down()
+        background.track(s)
+        s.when_closed(lambda: background.untrack(s))
+        asyncio.get_running_loop().call_later(0.2, job.end_gate.set)
+        return s
+
+    s = await background.run(go())
+    assert s.state is State.ENDING
+    await asyncio.get_running_loop().run_in_executor(None, background._close_all)   # what atexit calls
+    assert s.state is State.ENDED and s not in background._live
+
+
 async def test_a_failed_connect_raises_its_own_error_and_releases_the_job():
     s, job, seen = make_session(connect_error="cannot reach node c1 over SSH: refused")
     with pytest.raises(KernelStartError, match="cannot reach node c1"):
         await s.start_job()
-    assert s.state is State.ENDED and seen[-2:] == [State.CLOSING, State.ENDED]
+    assert s.state is State.ENDED and seen[-3:] == [State.CLOSING, State.ENDING, State.ENDED]
     assert "end(bye=False)" in job.calls and s.ended_reason.startswith("cannot reach node c1")
 
 
