@@ -30,6 +30,7 @@ import secrets
 import time
 from typing import Awaitable, Callable
 
+from . import joblogs
 from .errors import KernelStartError
 from .job import JOB_ENDED_CODES, Job   # noqa: F401 - JOB_ENDED_CODES: part of this module's interface
 from .link import DROPPED, NodeLink
@@ -184,6 +185,7 @@ class RemoteKernelSession:
         """Submit; the job is known (and watched) on return.  KernelStartError if refused."""
         self._to(S.SUBMITTING)
         await self._or_close(self.job.submit())
+        joblogs.prune_soon(self.runner, self.scheduler, remote=bool(self.opts.login_host))
         self._to(S.QUEUED)
 
     async def reach_launcher(self) -> None:

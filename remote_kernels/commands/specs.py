@@ -59,7 +59,7 @@ def list_specs(as_json: bool = False) -> int:
 
 def show(name: str) -> int:
     """Print the effective options of spec ``name`` (RK_* overrides applied) and its batch script."""
-    from ..job import job_log_dir
+    from ..joblogs import job_log_dir
 
     spec = find_spec(name)
     config = _config(spec)
