@@ -264,7 +264,11 @@ class RemoteKernelSession:
         if reply.get("event") != "started":
             self.exit_code = 1
             self._to(S.READY)
-            raise KernelStartError(reply.get("message", f"launcher could not start the kernel: {reply}"))
+            message = reply.get("message", f"launcher could not start the kernel: {reply}")
+            if "code" in reply:   # the launcher tried to run the kernel: its output ends the line
+                tail = await self.job.log_tail()
+                message += f" ({self.job.log_file}" + (f", last lines: {tail})" if tail else ")")
+            raise KernelStartError(message)
         self.kernel_pid = reply["pid"]
         if self.state is S.STARTING:
             self._to(S.RUNNING)
