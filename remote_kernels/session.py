@@ -33,6 +33,7 @@ from typing import Awaitable, Callable
 from . import joblogs
 from .errors import KernelStartError
 from .job import JOB_ENDED_CODES, Job   # noqa: F401 - JOB_ENDED_CODES: part of this module's interface
+from .launcher import ERR_NO_IPYKERNEL
 from .link import DROPPED, NodeLink
 from .options import KernelOptions
 from .runner import SSHCommandRunner, runner_for
@@ -265,7 +266,7 @@ class RemoteKernelSession:
             self.exit_code = 1
             self._to(S.READY)
             message = reply.get("message", f"launcher could not start the kernel: {reply}")
-            if "code" in reply:   # the launcher tried to run the kernel: its output ends the line
+            if "code" in reply and reply["code"] != ERR_NO_IPYKERNEL:   # the kernel ran: its output ends the line
                 tail = await self.job.log_tail()
                 message += f" ({self.job.log_file}" + (f", last lines: {tail})" if tail else ")")
             raise KernelStartError(message)

@@ -46,6 +46,8 @@ def _listed(job: str) -> bool:
     ("rk-bad-python", "Python /nonexistent/bin/python3 not found on c"),
     ("rk-bad-setup", "set-up line failed on c"),
     ("rk-no-ipykernel", "ipykernel is not installed for /usr/bin/python3 on c"),
+    # Debian's Python: pip would refuse (PEP 668), so the advice is a venv.
+    ("rk-no-ipykernel", "(PEP 668, pip refuses): make a venv on a filesystem the nodes share, `/usr/bin/python3 -m venv DIR"),
 ])
 async def test_bad_spec_fails_with_clear_message(kernelspecs, name, expected):
     before = jobs_named(f"rk-{name}", states=LIVE)
