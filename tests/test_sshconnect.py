@@ -98,4 +98,5 @@ async def test_an_unreachable_login_host_is_one_line_naming_the_host_and_the_fix
     message = str(e.value)
     assert "\n" not in message and "login host no-such-host.invalid" in message
     assert "`ssh no-such-host.invalid` works" in message and "login_host" in message
+    assert message.startswith("cannot reach login host")   # not "`squeue --version` exited 255": it never ran
     await runner.close()
