@@ -4,7 +4,7 @@
 frontend wrote (its transport, ports and key), runs the kernel on a compute node
 through the same core as the provisioner, and serves exactly those endpoints on the
 login side.  SIGINT interrupts the kernel; SIGTERM/SIGHUP shut it down.  The job is
-cancelled whenever this process exits.  The kernel gets the kernelspec's ``env`` stanza
+cancelled whenever this process exits, and the ipc sockets it served are removed.  The kernel gets the kernelspec's ``env`` stanza
 (as the frontend set it in this process's environment; environment.kernel_env), never
 the rest of this process's environment.
 """
@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import signal
+import stat
 
 from .environment import kernel_env
 from .launcher import CHANNELS
@@ -82,6 +83,18 @@ async def serve(name: str, options: KernelOptions, info: dict, spec_env: dict | 
         return code if code is not None else 0
     finally:
         await session.close()
+        _remove_sockets(info)
+
+
+def _remove_sockets(info: dict) -> None:
+    """Remove the ipc socket files served for ``info`` (only sockets: never another file)."""
+    for local in endpoints(info).values():
+        if isinstance(local, str):
+            try:
+                if stat.S_ISSOCK(os.lstat(local).st_mode):
+                    os.unlink(local)
+            except OSError:
+                pass
 
 
 async def _start(session: RemoteKernelSession, info: dict, env: dict) -> None:

@@ -9,6 +9,9 @@ thread's loop, and callers on any loop or thread await them with ``run()``.
 At interpreter exit, sessions still registered with ``track()`` are closed, all at once
 (their jobs cancelled), so a frontend that exits while a job waits in the queue leaves
 nothing behind; so are those whose kernel was shut down but whose job is still ending.
+Then paths given to ``remove_at_exit()`` are removed.  A process that has no SIGTERM
+handler of its own when the loop starts gets one that exits the interpreter normally
+(SystemExit), so that a plain script ended by SIGTERM runs these hooks too.
 """
 
 from __future__ import annotations
@@ -16,6 +19,10 @@ from __future__ import annotations
 import asyncio
 import atexit
 import logging
+import os
+import shutil
+import signal
+import sys
 import threading
 from typing import Any, Awaitable, Callable, Coroutine, TypeVar
 
@@ -30,6 +37,7 @@ EXIT_CLOSE_TIMEOUT = 30.0
 _loop: asyncio.AbstractEventLoop | None = None
 _lock = threading.Lock()
 _live: set = set()   # objects with an async close(), closed at exit
+_remove: set[str] = set()   # paths removed at exit, after the sessions are closed
 
 
 def loop() -> asyncio.AbstractEventLoop:
@@ -49,7 +57,21 @@ def loop() -> asyncio.AbstractEventLoop:
             ready.wait()
             _loop = new
             atexit.register(_close_all)
+            _exit_on_sigterm()
         return _loop
+
+
+def _exit_on_sigterm() -> None:
+    """SIGTERM -> SystemExit(143) in the main thread, unless the application handles SIGTERM."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _sigterm)
+
+
+def _sigterm(signum: int, frame: Any) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)   # a second SIGTERM ends the process at once
+    sys.exit(128 + signum)
 
 
 class Cancelled(RuntimeError):
@@ -148,3 +170,28 @@ async def _close(obj: Any) -> None:
         await close()
     except Exception as e:  # noqa: BLE001
         log.warning("remote kernels: closing %s at exit failed: %s", obj, e)
+
+
+def remove_at_exit(path: str) -> None:
+    """Remove ``path`` (file or directory tree) at interpreter exit unless forget_removal() is called before."""
+    _remove.add(path)
+
+
+def forget_removal(path: str) -> None:
+    """Do not remove path at exit (it was removed, or is no longer ours)."""
+    _remove.discard(path)
+
+
+def _remove_all() -> None:
+    for path in list(_remove):
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+    _remove.clear()
+
+
+atexit.register(_remove_all)   # registered first, so it runs after _close_all

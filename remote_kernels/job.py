@@ -14,10 +14,9 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from jupyter_core.paths import jupyter_data_dir
-
 from . import script
 from .errors import KernelStartError
+from .joblogs import REMOTE_JOB_DIR, job_log_dir
 from .options import KernelOptions
 from .registry import Entry
 from .runner import CommandError, CommandRunner
@@ -31,16 +30,8 @@ JOB_ENDED_CODES = {JobState.CANCELLED: 143, JobState.TIMEOUT: 124, JobState.NODE
                    JobState.PREEMPTED: 143, JobState.OOM: 137, JobState.FAILED: 1,
                    JobState.COMPLETED: 0, JobState.GONE: 1, JobState.UNKNOWN: 1}
 
-# Where jobs write their output when the server is off the cluster (relative to the login home).
-REMOTE_JOB_DIR = ".remote-kernels/jobs"
 # After the launcher said bye, how long the job may take to end by itself before it is cancelled.
 END_WAIT = 3.0
-
-
-def job_log_dir() -> Path:
-    d = Path(jupyter_data_dir()) / "remote-kernels" / "jobs"
-    d.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return d
 
 
 def interactive(opts: KernelOptions, scheduler: Scheduler) -> bool:

@@ -90,23 +90,52 @@ def on_search_path(spec_dir: str) -> bool:
     return any(os.path.realpath(d) == where for d in KernelSpecManager().kernel_dirs)
 
 
-def remote_specs() -> dict[str, dict]:
-    """name -> kernel.json of every installed kernelspec that uses our provisioner."""
-    ksm = KernelSpecManager()
-    found = {}
-    for name, path in sorted(ksm.find_kernel_specs().items()):
+class BadSpec(KeyError):
+    """A kernelspec exists by that name but its kernel.json is unusable; args[0] says why and what to do."""
+
+
+def _read_specs() -> tuple[dict[str, dict], dict[str, str]]:
+    """(name -> kernel.json of each usable compute-node spec, name -> why each unusable spec is so)."""
+    found, broken = {}, {}
+    for name, path in sorted(KernelSpecManager().find_kernel_specs().items()):
+        file = Path(path) / "kernel.json"
+        fix = (f"fix it, reinstall it (`remote-kernels install {name} --replace ...`) "
+               f"or remove it (`jupyter kernelspec remove {name}`)")
         try:
-            spec = json.loads((Path(path) / "kernel.json").read_text())
-        except (OSError, ValueError):
+            spec = json.loads(file.read_text())
+        except OSError as e:
+            broken[name] = f"kernelspec {name!r}: cannot read {file}: {e.strerror}"
             continue
-        if spec.get("metadata", {}).get("kernel_provisioner", {}).get("provisioner_name") == PROVISIONER:
-            found[name] = dict(spec, resource_dir=path)
-    return found
+        except ValueError as e:
+            broken[name] = f"kernelspec {name!r}: {file} is not valid JSON ({e}); {fix}"
+            continue
+        prov = spec.get("metadata", {}).get("kernel_provisioner", {}) if isinstance(spec, dict) else {}
+        if not isinstance(prov, dict) or prov.get("provisioner_name") != PROVISIONER:
+            continue
+        if not isinstance(prov.get("config", {}), dict):
+            broken[name] = f"kernelspec {name!r}: metadata.kernel_provisioner.config in {file} is not a mapping; {fix}"
+            continue
+        found[name] = dict(spec, resource_dir=path)
+    return found, broken
+
+
+def remote_specs() -> dict[str, dict]:
+    """name -> kernel.json of every installed kernelspec that uses our provisioner (usable ones)."""
+    return _read_specs()[0]
+
+
+def broken_specs() -> dict[str, str]:
+    """name -> one line saying why that installed kernelspec's kernel.json cannot be used."""
+    return _read_specs()[1]
 
 
 def remote_spec(name: str) -> dict:
-    """kernel.json (plus ``resource_dir``) of compute-node kernelspec ``name``; KeyError if none."""
-    specs = remote_specs()
+    """kernel.json (plus ``resource_dir``) of compute-node kernelspec ``name``.
+
+    BadSpec if its kernel.json is unusable, KeyError if there is no such compute-node spec."""
+    specs, broken = _read_specs()
+    if name in broken:
+        raise BadSpec(broken[name])
     if name not in specs:
         raise KeyError(f"no compute-node kernelspec named {name!r}; see `remote-kernels list`")
     return specs[name]

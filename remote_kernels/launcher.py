@@ -117,6 +117,16 @@ app.start()
 '''
 
 
+def install_advice():
+    """How to get ipykernel for this Python: pip, or a venv where the system manages its packages (PEP 668)."""
+    import sysconfig
+    managed = os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED"))
+    if not managed or sys.prefix != sys.base_prefix:
+        return "run `%s -m pip install ipykernel`" % sys.executable
+    return ("its packages are the system's (PEP 668, pip refuses): make a venv on a filesystem the nodes share, "
+            "`%s -m venv DIR && DIR/bin/python -m pip install ipykernel` (Debian needs python3-venv), "
+            "and install the spec with --python DIR/bin/python" % sys.executable)
+
 class Launcher:
     """One job's launcher.  Made inside the running loop (asyncio objects bind to it on 3.8/3.9)."""
 
@@ -152,8 +162,8 @@ class Launcher:
             import importlib.util
             if importlib.util.find_spec("ipykernel") is None:
                 return {"event": "error", "code": ERR_NO_IPYKERNEL, "message":
-                        "ipykernel is not installed for %s on %s: run `%s -m pip install ipykernel`"
-                        % (sys.executable, socket.gethostname(), sys.executable)}
+                        "ipykernel is not installed for %s on %s: %s"
+                        % (sys.executable, socket.gethostname(), install_advice())}
             boot = os.path.join(self.dir, "ipykernel-boot.py")
             with os.fdopen(os.open(boot, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
                 f.write(KERNEL_BOOT)

@@ -20,6 +20,7 @@ still queued gives up (cancelling the job) when the spec sets no ``queue_timeout
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -50,6 +51,7 @@ class RemoteKernelProvisioner(KernelOptions, KernelProvisionerBase):  # type: ig
     _hosted: HostedKernel | None = None
     _alive = False   # launched and not yet waited for: jupyter_client's has_kernel
     _login_dir: str | None = None
+    _connection_file: str | None = None   # written by pre_launch; removed when the kernel ends
 
     @property
     def hosted(self) -> HostedKernel:
@@ -93,6 +95,7 @@ class RemoteKernelProvisioner(KernelOptions, KernelProvisionerBase):  # type: ig
         km = self.parent
         if self._login_dir is None:
             self._login_dir = tempfile.mkdtemp(prefix="rk-")   # 0700
+            background.remove_at_exit(self._login_dir)
         if self.login_transport == "ipc":
             km.transport, km.ip = "ipc", os.path.join(self._login_dir, "k")
             for channel, n in CHANNELS.items():
@@ -105,6 +108,8 @@ class RemoteKernelProvisioner(KernelOptions, KernelProvisionerBase):  # type: ig
                 for channel in CHANNELS:
                     setattr(km, channel, cache.find_available_port("127.0.0.1"))
         km.write_connection_file()
+        self._connection_file = km.connection_file
+        background.remove_at_exit(km.connection_file)
         self.connection_info = km.get_connection_info()
         kwargs.pop("extra_arguments", None)
         # cmd is jupyter_client's to format; the job runs the launcher, not this argv.
@@ -143,14 +148,20 @@ class RemoteKernelProvisioner(KernelOptions, KernelProvisionerBase):  # type: ig
             await self._end_all()
 
     async def _end_all(self) -> None:
-        """End the session and remove the login-side directory."""
+        """End the session and remove the login-side directory and the connection file."""
         self._alive = False
         try:
             await background.run(self.hosted.end_session(), cancellable=False)
         finally:
             if self._login_dir is not None:
                 shutil.rmtree(self._login_dir, ignore_errors=True)
+                background.forget_removal(self._login_dir)
                 self._login_dir = None
+            if self._connection_file is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(self._connection_file)
+                background.forget_removal(self._connection_file)
+                self._connection_file = None
 
     def get_shutdown_wait_time(self, recommended: float = 5.0) -> float:
         return max(recommended, 10.0)

@@ -16,11 +16,11 @@ from pathlib import Path
 
 from jupyter_core.paths import jupyter_runtime_dir
 
+from .paths import private_dir
+
 
 def registry_dir() -> Path:
-    d = Path(jupyter_runtime_dir()) / "remote-kernels"
-    d.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return d
+    return private_dir(Path(jupyter_runtime_dir()) / "remote-kernels")
 
 
 @dataclass

@@ -26,6 +26,13 @@ class CommandError(RuntimeError):
         super().__init__(f"`{' '.join(argv)}` {what}" + (f": {detail[-1]}" if detail else ""))
 
 
+class HostUnreachable(CommandError):
+    """The command never ran: no SSH connection to the host.  Its message is the reason alone."""
+
+    def __str__(self) -> str:
+        return self.stderr
+
+
 @dataclass
 class CommandRunner:
     """Runs argv lists locally.  ``timeout`` bounds every command."""
@@ -132,7 +139,8 @@ class SSHCommandRunner(CommandRunner):
         except asyncssh.TimeoutError:
             raise CommandError(argv, None, "", f"no answer from {self.host} within {self.timeout:g}s") from None
         except SSH_ERRORS as e:
-            raise CommandError(argv, 255, "", f"cannot run it on {self.host} over SSH: {describe(e)}") from None
+            raise HostUnreachable(argv, 255, "", f"cannot reach login host {self.host} over SSH ({describe(e)}); "
+                                  f"check the kernelspec's login_host and that `ssh {self.host}` works from here") from None
         stdout, stderr = str(result.stdout or ""), str(result.stderr or "")
         code = result.exit_status if result.exit_status is not None else 255
         if code == 127 and not stderr:

@@ -30,8 +30,10 @@ import secrets
 import time
 from typing import Awaitable, Callable
 
+from . import joblogs
 from .errors import KernelStartError
 from .job import JOB_ENDED_CODES, Job   # noqa: F401 - JOB_ENDED_CODES: part of this module's interface
+from .launcher import ERR_NO_IPYKERNEL
 from .link import DROPPED, NodeLink
 from .options import KernelOptions
 from .runner import SSHCommandRunner, runner_for
@@ -184,6 +186,7 @@ class RemoteKernelSession:
         """Submit; the job is known (and watched) on return.  KernelStartError if refused."""
         self._to(S.SUBMITTING)
         await self._or_close(self.job.submit())
+        joblogs.prune_soon(self.runner, self.scheduler, remote=bool(self.opts.login_host))
         self._to(S.QUEUED)
 
     async def reach_launcher(self) -> None:
@@ -262,7 +265,11 @@ class RemoteKernelSession:
         if reply.get("event") != "started":
             self.exit_code = 1
             self._to(S.READY)
-            raise KernelStartError(reply.get("message", f"launcher could not start the kernel: {reply}"))
+            message = reply.get("message", f"launcher could not start the kernel: {reply}")
+            if "code" in reply and reply["code"] != ERR_NO_IPYKERNEL:   # the kernel ran: its output ends the line
+                tail = await self.job.log_tail()
+                message += f" ({self.job.log_file}" + (f", last lines: {tail})" if tail else ")")
+            raise KernelStartError(message)
         self.kernel_pid = reply["pid"]
         if self.state is S.STARTING:
             self._to(S.RUNNING)

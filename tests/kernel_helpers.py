@@ -121,7 +121,7 @@ UNCLAIMED_JOB_RUNS = 90
 async def see_it_end_unclaimed(job_id: str) -> None:
     """Start the held job ``job_id``, whose server is dead: it must end by itself within
     UNCLAIMED_JOB_RUNS s of its start (not after grace), its launcher saying why in its log."""
-    from remote_kernels.job import job_log_dir
+    from remote_kernels.joblogs import job_log_dir
 
     assert job_state(job_id) == "PENDING", f"job {job_id} should still wait in the queue"
     subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True, capture_output=True)

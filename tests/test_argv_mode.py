@@ -28,12 +28,14 @@ def _job_of(proc_log: list[str]) -> str | None:
 
 
 @contextlib.asynccontextmanager
-async def vscode_kernel(spec_dir: Path, tmp_path: Path, env: dict | None = None):
+async def vscode_kernel(spec_dir: Path, tmp_path: Path, env: dict | None = None, transport: str = "tcp"):
     """Run a kernelspec's argv exactly as VS Code does (its connection file written first,
     ``env``: the frontend's environment for the process); yield (process, client, stderr
     lines) once the kernel answers.  The process is shut down with SIGTERM afterwards."""
     key = uuid.uuid4().hex
-    conn_file, _ = write_connection_file(str(tmp_path / "kernel-vscode.json"), ip="127.0.0.1", key=key.encode())
+    ip = "127.0.0.1" if transport == "tcp" else str(tmp_path / "kernel-ipc")
+    conn_file, _ = write_connection_file(str(tmp_path / "kernel-vscode.json"), ip=ip, key=key.encode(),
+                                         transport=transport)
     argv = json.loads((spec_dir / "kernel.json").read_text())["argv"]
     argv = [a.replace("{connection_file}", conn_file) for a in argv]
     proc = await asyncio.create_subprocess_exec(*argv, cwd=str(tmp_path), env=env, stderr=asyncio.subprocess.PIPE)
@@ -86,6 +88,18 @@ async def test_argv_mode_like_vscode(kernelspecs, tmp_path):
         await until(f"job {job} to leave the queue", lambda: not job_in_queue(job), timeout=15)
         # What VS Code's output shows: our progress lines, not asyncssh's line per channel (63-73 before).
         assert any("launcher ready on" in l for l in log) and not any("asyncssh" in l for l in log), log
+
+
+async def test_argv_mode_removes_its_ipc_sockets_when_it_ends(kernelspecs, tmp_path):
+    async with vscode_kernel(kernelspecs / "rk-test", tmp_path, transport="ipc") as (proc, kc, log):
+        assert await value_of(kc, "1 + 1") == "2"
+        sockets = sorted(p.name for p in tmp_path.glob("kernel-ipc-*"))
+        assert len(sockets) == 5
+        job = _job_of(log)
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), 20)
+    assert sorted(p.name for p in tmp_path.glob("kernel-ipc-*")) == []
+    await until(f"job {job} to leave the queue", lambda: not job_in_queue(job), timeout=15)
 
 
 async def test_argv_mode_gives_the_kernel_its_spec_env_and_nothing_else(make_spec, kernelspecs, tmp_path,

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -85,3 +89,54 @@ async def test_tracked_objects_are_closed_at_exit():
     await asyncio.get_running_loop().run_in_executor(None, background._close_all)   # what atexit calls
     assert kept.closed and not released.closed
     background.untrack(kept)
+
+
+# A plain script: paths to remove at exit, the background loop started, then it waits.
+EXITING = """
+import os, signal, sys, tempfile, time
+from remote_kernels import background
+d = tempfile.mkdtemp(prefix="rk-test-")
+f = os.path.join(d, "..", os.path.basename(d) + ".json")
+open(f, "w").close()
+kept = tempfile.mkdtemp(prefix="rk-test-kept-")
+for p in (d, f, kept):
+    background.remove_at_exit(p)
+background.forget_removal(kept)
+if sys.argv[1] == "own-handler":
+    signal.signal(signal.SIGTERM, lambda *a: print("own handler", flush=True))
+background.loop()
+print(d, f, kept, flush=True)
+time.sleep(60 if sys.argv[1] != "own-handler" else 3)
+"""
+
+
+def _run_and_terminate(mode: str):
+    proc = subprocess.Popen([sys.executable, "-c", EXITING, mode], stdout=subprocess.PIPE, text=True)
+    try:
+        paths = proc.stdout.readline().split()
+        assert len(paths) == 3 and all(os.path.exists(p) for p in paths)
+        proc.terminate()
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, paths, out
+
+
+def test_sigterm_exits_normally_and_removes_the_paths_given():
+    code, (d, f, kept), _ = _run_and_terminate("plain")
+    try:
+        assert code == 143
+        assert not os.path.exists(d) and not os.path.exists(f)
+        assert os.path.isdir(kept)   # forget_removal: not ours any more
+    finally:
+        shutil.rmtree(kept, ignore_errors=True)
+
+
+def test_an_applications_own_sigterm_handler_is_left_alone():
+    code, (d, f, kept), out = _run_and_terminate("own-handler")
+    try:
+        assert "own handler" in out and code == 0   # its handler ran; the script ended by itself
+        assert not os.path.exists(d) and not os.path.exists(f)   # and atexit removed them
+    finally:
+        shutil.rmtree(kept, ignore_errors=True)

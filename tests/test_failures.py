@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import itertools
+import os
 import subprocess
 import sys
 import textwrap
@@ -355,3 +356,31 @@ async def test_job_waiting_for_resources_keeps_waiting_and_shows_why(make_spec, 
                 await start
         subprocess.run(["scancel", blocker], check=True)
     await until(f"job {job} to leave the queue", lambda: not job_state(job), timeout=10)
+
+
+# A plain synchronous jupyter_client script: prints its kernel's job id, login dir and connection file, waits.
+PLAIN_SCRIPT = textwrap.dedent("""
+    import sys, time
+    from jupyter_client.manager import KernelManager
+    km = KernelManager(kernel_name=sys.argv[1])
+    km.start_kernel()
+    info = km.provisioner.hosted.describe()
+    print(info["job_id"], km.provisioner._login_dir, km.connection_file, flush=True)
+    time.sleep(300)
+""")
+
+
+def test_a_plain_script_ended_by_sigterm_leaves_nothing_on_the_login_side(make_spec):
+    make_spec("rk-plain-exit")
+    script = subprocess.Popen([sys.executable, "-c", PLAIN_SCRIPT, "rk-plain-exit"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        job, login_dir, connection_file = script.stdout.readline().split()
+        assert job_in_queue(job) and os.path.isdir(login_dir) and os.path.isfile(connection_file)
+        script.terminate()
+        assert script.wait(timeout=40) == 143
+        assert not os.path.exists(login_dir) and not os.path.exists(connection_file)
+        wait_until(f"job {job} to leave the queue", lambda: not job_in_queue(job), timeout=20)
+    finally:
+        if script.poll() is None:
+            script.kill()

@@ -24,6 +24,7 @@ import pytest
 from kernel_helpers import FORKED_PRINT, run_cell
 from proc_helpers import children, identify, parent, running, tcp_listeners, tree
 from remote_kernels.control import LauncherClient, LauncherLost
+import remote_kernels.launcher as launcher_module
 from remote_kernels.launcher import EXIT_ABANDONED, KERNEL_BOOT
 from remote_kernels.script import launcher_source
 
@@ -402,3 +403,14 @@ async def test_reparented_processes_that_exit_are_collected(launch):
         assert time.monotonic() < deadline, f"zombie children of the launcher: {zombies}"
         await asyncio.sleep(0.02)
     assert (await client.request({"op": "ping"}, DEADLINE))["event"] == "pong"
+
+
+@pytest.mark.skipif(not any(Path("/usr/lib").glob("python3.*/EXTERNALLY-MANAGED")) or not os.path.exists("/usr/bin/python3"),
+                    reason="no system-managed (PEP 668) /usr/bin/python3 here")
+def test_install_advice_is_pip_in_a_venv_and_a_venv_for_a_system_managed_python():
+    code = "import sys; sys.path.insert(0, sys.argv[1]); import launcher; print(launcher.install_advice())"
+    where = str(Path(launcher_module.__file__).parent)
+    system = subprocess.run(["/usr/bin/python3", "-c", code, where], capture_output=True, text=True, check=True).stdout
+    assert "PEP 668" in system and "/usr/bin/python3 -m venv DIR && DIR/bin/python -m pip install ipykernel" in system
+    venv = subprocess.run([sys.executable, "-c", code, where], capture_output=True, text=True, check=True).stdout
+    assert venv.strip() == f"run `{sys.executable} -m pip install ipykernel`"

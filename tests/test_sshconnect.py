@@ -85,3 +85,18 @@ def test_proxy_jump_syntax():
     assert sshconnect._split_hop("login") == ("login", None, None)
     assert sshconnect._split_hop("me@login:2222") == ("login", "me", 2222)
     assert sshconnect._split_hop("[fe80::1]:22") == ("fe80::1", None, 22)
+
+
+async def test_an_unreachable_login_host_is_one_line_naming_the_host_and_the_fix(tmp_path, monkeypatch):
+    from remote_kernels.runner import CommandError, SSHCommandRunner
+    (tmp_path / ".ssh").mkdir()
+    (tmp_path / ".ssh" / "known_hosts").write_text("")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    runner = SSHCommandRunner("no-such-host.invalid", timeout=20)
+    with pytest.raises(CommandError) as e:
+        await runner.run(["squeue", "--version"])
+    message = str(e.value)
+    assert "\n" not in message and "login host no-such-host.invalid" in message
+    assert "`ssh no-such-host.invalid` works" in message and "login_host" in message
+    assert message.startswith("cannot reach login host")   # not "`squeue --version` exited 255": it never ran
+    await runner.close()

@@ -46,6 +46,8 @@ def _listed(job: str) -> bool:
     ("rk-bad-python", "Python /nonexistent/bin/python3 not found on c"),
     ("rk-bad-setup", "set-up line failed on c"),
     ("rk-no-ipykernel", "ipykernel is not installed for /usr/bin/python3 on c"),
+    # Debian's Python: pip would refuse (PEP 668), so the advice is a venv.
+    ("rk-no-ipykernel", "(PEP 668, pip refuses): make a venv on a filesystem the nodes share, `/usr/bin/python3 -m venv DIR"),
 ])
 async def test_bad_spec_fails_with_clear_message(kernelspecs, name, expected):
     before = jobs_named(f"rk-{name}", states=LIVE)
@@ -79,3 +81,20 @@ async def test_malformed_kernel_json_config_names_the_field(make_spec, config, e
         await km.start_kernel()
     assert expected in str(err.value)
     assert jobs_named("rk-rk-malformed", states=LIVE) <= before
+
+
+async def test_a_kernel_that_crashes_at_start_says_so_with_the_job_log_and_its_last_lines(make_spec):
+    # Python refuses to start at all with this value: the kernel exits before opening its sockets.
+    make_spec("rk-crash-at-start", stanza={"PYTHONHASHSEED": "bogus"})
+    before = jobs_named("rk-rk-crash-at-start", states=LIVE)
+    km = AsyncKernelManager(kernel_name="rk-crash-at-start")
+    with pytest.raises(KernelStartError) as err:
+        await km.start_kernel(queue_timeout=BACKSTOP)
+    message = str(err.value)
+    assert "\n" not in message
+    assert "exited with code 1 during start-up" in message
+    log_file = re.search(r"\((/\S+/(\d+)\.log), last lines: ", message)
+    assert log_file, message
+    assert "PYTHONHASHSEED" in message.split("last lines: ", 1)[1]
+    await km.provisioner.cleanup()
+    await until("no job left", lambda: jobs_named("rk-rk-crash-at-start", states=LIVE) <= before, timeout=10)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import sys
 
 from jupyter_client.kernelspec import KernelSpecManager
 from traitlets import TraitError
 
 from .. import script
-from ..kernelspec import remote_spec, remote_specs
+from ..kernelspec import BadSpec, broken_specs, remote_spec, remote_specs, spec_config
 from ..options import KernelOptions, option_names
 from ..schedulers import get_scheduler
 from . import CommandFailed, table
@@ -17,14 +18,12 @@ LIST_FIELDS = ("scheduler", "partition", "time", "cpus", "mem", "gpus")
 PLACEHOLDER_SESSION = "SESSION"
 
 
-def _config(spec: dict) -> dict:
-    return spec["metadata"]["kernel_provisioner"].get("config", {})
-
-
 def find_spec(name: str) -> dict:
     """kernel.json of compute-node kernelspec ``name``; CommandFailed naming what is wrong otherwise."""
     try:
         return remote_spec(name)
+    except BadSpec as e:
+        raise CommandFailed(e.args[0]) from None
     except KeyError as e:
         if name in KernelSpecManager().find_kernel_specs():
             raise CommandFailed(f"{name!r} is not a compute-node kernelspec; "
@@ -44,8 +43,10 @@ def list_specs(as_json: bool = False) -> int:
     """Print the compute-node kernelspecs: a table, or JSON."""
     defaults = {f: KernelOptions.class_traits()[f].default_value for f in LIST_FIELDS}
     rows = [{"name": name, "display_name": spec.get("display_name", ""),
-             **{f: _config(spec).get(f, defaults[f]) for f in LIST_FIELDS}, "resource_dir": spec["resource_dir"]}
+             **{f: spec_config(spec).get(f, defaults[f]) for f in LIST_FIELDS}, "resource_dir": spec["resource_dir"]}
             for name, spec in remote_specs().items()]
+    for why in broken_specs().values():
+        print(f"remote-kernels list: skipped {why}", file=sys.stderr)
     if as_json:
         print(json.dumps(rows, indent=1))
     elif not rows:
@@ -59,10 +60,10 @@ def list_specs(as_json: bool = False) -> int:
 
 def show(name: str) -> int:
     """Print the effective options of spec ``name`` (RK_* overrides applied) and its batch script."""
-    from ..job import job_log_dir
+    from ..joblogs import job_log_dir
 
     spec = find_spec(name)
-    config = _config(spec)
+    config = spec_config(spec)
     try:
         opts = KernelOptions(**config)
     except TraitError as e:
