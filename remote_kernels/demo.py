@@ -26,14 +26,15 @@ async def run() -> int:
     kc.start_channels()
     try:
         await kc.wait_for_ready(timeout=120)
-        print(f"kernel ready in {time.monotonic() - t0:.2f}s on node {km.provisioner.session.node}")
+        info = (await km.provisioner.get_provisioner_info())["remote_kernel"]
+        print(f"kernel ready in {time.monotonic() - t0:.2f}s on node {info['node']}")
         print(f">>> {CELL}")
         reply = await kc.execute_interactive(CELL, timeout=60)
         return 0 if reply["content"]["status"] == "ok" else 1
     finally:
         kc.stop_channels()
         await km.shutdown_kernel()
-        print("kernel shut down, job cancelled")
+        print("kernel shut down; its job ends with it")
 
 
 def main() -> int:
