@@ -146,6 +146,10 @@ async def start_kernel(kernelspecs):
         km._test_client.stop_channels()
         if km.has_kernel or km.provisioner is not None:
             await km.shutdown_kernel(now=True)
+    from kernel_helpers import until_ended
+
+    for km in started:
+        await until_ended(km)
 
 
 @pytest.fixture

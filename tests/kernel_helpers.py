@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 
 
@@ -23,6 +24,18 @@ async def remote(km) -> dict:
     """What the provisioner tells of its kernel (state, job_id, node, session_id, node_dir, log_file,
     login_dir, ended_reason, reconnects, timings, pending): its public get_provisioner_info()."""
     return (await km.provisioner.get_provisioner_info())["remote_kernel"]
+
+
+async def until_ended(km, timeout: float = 30) -> None:
+    """Wait until km's session has ended entirely: a shutdown returns while its job and link are
+    still being ended (state "ending"), and a test's scheduler environment (PATH with fake
+    commands, their state) must outlive that end, or the next test's scheduler gets its commands."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while km.provisioner is not None and (state := (await remote(km)).get("state")) not in (None, "ended"):
+        assert time.monotonic() < deadline, f"the kernel's session is still {state} {timeout:g}s after its shutdown"
+        await asyncio.sleep(0.05)
 
 
 def remote_sync(km) -> dict:
