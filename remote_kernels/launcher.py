@@ -60,6 +60,9 @@ ERR_NO_IPYKERNEL = 93
 # The launcher's exit code when the dead-man switch ended it (0 otherwise): the job script of an
 # srun job then ends its allocation itself, since the srun that made it may be gone.
 EXIT_ABANDONED = 96
+# Printed to the job's output once a kernel has died during start-up: after the kernel's own last
+# words there (same stream), so the login side knows when they have all arrived.
+ENDED_AT_START = "remote-kernels launcher: the kernel ended during start-up"
 SERIALISED = ("start", "stop", "shutdown")   # one at a time
 IMMEDIATE = ("hello", "ping", "signal")       # answered at once
 LINE_LIMIT = 1 << 24   # bytes in one request line (a start's env can be large)
@@ -210,6 +213,7 @@ class Launcher:
             if proc.returncode is not None or time.monotonic() > deadline:
                 what = ("exited with code %s" % proc.returncode if proc.returncode is not None
                         else "did not open its sockets within 60s")
+                print("%s (%s)" % (ENDED_AT_START, what), file=sys.stderr, flush=True)
                 return {"event": "error", "code": proc.returncode, "message":
                         "the kernel (%s) %s during start-up on %s; its stderr is in the job's output"
                         % (" ".join(argv[:3]), what, socket.gethostname())}

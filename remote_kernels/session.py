@@ -33,7 +33,7 @@ from typing import Awaitable, Callable
 from . import joblogs
 from .errors import KernelStartError
 from .job import JOB_ENDED_CODES, Job   # noqa: F401 - JOB_ENDED_CODES: part of this module's interface
-from .launcher import ERR_NO_IPYKERNEL
+from .launcher import ENDED_AT_START, ERR_NO_IPYKERNEL
 from .link import DROPPED, NodeLink
 from .options import KernelOptions
 from .runner import SSHCommandRunner, runner_for
@@ -267,12 +267,20 @@ class RemoteKernelSession:
             self._to(S.READY)
             message = reply.get("message", f"launcher could not start the kernel: {reply}")
             if "code" in reply and reply["code"] != ERR_NO_IPYKERNEL:   # the kernel ran: its output ends the line
-                tail = await self.job.log_tail()
+                tail = await self._output_after_start_failed()
                 message += f" ({self.job.log_file}" + (f", last lines: {tail})" if tail else ")")
             raise KernelStartError(message)
         self.kernel_pid = reply["pid"]
         if self.state is S.STARTING:
             self._to(S.RUNNING)
+
+    async def _output_after_start_failed(self, within: float = 5.0) -> str:
+        """The job output's last lines once the launcher's word on the kernel's end (written after
+        the kernel's own output) has reached the log file, or after ``within`` s."""
+        deadline = time.monotonic() + within
+        while ENDED_AT_START not in (tail := await self.job.log_tail()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        return tail
 
     async def signal(self, signum: int) -> None:
         if self.link is not None and self.link.usable:
