@@ -6,25 +6,30 @@ runs one method here through ``background.run``, so the session, the stand-in an
 
 The job lives from the first launch() until end(): jupyter_client calls kill()/terminate()
 with restart=False even while restarting (jupyter_client#1061), so those only stop the
-kernel, never the job.  Under pending kernels (``deferred``) launch() waits at most
+kernel, never the job.  Under jupyter_server (``deferred``) launch() waits at most
 DEFER_AFTER seconds for the job; if it is still queued, a stand-in answers on the
-kernel's endpoints (standin.py) until the kernel starts, and again after a start that
-failed (saying why), so the server's restarter sees a live kernel and never resubmits.
+kernel's endpoints (standin.py) and keeps the frontends' cells until the kernel starts;
+then a relay (relay.py) hands them to the kernel and carries its shell channel.  After a
+start that failed the stand-in answers again, saying why, so the server's restarter sees a
+live kernel and never resubmits.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 from typing import Callable
 
 from . import background
 from .link import endpoints
 from .options import KernelOptions
 from .session import RemoteKernelSession
-from .standin import QueuedKernelStandIn
+from .relay import ShellRelay
+from .standin import QueuedKernelStandIn, signer, zmq_url
 
-# Under pending kernels, how long launch waits for the job before returning with a stand-in.
+# Under jupyter_server, how long launch waits for the job before returning with a stand-in.
 DEFER_AFTER = 5.0
 
 
@@ -35,8 +40,11 @@ class HostedKernel:
         self.options, self.name, self.kernel_id, self.log = options, name, kernel_id, log
         self.session: RemoteKernelSession | None = None
         self.standin: QueuedKernelStandIn | None = None
+        self.relay: ShellRelay | None = None   # the shell channel of a kernel that started behind a stand-in
+        self.relay_path = ""   # a private login-side path for the relay's forward (set by the provisioner)
         self.held = False   # a restart of a kernel whose job is queued is under way (the job is kept)
         self.info: dict = {}   # the connection info (login-side endpoints, key)
+        self._handing_over: tuple | None = None   # the stand-in's shell socket and held messages, until the kernel runs
         self.last: dict = {}   # info() of the session ended last
 
     @property
@@ -97,14 +105,31 @@ class HostedKernel:
         that the server's restarter would resubmit); a cancelled one (shut down) leaves none."""
         if not task.cancelled() and task.exception() is not None and session is self.session:
             self.log.error("remote kernel %s: %s", session.name, task.exception())
-            self._open_standin(session)
+            if self.standin is not None and self.standin.hold:   # it ended in the queue
+                self.standin.fail()
+            else:
+                self._open_standin(session, hold=False)
 
     async def _start_kernel(self, session: RemoteKernelSession, env: dict, cwd: str | None) -> None:
-        info = self.info
-        self._close_standin()
-        await session.forward(endpoints(self.info))
+        """Forward the endpoints and start the kernel.  Behind a holding stand-in, its shell
+        endpoint stays bound and the kernel's shell socket is forwarded to the relay's path."""
+        info, standin = self.info, self.standin
+        ends = endpoints(info)
+        if standin is not None and standin.hold and self.relay_path:
+            self._close_relay()
+            ends["shell_port"] = self.relay_path
+            self._handing_over = standin.hand_over()
+            self.standin = None
+        else:
+            self._close_standin()
+        await session.forward(ends)
         await session.start_kernel(info["key"], info.get("signature_scheme", "hmac-sha256"),
                                    kernel_name=info.get("kernel_name", ""), cwd=cwd, env=env)
+        if self._handing_over is not None:
+            ctx, shell, held = self._handing_over
+            self._handing_over = None
+            self.relay = ShellRelay(ctx, shell, held, self.relay_path, zmq_url(info, "iopub_port"), signer(info))
+            self.relay.start()
 
     async def shutdown_requested(self, restart: bool) -> None:
         self.held = False
@@ -155,18 +180,50 @@ class HostedKernel:
         info = self.session.info() if self.session is not None else self.last
         return dict(info, pending=self.pending)
 
-    def _open_standin(self, session: RemoteKernelSession) -> None:
-        """(Re)bind a stand-in on the kernel's endpoints, answering with the session's state."""
+    def _open_standin(self, session: RemoteKernelSession, hold: bool = True) -> None:
+        """(Re)bind a stand-in on the kernel's endpoints, answering with the session's state;
+        ``hold``: keeping cells for the kernel (else answering them, and what was kept, at once)."""
         def where() -> str:
             if session.starting or not session.ended_reason:
                 return f"{session.job.summary()}; run it again once the kernel has started"
             return f"the kernel could not start ({session.ended_reason}); restart the kernel to submit a new job"
 
+        held = self._take_held() if not hold else []
         self._close_standin()
-        self.standin = QueuedKernelStandIn(self.info, where)
+        self.standin = QueuedKernelStandIn(self.info, where, hold=hold, held=held)
         self.standin.start()
 
+    def _take_held(self) -> list[list[bytes]]:
+        """The cells kept for a kernel whose start failed, from the stand-in or the hand-over."""
+        if self._handing_over is not None:
+            ctx, shell, held = self._handing_over
+            self._handing_over = None
+            shell.close(linger=0)
+            ctx.term()
+            self._unlink_shell_endpoint()
+            return held
+        return self.standin.take_held() if self.standin is not None else []
+
     def _close_standin(self) -> None:
+        """Close the stand-in, a socket being handed over and the relay: the endpoints are free
+        afterwards."""
         if self.standin is not None:
             standin, self.standin = self.standin, None
             standin.close()
+        self._take_held()
+        self._close_relay()
+
+    def _close_relay(self) -> None:
+        if self.relay is not None:
+            relay, self.relay = self.relay, None
+            relay.close()
+            self._unlink_shell_endpoint()
+
+    def _unlink_shell_endpoint(self) -> None:
+        """Remove the shell endpoint's ipc file (a socket closed here had it bound)."""
+        shell = endpoints(self.info)["shell_port"]
+        if isinstance(shell, str):
+            with contextlib.suppress(OSError):
+                os.unlink(shell)
+
+

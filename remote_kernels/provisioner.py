@@ -124,6 +124,7 @@ class RemoteKernelProvisioner(KernelOptions, KernelProvisionerBase):  # type: ig
             on_status = background.call_in(asyncio.get_running_loop(), on_status)
         hosted = self.hosted
         hosted.info = dict(self.connection_info)
+        hosted.relay_path = os.path.join(self._login_dir, "shell-relay")
         try:
             await background.run(hosted.launch(env, kwargs.get("cwd"), on_status,
                                                kwargs.get("queue_timeout") or 0, self._defer_start()))
@@ -138,10 +139,12 @@ class RemoteKernelProvisioner(KernelOptions, KernelProvisionerBase):  # type: ig
         return self.connection_info
 
     def _defer_start(self) -> bool:
-        """Return before the job runs when the server uses pending kernels (it then must not
-        wait for the queue: it holds the kernel's websockets until launch_kernel returns)."""
+        """Return before the job runs under jupyter_server, in either mode: it holds the
+        kernel's websockets until launch_kernel returns (pending kernels), or the POST that
+        starts it, and lists and stops only kernels whose start returned.  Plain
+        jupyter_client users (nbclient, console, scripts) wait for the kernel itself."""
         multi = getattr(self.parent, "parent", None)
-        return bool(getattr(multi, "use_pending_kernels", False))
+        return type(multi).__module__.startswith("jupyter_server.")
 
     async def cleanup(self, restart: bool = False) -> None:
         if not restart:

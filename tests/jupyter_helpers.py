@@ -238,9 +238,15 @@ class KernelWebsocket:
         """Run code; return (execute_reply content, stdout+stderr+traceback text).
         on_started() is called once with the request's first output (a cell that prints before
         it blocks is then surely running its own code)."""
-        msg_id = self.send("execute_request", {"code": code, "silent": False, "store_history": True,
-                                               "user_expressions": {}, "allow_stdin": False,
-                                               "stop_on_error": True})
+        return self.result(self.send_cell(code), timeout, on_started)
+
+    def send_cell(self, code: str) -> str:
+        """Send an execute_request as JupyterLab does for a cell; its msg_id."""
+        return self.send("execute_request", {"code": code, "silent": False, "store_history": True,
+                                             "user_expressions": {}, "allow_stdin": False, "stop_on_error": True})
+
+    def result(self, msg_id: str, timeout: float = 60, on_started=None) -> tuple[dict, str]:
+        """(execute_reply content, output text) of a cell sent, once its reply and idle came."""
         deadline = time.monotonic() + timeout
         out: list[str] = []
         reply = idle = None

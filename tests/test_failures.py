@@ -6,6 +6,7 @@ import asyncio
 import errno
 import itertools
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -358,29 +359,47 @@ async def test_job_waiting_for_resources_keeps_waiting_and_shows_why(make_spec, 
     await until(f"job {job} to leave the queue", lambda: not job_state(job), timeout=10)
 
 
-# A plain synchronous jupyter_client script: prints its kernel's job id, login dir and connection file, waits.
+# A plain synchronous jupyter_client script: prints its kernel's job id, session id, login dir and
+# connection file, then waits for a line on stdin (or a signal) and ends the way argv[2] says.
 PLAIN_SCRIPT = textwrap.dedent("""
-    import sys, time
+    import sys
     from jupyter_client.manager import KernelManager
     km = KernelManager(kernel_name=sys.argv[1])
     km.start_kernel()
     info = km.provisioner.hosted.describe()
-    print(info["job_id"], km.provisioner._login_dir, km.connection_file, flush=True)
-    time.sleep(300)
+    print(info["job_id"], info["session_id"], km.provisioner._login_dir, km.connection_file, flush=True)
+    sys.stdin.readline()
+    if sys.argv[2] == "exception":
+        raise RuntimeError("the script failed")
 """)
+# How each way out ends the process: a normal return, an uncaught exception, Ctrl-C (Python ends
+# itself by SIGINT after its clean-up), SIGTERM (no handler of the script's own: we exit normally).
+EXIT_PATHS = {"normal": (None, 0), "exception": (None, 1), "sigint": (signal.SIGINT, -signal.SIGINT),
+              "sigterm": (signal.SIGTERM, 143)}
 
 
-def test_a_plain_script_ended_by_sigterm_leaves_nothing_on_the_login_side(make_spec):
+@pytest.mark.parametrize("how", EXIT_PATHS)
+def test_a_plain_script_leaves_nothing_behind_on_any_exit_path(make_spec, how):
     make_spec("rk-plain-exit")
-    script = subprocess.Popen([sys.executable, "-c", PLAIN_SCRIPT, "rk-plain-exit"],
-                              stdout=subprocess.PIPE, text=True)
+    sig, code = EXIT_PATHS[how]
+    script = subprocess.Popen([sys.executable, "-c", PLAIN_SCRIPT, "rk-plain-exit", how],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        job, login_dir, connection_file = script.stdout.readline().split()
+        job, sid, login_dir, connection_file = script.stdout.readline().split()
+        node_dir = f"/tmp/rk-{sid}"       # the nodes share the login side's /tmp here
         assert job_in_queue(job) and os.path.isdir(login_dir) and os.path.isfile(connection_file)
-        script.terminate()
-        assert script.wait(timeout=40) == 143
+        assert os.path.isdir(node_dir) and processes_mentioning(sid)
+        if sig is None:
+            script.stdin.write("go\n")
+            script.stdin.flush()
+        else:
+            script.send_signal(sig)       # while it waits in readline
+        assert script.wait(timeout=40) == code, script.stderr.read()
         assert not os.path.exists(login_dir) and not os.path.exists(connection_file)
         wait_until(f"job {job} to leave the queue", lambda: not job_in_queue(job), timeout=20)
+        wait_until("the launcher and kernel to end", lambda: not processes_mentioning(sid), timeout=10)
+        assert not os.path.exists(node_dir)
     finally:
         if script.poll() is None:
             script.kill()
+

@@ -89,12 +89,6 @@ def ran_on_a_node(ws) -> list[str] | None:
     return answer[1].split() if answer and answer[0]["status"] == "ok" else None
 
 
-def answer_says(ws, text: str) -> bool:
-    """The stand-in's answer to a cell contains text."""
-    answer = try_where(ws)
-    return bool(answer) and text in answer[0].get("evalue", "")
-
-
 @pytest.fixture(scope="module")
 def pending_server(kernelspecs, tmp_path_factory):
     with JupyterServer(tmp_path_factory.mktemp("jupyter-server-pending"), app="server",
@@ -102,39 +96,46 @@ def pending_server(kernelspecs, tmp_path_factory):
         yield srv
 
 
+def execution_state(server, kid: str) -> str:
+    status, model = server.request("GET", f"/api/kernels/{kid}")
+    assert status == 200, model
+    return model["execution_state"]
+
+
+@pytest.mark.parametrize("mode", ["default", "pending_kernels"])
 @pytest.mark.parametrize("transport", ["ipc", "tcp"])
-def test_pending_kernel_answers_while_queued_then_runs_on_the_node(pending_server, make_spec, transport):
-    """With pending kernels a kernel whose job waits in the queue connects at once and says so
-    when asked to run a cell; a restart keeps the job (and its place in the queue); once the
-    job runs, the same websocket reaches the real kernel.  With either login-side transport
-    (tcp: the forwards take over the ports the stand-in listened on)."""
-    server = pending_server
+def test_a_queued_kernel_is_starting_keeps_its_cells_and_runs_them_on_the_node(request, make_spec, mode, transport):
+    """Under jupyter_server, in either mode, a kernel whose job waits in the queue is listed at
+    once, as starting (never idle); a restart keeps the job (and its place in the queue; pending
+    kernels refuse restarts until the start has returned, DEFER_AFTER s at most); a cell
+    sent while queued runs on the node once the job starts, its reply to the same websocket; the
+    server then sees the kernel idle.  With either login-side transport (tcp: the forwards take
+    over the ports the stand-in listened on)."""
+    server = request.getfixturevalue("server" if mode == "default" else "pending_server")
     name = make_spec(f"rk-held-{transport}", directives=["--begin=now+1hour"], login_transport=transport)
     before = set(server.jobs())
-    status, kernel = server.request("POST", "/api/kernels", {"name": name})
+    status, kernel = server.request("POST", "/api/kernels", {"name": name}, timeout=30)
     assert status == 201, kernel
     kid = kernel["id"]
     [job] = wait_until("the kernel's job to be submitted", lambda: [j for j in server.jobs() if j not in before])
     try:
-        with server.channels(kid) as ws:
-            ws.wait_ready(timeout=30)
-            assert job_state(job) == "PENDING", "the websocket waited for the queue"   # held for an hour
-            reply, out = ws.execute(WHERE, timeout=10)
-            assert reply["status"] == "error" and reply["ename"] == "KernelNotStarted", out
-            assert f"job {job} is queued" in reply["evalue"] and "this cell did not run" in out
-            assert job_in_queue(job)
-
+        assert job_state(job) == "PENDING", "the start waited for the queue"   # held for an hour
+        assert execution_state(server, kid) == "starting"
+        if mode == "default":   # pending kernels refuse a restart until the start has returned
             status, body = server.request("POST", f"/api/kernels/{kid}/restart")
             assert status == 200, body
-
-            wait_until("the restarted kernel's stand-in to answer", lambda: answer_says(ws, f"job {job} is queued"),
-                       timeout=30)
             assert [j for j in server.jobs() if j not in before] == [job], "the restart submitted a job"
-            assert job_state(job) == "PENDING"
-
+        with server.channels(kid) as ws:
+            cell = ws.send_cell(WHERE)
+            states = {execution_state(server, kid) for _ in range(5)}
+            assert states == {"starting"} and job_state(job) == "PENDING", states
             subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
-            node, ran_in = wait_until("a cell to run on the compute node", lambda: ran_on_a_node(ws), timeout=60)
+            reply, out = ws.result(cell, timeout=60)
+            assert reply["status"] == "ok", out
+            node, ran_in = out.split()
             assert node in NODES and ran_in == job
+            wait_until("the server to see the kernel idle", lambda: execution_state(server, kid) == "idle",
+                       timeout=2)
         status, body = server.request("DELETE", f"/api/kernels/{kid}")
         assert status == 204, body
         wait_until(f"job {job} to leave the queue", lambda: not job_in_queue(job), timeout=20)
@@ -219,7 +220,6 @@ def test_pending_kernel_restarted_while_its_kernel_starts_keeps_the_job(pending_
                      login_transport="ipc")
     with HeldKernel(server, name) as k, server.channels(k.kid) as ws, concurrent.futures.ThreadPoolExecutor(1) as pool:
         try:
-            ws.wait_ready(timeout=30)   # the stand-in
             subprocess.run(["scontrol", "update", f"JobId={k.job}", "StartTime=now"], check=True)
             wait_until("the kernel to be starting in the job", starting.exists, timeout=30)
             sockets = login_side_sockets(server, k.kid)
@@ -279,7 +279,6 @@ def test_pending_kernel_that_fails_to_start_in_its_job_is_not_resubmitted(polled
     server = polled_server
     name = make_spec("rk-held-no-ipykernel", python="/usr/bin/python3", directives=["--begin=now+1hour"])
     with HeldKernel(server, name) as k, server.channels(k.kid) as ws:
-        ws.wait_ready(timeout=30)   # the stand-in
         subprocess.run(["scontrol", "update", f"JobId={k.job}", "StartTime=now"], check=True)
         why = stays_failed(k, ws)
         assert "ipykernel is not installed" in why and "restart the kernel" in why
@@ -292,7 +291,6 @@ def test_pending_kernel_whose_job_ends_in_the_queue_says_so_and_restarts_only_wh
     server = polled_server
     make_spec("rk-held", directives=["--begin=now+1hour"])
     with HeldKernel(server, "rk-held") as k, server.channels(k.kid) as ws:
-        ws.wait_ready(timeout=30)
         subprocess.run(["scancel", k.job], check=True)
         why = stays_failed(k, ws)
         assert f"job {k.job} ended before the kernel started" in why and "restart the kernel" in why
@@ -301,8 +299,8 @@ def test_pending_kernel_whose_job_ends_in_the_queue_says_so_and_restarts_only_wh
         assert status == 200, body
         k.jobs = wait_until("the restart's job", lambda: len(new := k.new_jobs()) == 2 and new)
         assert job_in_queue(k.jobs[1])
-        wait_until("the same websocket to reach the restarted kernel's stand-in",
-                   lambda: answer_says(ws, f"job {k.jobs[1]} is queued"), timeout=30)
+        wait_until("the restarted kernel to be listed as starting",
+                   lambda: execution_state(server, k.kid) == "starting", timeout=10)
 
 
 def test_server_stopped_with_four_running_kernels_ends_all_their_jobs(kernelspecs, tmp_path):
@@ -348,6 +346,33 @@ def test_server_stopped_while_a_job_is_queued_cancels_it(kernelspecs, make_spec,
     finally:
         if held:
             subprocess.run(["scancel", *held], capture_output=True)
+        srv.stop()
+
+
+def test_server_stopped_with_a_running_and_a_queued_kernel_ends_both_jobs(kernelspecs, make_spec, tmp_path):
+    """SIGTERM while one kernel runs and another's job waits in the queue.  jupyter_server's
+    shutdown_all fails (404) on a kernel whose start has not returned, and the server then
+    never exits: the queued kernel's start returns within seconds (hosted.DEFER_AFTER), after
+    which the first SIGTERM ends the server and both jobs."""
+    make_spec("rk-held", directives=["--begin=now+1hour"])
+    srv = JupyterServer(tmp_path, app="server").start()
+    jobs = []
+    try:
+        status, body = srv.request("POST", "/api/kernels", {"name": "rk-test"})
+        assert status == 201, body
+        status, held = srv.request("POST", "/api/kernels", {"name": "rk-held"}, timeout=30)
+        assert status == 201, held
+        assert {k["id"] for k in srv.kernels()} == {body["id"], held["id"]}
+        jobs = srv.jobs()
+        assert len(jobs) == 2 and "PENDING" in {job_state(j) for j in jobs}, jobs
+        srv.proc.send_signal(signal.SIGTERM)
+        wait_until("the server to exit at the first SIGTERM", lambda: srv.proc.poll() is not None, timeout=30)
+        wait_until(f"jobs {jobs} of the stopped server to leave the queue",
+                   lambda: not any(job_in_queue(j) for j in jobs), timeout=15)
+    finally:
+        left = [j for j in jobs if job_in_queue(j)]
+        if left:
+            subprocess.run(["scancel", *left], capture_output=True)
         srv.stop()
 
 

@@ -138,15 +138,25 @@ def run_first_cell(driver, server, spec: str, panel, code: str, ready_timeout: f
     connected to its kernel: the server counts the browser's websocket to the kernel and the
     toolbar shows it idle.  (The toolbar alone says idle before the websocket exists, and a
     cell run then is occasionally dropped without a word.)"""
+    poll(f"the browser to connect to the {spec} kernel",
+         lambda: any(k["connections"] >= 1 for k in kernels_of(server, spec)), timeout=ready_timeout)
+    poll("the notebook's kernel to be idle", lambda: indicator(panel) == "idle", timeout=ready_timeout)
+    type_and_run(driver, panel, code)
+
+
+def indicator(panel) -> str | None:
+    """The kernel state the notebook's toolbar shows (its execution indicator's data-status)."""
+    from selenium.webdriver.common.by import By
+
+    found = panel.find_elements(By.CSS_SELECTOR, ".jp-Notebook-ExecutionIndicator")
+    return found[0].get_attribute("data-status") if found else None
+
+
+def type_and_run(driver, panel, code: str) -> None:
+    """Type code into the notebook's first cell and press Shift+Enter."""
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
-
-    poll(f"the browser to connect to the {spec} kernel",
-         lambda: any(k["connections"] >= 1 for k in kernels_of(server, spec)), timeout=ready_timeout)
-    poll("the notebook's kernel to be idle",
-         lambda: panel.find_element(By.CSS_SELECTOR, ".jp-Notebook-ExecutionIndicator[data-status='idle']"),
-         timeout=ready_timeout)
 
     def typed():
         editor = panel.find_element(By.CSS_SELECTOR, ".jp-Cell .cm-content[contenteditable='true']")
@@ -247,6 +257,39 @@ def test_jupyterlab_usable_while_a_job_is_queued(mode, browser, make_spec, scree
                 delete_kernel(server, kernel["id"], timeout=15)
         poll("the held kernel to be gone", lambda: all(k["name"] != "rk-pending" for k in server.kernels()),
              timeout=15)
+
+
+@pytest.mark.parametrize("mode", ["default", "pending_kernels"])
+def test_a_cell_run_while_the_job_is_queued_shows_its_output_once_it_starts(mode, browser, make_spec, screenshot,
+                                                                          request):
+    """The notebook of a queued kernel never shows it idle; a cell run meanwhile waits, then
+    shows the compute node's name once the job starts, and the kernel shows idle."""
+    server = request.getfixturevalue("lab" if mode == "default" else "pending_lab")
+    make_spec("rk-held-cell", directives=["--begin=now+1hour"])
+    before = set(server.jobs())
+    open_lab(browser, server)
+    panel = new_notebook(browser, "Python 3 (rk-held-cell)")
+    [held] = poll("the held kernel's job to be submitted", lambda: [j for j in server.jobs() if j not in before])
+    try:
+        assert poll(f"job {held} to be listed as pending", lambda: job_state(held) == "PENDING")
+        poll("the browser to connect to the queued kernel",
+             lambda: any(k["connections"] >= 1 for k in kernels_of(server, "rk-held-cell")), timeout=30)
+        type_and_run(browser, panel, CELL)
+        seen = set()
+        for _ in range(10):   # while queued: the toolbar and the server never say idle
+            seen |= {indicator(panel)} | {k["execution_state"] for k in kernels_of(server, "rk-held-cell")}
+        assert "idle" not in seen and job_state(held) == "PENDING", seen
+        screenshot(f"jupyterlab-cell-while-queued-{mode}")
+        subprocess.run(["scontrol", "update", f"JobId={held}", "StartTime=now"], check=True)
+        poll("the cell's output to name a compute node", lambda: first_output(panel) in NODES, timeout=90)
+        poll("the toolbar to show the kernel idle", lambda: indicator(panel) == "idle", timeout=10)
+        screenshot(f"jupyterlab-cell-ran-after-queue-{mode}")
+        for kernel in kernels_of(server, "rk-held-cell"):
+            delete_kernel(server, kernel["id"])
+        ensure_jobs_gone([held], "the held notebook's kernel")
+    finally:
+        subprocess.run(["scancel", held], capture_output=True)
+        ensure_jobs_gone([held], "the held notebook")
 
 
 def test_delete_pending_kernel_cancels_its_job(pending_lab, make_spec):
