@@ -1,0 +1,98 @@
+"""Shared allocations (option ``allocation: shared``) on the test cluster: a second kernel of
+the same user and spec starts inside the first one's job; each kernel keeps its own
+lifecycle; the job ends after its last kernel (and ``linger``); ``max_kernels`` and other
+users get jobs of their own."""
+
+from __future__ import annotations
+
+import time
+
+from kernel_helpers import SERVER_SCRIPT, job_in_queue, remote, run_cell, start_sleeping_cell, until, value_of
+from site_helpers import VENV_BIN, as_user, unique
+
+LINGER = 3.0
+JOB_ID = "__import__('os').environ['SLURM_JOB_ID']"
+
+
+async def test_a_second_kernel_starts_in_the_first_ones_job_and_lives_its_own_life(make_spec, start_kernel):
+    spec = make_spec(unique("rk-shared"), allocation="shared", linger=LINGER)
+    km1, kc1 = await start_kernel(spec)
+    km2, kc2 = await start_kernel(spec)
+    first, second = await remote(km1), await remote(km2)
+    job = await value_of(kc1, JOB_ID)
+    assert await value_of(kc2, JOB_ID) == job == first["job_id"] == second["job_id"]
+    assert (first["joined"], second["joined"]) == (False, True)
+    assert second["timings"]["submit"] == 0.0   # no job was submitted for it
+    assert await value_of(kc2, "__import__('os').getpid() != " + await value_of(kc1, "__import__('os').getpid()"))
+    assert (await run_cell(kc2, "x = 'second kernel state'"))[0]["status"] == "ok"
+
+    # Interrupt the first: its cell stops, the second's state stays.
+    msg_id = await start_sleeping_cell(kc1)
+    await km1.interrupt_kernel()
+    reply = await kc1.get_shell_msg(timeout=10)
+    assert reply["parent_header"]["msg_id"] == msg_id and reply["content"]["ename"] == "KeyboardInterrupt"
+    assert await value_of(kc2, "x") == "second kernel state"
+
+    # Restart the first: a fresh interpreter in the same job; the second untouched.
+    assert (await run_cell(kc1, "y = 1"))[0]["status"] == "ok"
+    await km1.restart_kernel()
+    await kc1.wait_for_ready(timeout=60)
+    assert await value_of(kc1, "'y' in globals()") == "False"
+    assert await value_of(kc1, JOB_ID) == job
+    assert await value_of(kc2, "x") == "second kernel state"
+
+    # Shut the first down: the job stays for the second.
+    kc1.stop_channels()
+    await km1.shutdown_kernel()
+    assert await value_of(kc2, "x") == "second kernel state"
+    assert job_in_queue(job)
+
+    # The last kernel's end ends the job within linger + 5 s.
+    kc2.stop_channels()
+    await km2.shutdown_kernel()
+    ended = time.monotonic()
+    await until(f"job {job} to leave the queue", lambda: not job_in_queue(job), timeout=LINGER + 5, interval=0.2)
+    assert time.monotonic() - ended <= LINGER + 5
+
+
+async def test_a_kernel_started_while_the_allocation_lingers_joins_it(make_spec, start_kernel):
+    spec = make_spec(unique("rk-linger"), allocation="shared", linger=30)
+    km1, kc1 = await start_kernel(spec)
+    job = await value_of(kc1, JOB_ID)
+    kc1.stop_channels()
+    await km1.shutdown_kernel()
+    assert job_in_queue(job)   # lingering: no kernel, the job waits for the next one
+    km2, kc2 = await start_kernel(spec)
+    assert await value_of(kc2, JOB_ID) == job and (await remote(km2))["joined"]
+
+
+async def test_a_full_allocation_makes_the_next_kernel_submit_a_job_of_its_own(make_spec, start_kernel):
+    spec = make_spec(unique("rk-full"), allocation="shared", max_kernels=2)
+    jobs = []
+    for _ in range(3):
+        km, kc = await start_kernel(spec)
+        jobs.append(await value_of(kc, JOB_ID))
+    assert jobs[0] == jobs[1] != jobs[2]
+
+
+async def test_another_users_kernel_of_the_same_spec_never_lands_in_the_first_users_job(cluster, make_spec,
+                                                                                        start_kernel):
+    """The same spec name and options for root (this process) and the test user (their own
+    server process, their own copy of the spec): each gets a job of their own."""
+    user, name = cluster["test_user"], unique("rk-shared-users")
+    spec = make_spec(name, allocation="shared", python=str(VENV_BIN / "python"))
+    km, kc = await start_kernel(spec)
+    mine = await value_of(kc, JOB_ID)
+    res = as_user(user, str(VENV_BIN / "remote-kernels"), "install", name, "--user", "--allocation", "shared",
+                  "--python", str(VENV_BIN / "python"), "--no-check")
+    assert res.returncode == 0, res.stderr
+    try:
+        res = as_user(user, str(VENV_BIN / "python"), "-c", SERVER_SCRIPT, name,
+                      "import os; print(os.environ['SLURM_JOB_ID'], os.environ['USER'])")
+        assert res.returncode == 0, res.stderr[-2000:]
+        words = next(line for line in res.stdout.splitlines() if line.startswith("RESULT")).split()
+        theirs, who = words[1], words[2]
+        assert who == user and theirs != mine
+        assert await value_of(kc, JOB_ID) == mine   # the first user's kernel goes on
+    finally:
+        as_user(user, str(VENV_BIN / "remote-kernels"), "remove", name)
