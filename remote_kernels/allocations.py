@@ -15,7 +15,6 @@ the registry directory), so two kernels started at once share one job.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fcntl
 import hashlib
 import json
@@ -28,8 +27,8 @@ from .options import KernelOptions
 from .paths import private_dir
 from .registry import registry_dir
 
-# Seconds a start waits for another server's find-or-submit before it gives up on sharing.
-LOCK_WAIT = 30.0
+# Seconds a start waits for another start of the spec (submitting, queued) before it submits its own.
+LOCK_WAIT = 20.0
 # What makes two kernels' allocations interchangeable: the spec's name and every option
 # that shapes the job or what runs in it.
 SAME = ("scheduler", "login_host", "partition", "account", "qos", "time", "cpus", "mem", "gpus", "constraint",
@@ -98,22 +97,38 @@ def for_job(scheduler: str, job_id: str) -> list[Allocation]:
     return [a for a in published() if a.scheduler == scheduler and a.job_id == job_id]
 
 
-@contextlib.asynccontextmanager
-async def locked(wait: float = LOCK_WAIT):
-    """Hold this user's find-or-submit lock (True), or, after ``wait`` s, go on without it
-    (False: a stuck server must not stop every start)."""
-    fd = os.open(registry_dir() / "allocations.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        deadline, held = time.monotonic() + wait, False
+class SpecLock:
+    """This user's find-or-submit lock for one fingerprint (flock on a file in the registry):
+    held from looking for an allocation until the job it submitted (if any) is published or
+    has failed, so a kernel of the same spec started meanwhile, by any of this user's
+    servers, joins that job instead of submitting another.  Released when the holder's
+    process ends, whatever the way."""
+
+    def __init__(self, fp: str):
+        self.path = allocations_dir() / f"{fp}.lock"
+        self._fd: int | None = None
+
+    async def acquire(self, wait: float = LOCK_WAIT) -> bool:
+        """Take the lock; False after ``wait`` s without it (a start must not wait for another
+        server's long queue: it submits a job of its own then)."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        deadline = time.monotonic() + wait
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                held = True
-                break
+                self._fd = fd
+                return True
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    break
+                    os.close(fd)
+                    return False
                 await asyncio.sleep(0.02)
-        yield held
-    finally:
-        os.close(fd)   # releases the lock
+            except BaseException:
+                os.close(fd)
+                raise
+
+    def release(self) -> None:
+        """Let the next start go (idempotent)."""
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)   # releases the flock

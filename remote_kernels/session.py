@@ -140,6 +140,7 @@ class RemoteKernelSession:
         self._close_task: asyncio.Task | None = None
         self._stopped = asyncio.Event()   # set on ENDING: the kernel is stopped
         self._held_exit = HeldExit()
+        self._spec_lock: allocations.SpecLock | None = None   # shared: held from joining until published
 
     # --- what it is ---------------------------------------------------------------------------
     def _to(self, new: State) -> None:
@@ -208,9 +209,16 @@ class RemoteKernelSession:
             await self._submit()
             return
         self._to(S.JOINING)
-        async with allocations.locked():   # with this user's other servers: join, or submit one job
-            if not await self._or_close(self._join()):
-                await self._submit()
+        # Held until the job this start submits is published (or the start fails): a start of
+        # the spec meanwhile, by any of this user's servers, waits and joins it.
+        self._spec_lock = allocations.SpecLock(allocations.fingerprint(self.name, self.opts))
+        if not await self._spec_lock.acquire():
+            self.log.info("remote kernel %s: another start of this spec is still under way; submitting a job "
+                          "of its own", self.name)
+        if await self._or_close(self._join()):
+            self._spec_lock.release()
+        else:
+            await self._submit()
 
     async def _submit(self) -> None:
         self._to(S.SUBMITTING)
@@ -277,6 +285,7 @@ class RemoteKernelSession:
             allocations.Allocation(allocation=self.allocation_id, fingerprint=allocations.fingerprint(self.name, self.opts),
                                    spec=self.name, scheduler=self.scheduler.name, job_id=self.job.id, node=status.node,
                                    runtime_base=self.opts.runtime_base).publish()
+            self._spec_lock.release()
         self.job.quiet()   # the link's traffic says it lives; the scheduler is asked again when it fails
         self._supervisor = asyncio.get_running_loop().create_task(self._supervise())
 
@@ -448,6 +457,8 @@ class RemoteKernelSession:
 
     async def _close(self, spare: asyncio.Task | None) -> None:
         self._to(S.CLOSING)
+        if self._spec_lock is not None:
+            self._spec_lock.release()
         for task in (self._start_task, self._supervisor):
             if task is not None and task is not spare and not task.done():
                 task.cancel()

@@ -5,6 +5,7 @@ users get jobs of their own."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from kernel_helpers import SERVER_SCRIPT, job_in_queue, remote, run_cell, start_sleeping_cell, until, value_of
@@ -96,3 +97,11 @@ async def test_another_users_kernel_of_the_same_spec_never_lands_in_the_first_us
         assert await value_of(kc, JOB_ID) == mine   # the first user's kernel goes on
     finally:
         as_user(user, str(VENV_BIN / "remote-kernels"), "remove", name)
+
+
+async def test_two_kernels_started_at_once_share_one_job(make_spec, start_kernel):
+    """The second start waits for the first's job (the per-spec lock) and joins it."""
+    spec = make_spec(unique("rk-at-once"), allocation="shared")
+    (km1, kc1), (km2, kc2) = await asyncio.gather(start_kernel(spec), start_kernel(spec))
+    assert await value_of(kc1, JOB_ID) == await value_of(kc2, JOB_ID)
+    assert sorted([(await remote(km1))["joined"], (await remote(km2))["joined"]]) == [False, True]
