@@ -70,7 +70,7 @@ class AllocationFull(KernelStartError):
 
 
 # Seconds joining a running launcher may wait for its control socket (it listens already).
-JOIN_TIMEOUT = 3.0
+JOIN_TIMEOUT = 2.0
 
 
 class NodeLink:
