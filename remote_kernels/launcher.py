@@ -179,11 +179,6 @@ class Launcher:
         self.waited = set()         # pids of kernels asyncio waits for (reap() leaves them alone)
         self.spawning = False       # a kernel is being started: reap() waits until its pid is known
 
-    @property
-    def kernel(self):
-        """The per-kernel slot's kernel process (None if none)."""
-        return self.solo.kernel
-
     # --- set-up -----------------------------------------------------------
     def make_dir(self, path=None):
         path = path or self.dir

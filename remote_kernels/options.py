@@ -23,6 +23,7 @@ ENV_PREFIX = "RK_"
 # Options a launch may override from the environment (RK_ + the upper-case name).
 DISPATCH = ("auto", "batch", "interactive")
 ALLOCATION = ("per-kernel", "shared")
+CHOICES = {"dispatch": DISPATCH, "allocation": ALLOCATION}   # options with a fixed set of values
 ENV_OPTIONS = ("partition", "account", "qos", "time", "cpus", "mem", "gpus", "constraint", "reservation")
 
 
@@ -115,18 +116,11 @@ class KernelOptions(LoggingConfigurable):
             raise TraitError(f"mem {value!r} is not a size; use a number with K, M, G or T, e.g. 4G")
         return value
 
-    @validate("dispatch")
-    def _valid_dispatch(self, proposal):
-        value = proposal["value"]
-        if value not in DISPATCH:
-            raise TraitError(f"dispatch {value!r} is not one of {', '.join(DISPATCH)}")
-        return value
-
-    @validate("allocation")
-    def _valid_allocation(self, proposal):
-        value = proposal["value"]
-        if value not in ALLOCATION:
-            raise TraitError(f"allocation {value!r} is not one of {', '.join(ALLOCATION)}")
+    @validate("dispatch", "allocation")
+    def _valid_choice(self, proposal):
+        name, value = proposal["trait"].name, proposal["value"]
+        if value not in CHOICES[name]:
+            raise TraitError(f"{name} {value!r} is not one of {', '.join(CHOICES[name])}")
         return value
 
     @validate("linger")

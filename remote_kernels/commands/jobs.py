@@ -34,7 +34,10 @@ def label(entry: Entry) -> str:
 
 def shares(entry: Entry, found: list[Entry]) -> str:
     """ps's "shared" column: "-" per kernel, else how many of the listed kernels are in its job."""
-    return f"{len(sharing(entry, found)) + 1} kernels" if entry.allocation else "-"
+    if not entry.allocation:
+        return "-"
+    n = len(sharing(entry, found)) + 1
+    return f"{n} kernel{'' if n == 1 else 's'}"
 
 
 async def job_states(found: list[Entry]) -> dict[str, JobStatus]:
