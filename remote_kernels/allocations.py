@@ -93,6 +93,22 @@ def candidates(fp: str) -> list[Allocation]:
     return [a for a in published() if a.fingerprint == fp]
 
 
+async def running(scheduler, found: list[Allocation], log) -> list[Allocation]:
+    """Those of ``found`` whose job ``scheduler`` does not call ended (one query); the records
+    of ended ones are withdrawn.  All of them if the query fails (joining then tells)."""
+    if not found:
+        return []
+    try:
+        states = await scheduler.status([a.job_id for a in found])
+    except Exception as e:  # noqa: BLE001 - any failure of the query: the join attempt tells
+        log.debug("remote kernels: cannot ask %s about shared jobs: %s", scheduler.name, e)
+        return found
+    ended = [a for a in found if a.job_id in states and states[a.job_id].state.finished]
+    for alloc in ended:
+        withdraw(alloc.allocation)
+    return [a for a in found if a not in ended]
+
+
 def for_job(scheduler: str, job_id: str) -> list[Allocation]:
     return [a for a in published() if a.scheduler == scheduler and a.job_id == job_id]
 

@@ -236,7 +236,8 @@ class RemoteKernelSession:
         """Start in this user's live allocation of the same spec, if one takes this kernel:
         True once its launcher answered for this kernel's slot (state READY)."""
         t0 = time.monotonic()
-        for alloc in await self._running(allocations.candidates(allocations.fingerprint(self.name, self.opts))):
+        found = allocations.candidates(allocations.fingerprint(self.name, self.opts))
+        for alloc in await allocations.running(self.scheduler, found, self.log):
             self.allocation_id = alloc.allocation
             link = self._make_link(node=alloc.node, job_id=alloc.job_id)
             try:
@@ -257,21 +258,6 @@ class RemoteKernelSession:
             return True
         self.allocation_id = self.session_id
         return False
-
-    async def _running(self, found: list[allocations.Allocation]) -> list[allocations.Allocation]:
-        """Those of ``found`` whose job the scheduler does not call ended (one query); the
-        records of ended ones are withdrawn.  All of them if the query fails."""
-        if not found:
-            return []
-        try:
-            states = await self.scheduler.status([a.job_id for a in found])
-        except Exception as e:  # noqa: BLE001 - any failure of the query: try to join, the link tells
-            self.log.debug("remote kernel %s: cannot ask about shared jobs: %s", self.name, e)
-            return found
-        ended = [a for a in found if a.job_id in states and states[a.job_id].state.finished]
-        for alloc in ended:
-            allocations.withdraw(alloc.allocation)
-        return [a for a in found if a not in ended]
 
     async def reach_launcher(self) -> None:
         """After submit_job(): wait until the job runs, connect to its node, reach the launcher."""

@@ -70,8 +70,8 @@ def session(linger: float = 0) -> tuple[RemoteKernelSession, SharedJob, list[Sta
     return s, job, seen
 
 
-def published(job_id: str = "7") -> allocations.Allocation:
-    alloc = allocations.Allocation(allocation="a1b2", fingerprint=allocations.fingerprint("t", KernelOptions(
+def published(job_id: str = "7", allocation: str = "a1b2") -> allocations.Allocation:
+    alloc = allocations.Allocation(allocation=allocation, fingerprint=allocations.fingerprint("t", KernelOptions(
         allocation="shared", environ={})), spec="t", scheduler="slurm", job_id=job_id, node="c2", runtime_base="/tmp")
     alloc.publish()
     return alloc
@@ -198,3 +198,31 @@ def test_only_the_same_spec_with_the_same_resources_shares():
     assert allocations.fingerprint("other", KernelOptions(environ={}, allocation="shared", cpus=2)) != base
     assert allocations.fingerprint("s", KernelOptions(environ={}, allocation="shared", cpus=4)) != base
     assert allocations.fingerprint("s", KernelOptions(environ={"RK_MEM": "2G"}, allocation="shared", cpus=2)) != base
+
+
+async def test_records_of_ended_jobs_are_withdrawn_before_any_join():
+    import logging
+
+    from remote_kernels.schedulers import JobState, JobStatus
+
+    live, ended = published("7"), published("8", "c3d4")
+
+    class Scheduler:
+        name = "slurm"
+
+        async def status(self, ids):
+            return {"7": JobStatus(JobState.RUNNING), "8": JobStatus(JobState.COMPLETED)}
+
+    assert await allocations.running(Scheduler(), allocations.published(), logging.getLogger()) == [live]
+    assert [a.allocation for a in allocations.published()] == ["a1b2"]
+
+
+async def test_the_spec_lock_gives_up_after_its_wait():
+    held = allocations.SpecLock("fp")
+    assert await held.acquire()
+    t0 = asyncio.get_running_loop().time()
+    assert not await allocations.SpecLock("fp").acquire(wait=0.3)
+    assert asyncio.get_running_loop().time() - t0 >= 0.3
+    assert await allocations.SpecLock("other").acquire(wait=0)   # another spec's lock is another file
+    held.release()
+    assert await allocations.SpecLock("fp").acquire(wait=0)
