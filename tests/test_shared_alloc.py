@@ -6,6 +6,7 @@ users get jobs of their own."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
 
 from kernel_helpers import SERVER_SCRIPT, job_in_queue, remote, run_cell, start_sleeping_cell, until, value_of
@@ -105,3 +106,17 @@ async def test_two_kernels_started_at_once_share_one_job(make_spec, start_kernel
     (km1, kc1), (km2, kc2) = await asyncio.gather(start_kernel(spec), start_kernel(spec))
     assert await value_of(kc1, JOB_ID) == await value_of(kc2, JOB_ID)
     assert sorted([(await remote(km1))["joined"], (await remote(km2))["joined"]]) == [False, True]
+
+
+async def test_the_end_of_the_shared_job_ends_every_kernel_in_it(make_spec, start_kernel):
+    spec = make_spec(unique("rk-shared-end"), allocation="shared")
+    (km1, kc1), (km2, kc2) = [await start_kernel(spec) for _ in range(2)]
+    job = (await remote(km1))["job_id"]
+    subprocess.run(["scancel", job], check=True)
+    deadline = time.monotonic() + 30
+    for km in (km1, km2):
+        while (code := await km.provisioner.poll()) is None:
+            assert time.monotonic() < deadline, f"a kernel of job {job} did not report the job's end"
+            await asyncio.sleep(0.1)
+        assert code == 143   # cancelled
+    await until(f"job {job} to leave the queue", lambda: not job_in_queue(job), timeout=15, interval=0.2)
