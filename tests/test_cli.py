@@ -86,6 +86,15 @@ def test_check_good_spec_reports_node_and_timings(cli):
     wait_until(f"job {job} to leave the queue", lambda: not job_in_queue(job), timeout=15)
 
 
+def test_check_of_a_shared_spec_runs_in_the_users_live_allocation(cli, owners):
+    cli.install("rkc-shared-check", "--time", "00:10:00", "--allocation", "shared")
+    proc, ids = owners("rkc-shared-check")
+    res = cli("check", "rkc-shared-check")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert re.search(rf"^Kernel ran on node {ids['node']} \(job {ids['job_id']}\)\.$", res.stdout, re.M), res.stdout
+    assert job_in_queue(ids["job_id"])   # check's kernel ended; the owner's goes on
+
+
 def test_check_unknown_partition_fails_at_submit_with_slurms_message(cli):
     cli.install("rkc-nopart", "--no-check", "--partition", "nosuch")
     before = jobs_named("rk-rkc-nopart")
