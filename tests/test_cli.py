@@ -223,6 +223,24 @@ def test_kernels_sharing_a_job_are_shown_and_cancelling_it_ends_them_all(cli, ow
     assert json.loads(cli("ps", "--json").stdout) == []
 
 
+def test_a_lingering_allocation_is_listed_and_can_be_cancelled(cli, owners):
+    cli.install("rkc-linger", "--time", "00:10:00", "--allocation", "shared", "--linger", "600")
+    proc, ids = owners("rkc-linger")
+    proc.stdin.close()   # its only kernel shut down: the allocation lingers
+    assert proc.wait(timeout=30) == 0
+    assert job_in_queue(ids["job_id"])
+    [row] = json.loads(cli("ps", "--json").stdout)
+    assert (row["job_id"], row["kernel_id"], row["owner"], row["state"]) == (ids["job_id"], "", "none", "running")
+    line = next(l for l in cli("ps").stdout.splitlines() if f" {ids['job_id']} " in l)
+    assert line.split()[2:4] == [ids["job_id"], "lingering"] and line.split()[-1] == "-"
+    assert "No orphaned remote kernels" in cli("cancel", "--orphans").stdout   # nobody's orphan
+    res = cli("cancel", ids["job_id"])
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == f"job {ids['job_id']} of the lingering shared allocation (spec rkc-linger) cancelled\n"
+    wait_until(f"job {ids['job_id']} to leave the queue", lambda: not job_in_queue(ids["job_id"]), timeout=15)
+    assert json.loads(cli("ps", "--json").stdout) == []
+
+
 def test_cancel_orphans_says_when_a_job_had_already_ended(cli, owners):
     cli.install("rkc-ended", "--time", "00:10:00")
     dead, orphan = owners("rkc-ended")

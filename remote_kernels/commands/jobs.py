@@ -2,7 +2,9 @@
 
 Kernels in a shared allocation are one entry each with the same job: ``ps`` says how many
 share it, ``cancel JOB`` ends all of them (and says which), ``cancel --orphans`` cancels a
-shared job only when no live server holds any of its kernels.
+shared job only when no live server holds any of its kernels.  A shared allocation that
+lingers with no kernel is listed too (an entry without an owner, ``owner_pid`` 0), so it can
+be cancelled.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from . import CommandFailed, duration, table
 
 
 def owner_state(entry: Entry) -> str:
-    """alive, dead, or unknown (the owner ran on another host)."""
+    """alive, dead, unknown (the owner ran on another host), or none (a lingering allocation)."""
+    if not entry.owner_pid:
+        return "none"
     if entry.owner_host != socket.gethostname():
         return "unknown"
     return "alive" if entry.owner_alive() else "dead"
@@ -36,6 +40,8 @@ def shares(entry: Entry, found: list[Entry]) -> str:
     """ps's "shared" column: "-" per kernel, else how many of the listed kernels are in its job."""
     if not entry.allocation:
         return "-"
+    if not entry.owner_pid:
+        return "lingering"
     n = len(sharing(entry, found)) + 1
     return f"{n} kernel{'' if n == 1 else 's'}"
 
@@ -55,10 +61,24 @@ async def job_states(found: list[Entry]) -> dict[str, JobStatus]:
     return states
 
 
+def lingering(found: list[Entry]) -> list[Entry]:
+    """This user's shared allocations in which no kernel of ``found`` is (they linger for the
+    next one), as entries without an owner."""
+    busy = {(e.scheduler, e.job_id) for e in found}
+    return [Entry(session_id=a.allocation, spec=a.spec, scheduler=a.scheduler, job_id=a.job_id, node=a.node,
+                  owner_pid=0, owner_host="", started=a.started, allocation=a.allocation)
+            for a in allocations.published() if (a.scheduler, a.job_id) not in busy]
+
+
 async def ps(as_json: bool = False) -> int:
-    """Print this user's remote kernels with their jobs' state, time left and owner."""
+    """Print this user's remote kernels (and lingering shared allocations) with their jobs'
+    state, time left and owner."""
     found = entries()
+    found += lingering(found)
     states = await job_states(found)
+    for e in [e for e in found if not e.owner_pid and states[e.session_id].state.finished]:
+        allocations.withdraw(e.allocation)   # its linger is over: the job has ended
+        found.remove(e)
     now = time.time()
     rows = [dict(asdict(e), state=states[e.session_id].state.value, time_left=states[e.session_id].time_left,
                  age=round(now - e.started), owner=owner_state(e),
@@ -70,7 +90,8 @@ async def ps(as_json: bool = False) -> int:
     else:
         print(table(["kernel", "spec", "job", "shared", "node", "state", "age", "time left", "owner"],
                     [[label(e), e.spec, e.job_id, shares(e, found), e.node or "-", r["state"], duration(r["age"]),
-                      r["time_left"] or "-", f"{e.owner_pid} {r['owner']}"] for e, r in zip(found, rows)]))
+                      r["time_left"] or "-", f"{e.owner_pid} {r['owner']}" if e.owner_pid else "-"]
+                     for e, r in zip(found, rows)]))
     return 0
 
 
@@ -119,12 +140,14 @@ async def end(entry: Entry) -> str:
         allocations.withdraw(alloc.allocation)
     also = (f"; it ended the {len(others)} other kernel(s) sharing it: {', '.join(label(e) for e in others)}"
             if others and what == "cancelled" else "")
-    return f"job {entry.job_id} of kernel {label(entry)} (spec {entry.spec}) {what}{also}"
+    whose = f"kernel {label(entry)}" if entry.owner_pid else "the lingering shared allocation"
+    return f"job {entry.job_id} of {whose} (spec {entry.spec}) {what}{also}"
 
 
 async def cancel(ident: str) -> int:
-    """Cancel the job of one registered kernel."""
-    print(await end(match(ident, entries())))
+    """Cancel the job of one registered kernel (or lingering shared allocation)."""
+    found = entries()
+    print(await end(match(ident, found + lingering(found))))
     return 0
 
 
