@@ -534,7 +534,7 @@ class Control:
             for slot in list(launcher.slots.values()):
                 if now - slot.heard > self.grace:
                     slot.heard = float("inf")   # released once
-                    self._run(launcher.release(slot, "no contact from its server for %gs" % self.grace))
+                    self._run(self._orphaned(slot))
             if launcher.shared and launcher.emptied is not None and not launcher.slots:
                 if now - launcher.emptied >= launcher.linger:
                     print("remote-kernels launcher: no kernel for %gs (linger); ending" % launcher.linger,
@@ -553,6 +553,11 @@ class Control:
                 launcher.abandoned = True
                 launcher.done.set()
                 return
+
+    async def _orphaned(self, slot):
+        """End a slot nobody has spoken for in grace seconds, after its requests in progress."""
+        async with slot.serial:
+            await self.launcher.release(slot, "no contact from its server for %gs" % self.grace)
 
     def _run(self, coro):
         task = asyncio.ensure_future(coro)
