@@ -182,6 +182,17 @@ def test_the_script_gives_a_shared_launcher_its_linger_and_max_and_per_kernel_no
         " - abc 600 /tmp 45 30 4 <<'RK_LAUNCHER_EOF'")
 
 
+def test_install_refuses_a_shared_allocation_with_interactive_dispatch(tmp_path):
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "remote_kernels", "install", "cn", "--allocation", "shared",
+                          "--dispatch", "interactive", "--no-check", "--prefix", str(tmp_path)],
+                         capture_output=True, text=True)
+    assert res.returncode != 0 and not (tmp_path / "share").exists()
+    assert "a shared allocation is submitted as a batch job; set dispatch to batch or auto" in res.stderr
+
+
 def test_a_shared_allocation_is_a_batch_job():
     from remote_kernels.job import interactive
     from remote_kernels.schedulers.slurm import Slurm
