@@ -251,7 +251,8 @@ class RemoteKernelSession:
             self.link, self.joined = link, True
             self.job.adopt(alloc.job_id, alloc.node, alloc.allocation)
             # Reaching a running launcher is this start's "ssh" and "launcher" phases (check prints them).
-            self.job.timings.update(join=time.monotonic() - t0, ssh=time.monotonic() - t0, launcher=0.0)
+            took = time.monotonic() - t0
+            self.job.timings.update(join=took, ssh=took, launcher=0.0)
             self.log.info("remote kernel %s: joined the allocation of job %s on %s", self.name, alloc.job_id,
                           alloc.node)
             self._to(S.READY)
