@@ -120,3 +120,28 @@ async def test_the_end_of_the_shared_job_ends_every_kernel_in_it(make_spec, star
             await asyncio.sleep(0.1)
         assert code == 143   # cancelled
     await until(f"job {job} to leave the queue", lambda: not job_in_queue(job), timeout=15, interval=0.2)
+
+
+async def test_after_a_dropped_ssh_connection_each_kernel_gets_its_own_slot_back(cluster, make_spec, start_kernel):
+    """Both kernels' links (one SSH connection in this process) reconnect and say hello for
+    their own slots again: each kernel keeps its state."""
+    from kernel_helpers import wait_for_kernel_info
+    from test_failures import _sshd_sessions
+
+    spec = make_spec(unique("rk-shared-drop"), allocation="shared")
+    (km1, kc1), (km2, kc2) = [await start_kernel(spec) for _ in range(2)]
+    for kc, value in ((kc1, "'one'"), (kc2, "'two'")):
+        assert (await run_cell(kc, f"x = {value}"))[0]["status"] == "ok"
+    sessions = _sshd_sessions(cluster, (await remote(km1))["node"])
+    assert sessions, "no sshd session serving the kernels' connection"
+    for pid in sessions:
+        subprocess.run(["kill", "-9", str(pid)], check=False)
+    deadline = time.monotonic() + 20
+    for km in (km1, km2):
+        while (await remote(km))["reconnects"] == 0:
+            assert time.monotonic() < deadline, "a session did not reconnect"
+            assert await km.provisioner.poll() is None, "a kernel was reported dead during the drop"
+            await asyncio.sleep(0.1)
+    for kc, value in ((kc1, "one"), (kc2, "two")):
+        await wait_for_kernel_info(kc, timeout=30, every=2)
+        assert await value_of(kc, "x") == value
