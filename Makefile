@@ -90,4 +90,6 @@ test: venv unit cluster docs
 bench: venv cluster
 	$(VPY) -m pip install -q -e '.[bench]'
 	$(VPY) -m remote_kernels install rk-bench --display-name "Python 3 (compute node, bench)" --sys-prefix --replace >/dev/null
+	$(VPY) -m remote_kernels install rk-bench-shared --display-name "Python 3 (compute node, bench, shared)" \
+	    --allocation shared --sys-prefix --replace >/dev/null
 	$(VPY) benchmarks/bench.py $(BENCH_ARGS)

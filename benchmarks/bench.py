@@ -223,6 +223,32 @@ async def measure_kept_open(name: str, n: int) -> dict:
     return out
 
 
+async def measure_second_in_allocation(shared: str, local: str, runs: int) -> dict:
+    """A second kernel of a shared-allocation spec (``allocation: shared``) started while a
+    first one runs: it starts inside the first one's job, no submission.  Each run also
+    starts a local ipykernel just before, for the ratio; ``same_job`` checks it shared."""
+    out: dict = {"start": [], "local_start": [], "same_job": []}
+    for _ in range(runs):
+        first = await start(shared)
+        try:
+            km, kc, secs = await start(local)
+            await stop(km, kc)
+            out["local_start"].append(secs)
+            km, kc, secs = await start(shared)
+            out["start"].append(secs)
+            out["same_job"].append((await remote(km))["job_id"] == (await remote(first[0]))["job_id"])
+            await stop(km, kc)
+        finally:
+            await stop(first[0], first[1])
+    return out
+
+
+def second_row(second: dict) -> str:
+    """The report's row for measure_second_in_allocation."""
+    shared = "in the first one's job" if all(second["same_job"]) else "NOT always in the first one's job"
+    return _pair(f"start of a second kernel, shared allocation ({shared})", second["start"], second["local_start"])
+
+
 async def measure_at_once(name: str, n: int) -> dict:
     opened, starts, all_ready = await open_at_once(name, n)
     infos = await remote_infos(opened)
@@ -320,6 +346,7 @@ def report(res: dict) -> str:
                    [kept["local"]["shutdown_s"]]),
              f"| shutdown → squeue lists none of their jobs | "
              f"{'not within 60 s' if gone is None else f'{gone:.3g} s'} | | |",
+             *([second_row(res["second_in_allocation"])] if "second_in_allocation" in res else []),
              row("restart", "restart"),
              row("round trip to idle (median)", "round_trip", "ms", 1000),
              row("interrupt → reply", "interrupt", "ms", 1000)]
@@ -372,6 +399,10 @@ def plot(res: dict, path: Path) -> None:
 
 
 async def main(args) -> int:
+    if args.only_second:   # this one measurement, printed; the saved results stay as they are
+        print("| measure | remote (median, min–max) | local (median, min–max) | ratio |\n| --- | --- | --- | --- |")
+        print(second_row(await measure_second_in_allocation(args.shared, args.local, args.runs)))
+        return 0
     RESULTS.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         meter = LoadMeter(Path(tmp))
@@ -383,6 +414,7 @@ async def main(args) -> int:
                      for side, name in (("local", args.local), ("remote", args.remote))}
         at_once = {side: await measure_at_once(name, args.at_once)
                    for side, name in (("local", args.local), ("remote", args.remote))}
+        second = await measure_second_in_allocation(args.shared, args.local, args.runs)
         load = {"running_1": await measure_running_load(args.remote, 1, args.idle, meter),
                 "running_n": await measure_running_load(args.remote, args.scale, args.idle, meter),
                 "queued_n": await measure_queued_load(args.scale, args.idle, meter)}
@@ -391,7 +423,7 @@ async def main(args) -> int:
     overhead = phases["total"] - dispatch - statistics.median(local["start"])
     res = {"when": time.strftime("%Y-%m-%d %H:%M"), "host": platform.node(), "args": vars(args),
            "local": local, "remote": remote, "round_trip_no_pty": nopty, "detection": detection,
-           "kept_open": kept_open, "at_once": at_once, "load": load, "scale": load["running_n"],
+           "kept_open": kept_open, "at_once": at_once, "second_in_allocation": second, "load": load, "scale": load["running_n"],
            "phases": phases, "overhead_s": overhead}
     (RESULTS / "latest.json").write_text(json.dumps(res, indent=1))
     table = report(res)
@@ -409,6 +441,10 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--remote", default="rk-bench", help="compute-node kernelspec (default: rk-bench)")
     p.add_argument("--local", default="python3", help="local kernelspec (default: python3)")
+    p.add_argument("--shared", default="rk-bench-shared",
+                   help="compute-node kernelspec with allocation: shared (default: rk-bench-shared)")
+    p.add_argument("--only-second", action="store_true",
+                   help="measure only the start of a second kernel in a shared allocation (prints it; saves nothing)")
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--round-trips", type=int, default=500)
     p.add_argument("--stream-mb", type=int, default=100)

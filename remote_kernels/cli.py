@@ -12,7 +12,7 @@ from traitlets import TraitError
 from . import __version__
 from .commands import CHECK_QUEUE_TIMEOUT
 from .examples import shipped_examples
-from .options import DISPATCH
+from .options import ALLOCATION, DISPATCH
 
 EXAMPLES = """\
 examples:
@@ -33,7 +33,7 @@ RK_CONSTRAINT and RK_RESERVATION in the environment of the Jupyter server (or of
 # install's options that are kernel options (argparse dest == option name).
 INSTALL_FIELDS = ("scheduler", "partition", "account", "qos", "time", "cpus", "mem", "gpus", "constraint",
                   "reservation", "directives", "python", "setup", "env", "grace", "queue_timeout",
-                  "login_host", "dispatch")
+                  "login_host", "dispatch", "allocation", "linger", "max_kernels")
 
 
 def _env_pair(text: str) -> tuple[str, str]:
@@ -91,6 +91,14 @@ def _add_install(sub) -> None:
                       help="dead-man switch: the job ends after SECONDS without word from the login side (default: 300)")
     life.add_argument("--queue-timeout", type=float, metavar="SECONDS",
                       help="give up and cancel the job after SECONDS queued (default: 0, wait forever)")
+    share = p.add_argument_group("sharing an allocation")
+    share.add_argument("--allocation", choices=ALLOCATION, help=(
+        "per-kernel (default): each kernel is a job of its own; shared: a kernel starts inside your "
+        "live allocation of this spec when there is one (its kernels share its CPUs and memory)"))
+    share.add_argument("--linger", type=float, metavar="SECONDS",
+                       help="shared: seconds an allocation waits for a next kernel after its last one ended (default: 0)")
+    share.add_argument("--max-kernels", type=int, metavar="N",
+                       help="shared: most kernels in one allocation; a new job is submitted when all are full (default: no limit)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--user", action="store_true", help="install for this user only")
     where.add_argument("--sys-prefix", action="store_true", help="install into sys.prefix (this env)")

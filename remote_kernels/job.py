@@ -38,7 +38,12 @@ def interactive(opts: KernelOptions, scheduler: Scheduler) -> bool:
     """Whether a job starts through the scheduler's interactive path (option ``dispatch``):
     'auto' takes it where the scheduler has one, commands run here (no login host: the
     command must live as long as the job) and the spec sets no directives (sbatch lines).
-    ValueError if asked for where the scheduler has none."""
+    ValueError if asked for where the scheduler has none, or for a shared allocation (it must
+    outlive the server that submitted it, and an interactive job ends with that server's command)."""
+    if opts.shared:
+        if opts.dispatch == "interactive":
+            raise ValueError("a shared allocation is submitted as a batch job; set dispatch to batch or auto")
+        return False
     if opts.dispatch == "batch":
         return False
     if not scheduler.dispatch_prefix:
@@ -116,11 +121,21 @@ class Job:
         except Exception as e:
             raise KernelStartError(await self._refusal(e)) from None
         self.timings["submit"] = time.monotonic() - self.t0
-        self.entry = Entry(session_id=self.session_id, spec=self.name, scheduler=self.scheduler.name,
-                           job_id=self.id, kernel_id=self.kernel_id)
-        self.entry.save()
+        self._record(allocation=self.session_id if self.opts.shared else "")
         self.log.info("remote kernel %s: submitted %s job %s", self.name, self.scheduler.name, self.id)
         self.watch()
+
+    def _record(self, node: str = "", allocation: str = "") -> None:
+        self.entry = Entry(session_id=self.session_id, spec=self.name, scheduler=self.scheduler.name,
+                           job_id=self.id, kernel_id=self.kernel_id, node=node, allocation=allocation)
+        self.entry.save()
+
+    def adopt(self, job_id: str, node: str, allocation: str) -> None:
+        """Be a running job another kernel submitted (a shared allocation this kernel joined):
+        recorded in the registry, not watched (its link says it lives), never submitted."""
+        self.id, self.t0 = job_id, time.monotonic()
+        self.timings.update(submit=0.0, queued=0.0)
+        self._record(node=node, allocation=allocation)
 
     async def _dispatch(self, text: str, res) -> str:
         self.dispatched = await self.scheduler.dispatch(text, res)
@@ -265,13 +280,18 @@ class Job:
         return f"{self.scheduler.name} refused the job ({said}): {line}"
 
     # --- end ---------------------------------------------------------------------------------
-    async def end(self, said_bye: bool) -> None:
+    async def end(self, said_bye: bool, keep: bool = False) -> None:
         """End the job (once; later calls return at once): after the launcher said bye, give it
         END_WAIT s to end by itself (polled at the fast rate: it ends within a poll or two), else
-        (or at once) cancel it.  Forgets the job afterwards."""
+        (or at once) cancel it.  Forgets the job afterwards.  ``keep``: only forget it (a shared
+        allocation that other kernels use, or that lingers)."""
         if self._ended or self.id is None:
             return
         self._ended = True
+        if keep:
+            self.watcher.unwatch(self.id)
+            self._forget()
+            return
         self.watch(starting=said_bye)
         deadline = time.monotonic() + END_WAIT
         st = self.status
@@ -289,6 +309,9 @@ class Job:
         self.watcher.unwatch(self.id)
         if self.dispatched is not None:
             await self.dispatched.finish()
+        self._forget()
+
+    def _forget(self) -> None:
         if self.entry is not None:
             self.entry.remove()
             self.entry = None

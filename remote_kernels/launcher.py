@@ -1,13 +1,14 @@
 """The in-job launcher: stdlib only, run by the batch script with the user's Python (3.8+).
 
-Usage (the batch script feeds this file on stdin): ``PYTHON - SESSION GRACE BASE [CONTACT]``
+Usage (the batch script feeds this file on stdin): ``PYTHON - SESSION GRACE BASE [CONTACT [LINGER MAX]]``
 
 It makes the private runtime directory ``BASE/rk-SESSION`` (0700), listens on the
 unix control socket ``ctl`` there and waits for the login side, which reaches the
 socket through SSH.  The control protocol is JSON lines, one object per line; a request
 may carry an ``"id"``, which its reply repeats (replies may come out of order):
 
-    -> {"op": "hello"}                         <- {"event": "hello", "host", "pid", "python", "dir", "kernel"}
+    -> {"op": "hello", "kernel"?}              <- {"event": "hello", "host", "pid", "python", "dir", "kernel"}
+                                                  | {"event": "error", "full": true, "message"} (shared only)
     -> {"op": "ping"}                          <- {"event": "pong"}
     -> {"op": "signal", "signum"}              <- {"event": "ok"} | {"event": "error", "message"}
     -> {"op": "start", "key", "signature_scheme"?, "kernel_name"?, "cwd"?, "env"?, "argv"?}
@@ -44,6 +45,20 @@ well within GRACE.  Until the first line arrives, the limit is CONTACT seconds f
 launcher's start (at most GRACE; default GRACE): a job whose server died while it was
 queued ends soon after it starts, instead of holding its allocation for GRACE.  The process
 exits EXIT_ABANDONED when the dead-man switch ended it, 0 otherwise.
+
+Shared allocations (LINGER given: the spec's ``allocation: shared``): one launcher holds up to
+MAX kernels (0: no limit), each in a slot of its own.  A control connection joins a slot with
+``hello`` naming it (``"kernel"``: the login side's session id); the slot's directory is
+``BASE/rk-SESSION/s-SLOT`` (0700, its own connection file, key and sockets), and that
+connection's start, stop, signal and shutdown act on that slot's kernel alone (its own
+process group; a stop ends the kernel's own descendants and the orphans that carry its
+SLOT_ENV, never another slot's).  ``exited`` goes to the slot's connections only.  A hello
+for a new slot when MAX are taken is refused with ``full``.  ``shutdown`` on a slot ends that
+kernel and slot (reply ``{"event": "bye", "kernels": N}``, N slots left); a slot that has
+had no connection for GRACE seconds is ended the same way (its server is gone).  Once no
+slot is left the launcher waits LINGER seconds for a next kernel, then exits, ending the
+job (0: at once).  Without LINGER (``allocation: per-kernel``) there is the one slot of the
+launcher's own directory, as described above.
 """
 
 import asyncio
@@ -65,10 +80,15 @@ EXIT_ABANDONED = 96
 ENDED_AT_START = "remote-kernels launcher: the kernel ended during start-up"
 SERIALISED = ("start", "stop", "shutdown")   # one at a time
 IMMEDIATE = ("hello", "ping", "signal")       # answered at once
+ACTS_ON_KERNEL = ("start", "stop", "signal", "shutdown")   # in a shared allocation: on a slot only
 LINE_LIMIT = 1 << 24   # bytes in one request line (a start's env can be large)
 OPTIONAL_STR = ("signature_scheme", "kernel_name", "cwd")
 PR_SET_CHILD_SUBREAPER = 36   # linux/prctl.h
 STOP_GRACE = 3.0   # s between SIGTERM and SIGKILL when a kernel (and what it started) is stopped
+# In a shared allocation, each kernel's environment names its slot: what it leaves behind
+# (reparented here) is ended with it, and only with it.
+SLOT_ENV = "RK_KERNEL_SLOT"
+SLOT_CHARS = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_-")
 
 # Written to BASE/rk-SESSION/ipykernel-boot.py and run as ``PYTHON ipykernel-boot.py -f kernel.json``
 # in place of ``PYTHON -m ipykernel_launcher -f kernel.json``.
@@ -130,13 +150,29 @@ def install_advice():
             "`%s -m venv DIR && DIR/bin/python -m pip install ipykernel` (Debian needs python3-venv), "
             "and install the spec with --python DIR/bin/python" % sys.executable)
 
-class Launcher:
-    """One job's launcher.  Made inside the running loop (asyncio objects bind to it on 3.8/3.9)."""
+class Slot:
+    """One kernel's place in a launcher: its directory, its kernel, the order of its requests."""
 
-    def __init__(self, session, grace, base, contact=None):
+    def __init__(self, name, path):
+        self.name, self.dir = name, path
+        self.kernel = None          # asyncio.subprocess.Process
+        self.serial = asyncio.Lock()   # its start, stop and shutdown run one at a time
+        self.heard = time.monotonic()   # when one of its connections last sent a line
+
+
+class Launcher:
+    """One job's launcher.  Made inside the running loop (asyncio objects bind to it on 3.8/3.9).
+
+    ``linger`` not None: a shared allocation (the module docstring), of at most ``max_kernels``
+    kernels (0: no limit)."""
+
+    def __init__(self, session, grace, base, contact=None, linger=None, max_kernels=0):
         self.dir = os.path.join(base, "rk-" + session)
         self.grace = grace
-        self.kernel = None          # asyncio.subprocess.Process
+        self.shared, self.linger, self.max_kernels = linger is not None, linger or 0.0, max_kernels
+        self.solo = Slot("", self.dir)   # per-kernel mode's one slot
+        self.slots = {}             # shared: slot name -> Slot
+        self.emptied = None         # shared: when the last slot ended (None: kernels run, or none ever did)
         self.done = asyncio.Event()
         self.abandoned = False   # the dead-man switch ended it
         self.control = Control(self, grace, contact)
@@ -144,22 +180,53 @@ class Launcher:
         self.spawning = False       # a kernel is being started: reap() waits until its pid is known
 
     # --- set-up -----------------------------------------------------------
-    def make_dir(self):
-        os.mkdir(self.dir, 0o700)   # fails if it exists: never reuse someone's dir
-        st = os.lstat(self.dir)
+    def make_dir(self, path=None):
+        path = path or self.dir
+        os.mkdir(path, 0o700)   # fails if it exists: never reuse someone's dir
+        st = os.lstat(path)
         if st.st_uid != os.getuid() or st.st_mode & 0o077:
-            raise SystemExit("remote-kernels launcher: %s is not private" % self.dir)
+            raise SystemExit("remote-kernels launcher: %s is not private" % path)
 
-    def info(self):
+    def info(self, slot=None):
+        kernel = (slot or self.solo).kernel
         return {"event": "hello", "host": socket.gethostname(), "pid": os.getpid(),
                 "python": sys.executable, "dir": self.dir,
-                "kernel": self.kernel.pid if self.kernel and self.kernel.returncode is None else None}
+                "kernel": kernel.pid if kernel and kernel.returncode is None else None}
+
+    # --- slots (shared allocations) ----------------------------------------
+    def join(self, name):
+        """The slot named ``name``, made if new; None when the allocation is full or ending."""
+        slot = self.slots.get(name)
+        if slot is not None:
+            return slot
+        if self.done.is_set() or (self.max_kernels and len(self.slots) >= self.max_kernels):
+            return None
+        slot = self.slots[name] = Slot(name, os.path.join(self.dir, "s-" + name))
+        self.make_dir(slot.dir)
+        self.emptied = None
+        return slot
+
+    async def release(self, slot, why=None):
+        """End a shared slot's kernel and the slot; the launcher ends once none is left and
+        LINGER has passed (at once when it is 0).  The number of slots left."""
+        if why:
+            print("remote-kernels launcher: kernel slot %s: %s; ending it" % (slot.name, why),
+                  file=sys.stderr, flush=True)
+        await self.stop_kernel(slot)
+        if self.slots.get(slot.name) is slot:
+            del self.slots[slot.name]
+            shutil.rmtree(slot.dir, ignore_errors=True)
+        if not self.slots:
+            self.emptied = time.monotonic()
+            if self.linger <= 0:
+                self.done.set()
+        return len(self.slots)
 
     # --- kernel -----------------------------------------------------------
-    async def start_kernel(self, req):
-        """Start a kernel (ending the previous one and all it left).  req was checked by check_request."""
-        await self.stop_kernel()
-        conn_file = os.path.join(self.dir, "kernel.json")
+    async def start_kernel(self, slot, req):
+        """Start slot's kernel (ending its previous one and all it left).  req was checked by check_request."""
+        await self.stop_kernel(slot)
+        conn_file = os.path.join(slot.dir, "kernel.json")
         argv = req.get("argv")
         if argv is None:
             import importlib.util
@@ -167,17 +234,17 @@ class Launcher:
                 return {"event": "error", "code": ERR_NO_IPYKERNEL, "message":
                         "ipykernel is not installed for %s on %s: %s"
                         % (sys.executable, socket.gethostname(), install_advice())}
-            boot = os.path.join(self.dir, "ipykernel-boot.py")
+            boot = os.path.join(slot.dir, "ipykernel-boot.py")
             with os.fdopen(os.open(boot, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
                 f.write(KERNEL_BOOT)
             argv = [sys.executable, boot, "-f", conn_file]
-        for name in os.listdir(self.dir):   # the previous kernel's sockets (and its pipes')
+        for name in os.listdir(slot.dir):   # the previous kernel's sockets (and its pipes')
             if name.startswith("k-"):
                 try:
-                    os.unlink(os.path.join(self.dir, name))
+                    os.unlink(os.path.join(slot.dir, name))
                 except FileNotFoundError:
                     pass
-        info = dict(CHANNELS, transport="ipc", ip=os.path.join(self.dir, "k"), key=req["key"],
+        info = dict(CHANNELS, transport="ipc", ip=os.path.join(slot.dir, "k"), key=req["key"],
                     signature_scheme=req.get("signature_scheme", "hmac-sha256"),
                     kernel_name=req.get("kernel_name", ""))
         fd = os.open(conn_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -188,6 +255,8 @@ class Launcher:
         env.update(req.get("env") or {})
         # ipykernel exits when its parent changes: if the launcher is SIGKILLed, so is the kernel.
         env["JPY_PARENT_PID"] = str(os.getpid())
+        if self.shared:
+            env[SLOT_ENV] = slot.name
         cwd = req.get("cwd")
         if not cwd or not os.path.isdir(cwd):
             if cwd:
@@ -196,18 +265,18 @@ class Launcher:
             cwd = os.path.expanduser("~")
         self.spawning = True   # reap() leaves our children alone until the kernel's pid is known
         try:
-            self.kernel = await asyncio.create_subprocess_exec(
+            slot.kernel = await asyncio.create_subprocess_exec(
                 *argv, cwd=cwd, env=env, stdin=asyncio.subprocess.DEVNULL, start_new_session=True)
         except OSError as e:
             return {"event": "error", "code": 127, "message": "cannot start %s on %s: %s"
                     % (argv[0], socket.gethostname(), e)}
         finally:
             self.spawning = False
-        proc = self.kernel
+        proc = slot.kernel
         self.waited.add(proc.pid)
         self.reap()
-        asyncio.ensure_future(self.watch_kernel(proc))
-        sockets = [os.path.join(self.dir, "k-%d" % n) for n in CHANNELS.values()]
+        asyncio.ensure_future(self.watch_kernel(slot, proc))
+        sockets = [os.path.join(slot.dir, "k-%d" % n) for n in CHANNELS.values()]
         deadline = time.monotonic() + 60
         while not all(os.path.exists(s) for s in sockets):
             if proc.returncode is not None or time.monotonic() > deadline:
@@ -225,34 +294,35 @@ class Launcher:
                                                            socket.gethostname()), file=sys.stderr, flush=True)
         return {"event": "started", "pid": proc.pid, "tcp": tcp}
 
-    async def watch_kernel(self, proc):
+    async def watch_kernel(self, slot, proc):
         code = await proc.wait()
         self.waited.discard(proc.pid)
-        if proc is self.kernel:
-            self.control.broadcast({"event": "exited", "code": code})
+        if proc is slot.kernel:
+            self.control.broadcast({"event": "exited", "code": code}, slot)
 
-    def signal_kernel(self, signum):
-        if self.kernel is None or self.kernel.returncode is not None:
+    def signal_kernel(self, slot, signum):
+        if slot.kernel is None or slot.kernel.returncode is not None:
             return {"event": "error", "message": "no kernel running"}
         try:
-            os.killpg(self.kernel.pid, signum)
+            os.killpg(slot.kernel.pid, signum)
         except ProcessLookupError:
             return {"event": "error", "message": "no kernel running"}
         except OSError as e:   # e.g. EINVAL: no such signal
             return {"event": "error", "message": "cannot send signal %d to the kernel: %s" % (signum, e)}
         return {"event": "ok"}
 
-    async def stop_kernel(self, timeout=STOP_GRACE):
-        """End the kernel and everything it started; the kernel's exit code (None: there was none).
+    async def stop_kernel(self, slot=None, timeout=STOP_GRACE):
+        """End slot's kernel and everything it started; the kernel's exit code (None: there was none).
 
-        SIGTERM to the kernel's process group and each other descendant of the launcher, up to
-        ``timeout`` s for all of them to go, then SIGKILL to any left (and to their children,
-        reparented here as their parents die) for up to ``timeout`` s more."""
-        proc, self.kernel = self.kernel, None
+        SIGTERM to the kernel's process group and each other descendant of the launcher it
+        owns (signal_tree), up to ``timeout`` s for all of them to go, then SIGKILL to any left
+        (and to their children, reparented here as their parents die) for up to ``timeout`` s more."""
+        slot = slot or self.solo
+        proc, slot.kernel = slot.kernel, None
         for sig in (signal.SIGTERM, signal.SIGKILL):
             sent = set()   # each process gets each signal once
             deadline = time.monotonic() + timeout
-            while self.signal_tree(proc, sig, sent) and time.monotonic() < deadline:
+            while self.signal_tree(slot, proc, sig, sent) and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
         if proc is None:
             return None
@@ -268,12 +338,17 @@ class Launcher:
                 pass
         return proc.returncode
 
-    def signal_tree(self, proc, sig, sent):
-        """Send sig to the kernel's group (while the kernel runs) and to each live descendant not
-        in ``sent`` (adding them); True while any of them runs."""
+    def signal_tree(self, slot, proc, sig, sent):
+        """Send sig to the kernel's group (while the kernel runs) and to each live descendant
+        that slot owns, not in ``sent`` (adding them); True while any of them runs.  The
+        per-kernel slot owns every descendant of the launcher; a shared one its kernel's
+        descendants and the processes carrying its SLOT_ENV."""
         table = self.reap() or {}
         below = [(pid, table[pid]) for pid in descendants(table, os.getpid())]
         running = proc is not None and proc.returncode is None
+        if slot is not self.solo:
+            mine = set(descendants(table, proc.pid)) if running else set()
+            below = [(pid, entry) for pid, entry in below if pid in mine or process_slot(pid) == slot.name]
         if running and "group" not in sent:
             sent.add("group")
             try:
@@ -330,6 +405,8 @@ class Launcher:
             server.close()
             for task in list(self.control.tasks):
                 task.cancel()
+            if self.slots:   # the shared kernels, all at once; then whatever is left (below)
+                await asyncio.wait([asyncio.ensure_future(self.stop_kernel(s)) for s in self.slots.values()])
             code = await self.stop_kernel()
             writers = list(self.control.clients)
             for w in writers:
@@ -347,9 +424,8 @@ class Control:
         self.launcher, self.grace = launcher, grace
         self.contact = grace if contact is None else min(contact, grace)   # silence allowed before the first line
         self.contacted = False      # a line has arrived from the login side
-        self.clients = set()        # connected StreamWriters
+        self.clients = {}           # connected StreamWriter -> the Slot it acts on
         self.tasks = set()          # start/stop/shutdown requests in progress
-        self.serial = asyncio.Lock()   # start, stop and shutdown run one at a time
         self.last_heard = time.monotonic()   # when a client last sent a line (or connected)
 
     def send(self, writer, msg):
@@ -357,47 +433,61 @@ class Control:
         try:
             writer.write((json.dumps(msg) + "\n").encode())
         except Exception:   # any transport error: this client is gone, the others are not
-            self.clients.discard(writer)
+            self.clients.pop(writer, None)
 
-    def broadcast(self, msg):
-        for w in list(self.clients):
-            self.send(w, msg)
+    def broadcast(self, msg, slot=None):
+        """Send msg to every client (of ``slot`` only, if given)."""
+        for w, on in list(self.clients.items()):
+            if slot is None or on is slot:
+                self.send(w, msg)
 
     def reply(self, writer, req, msg):
         if isinstance(req, dict) and "id" in req:
             msg["id"] = req["id"]
         self.send(writer, msg)
 
-    def answer(self, req):
+    def answer(self, req, writer):
         """The reply to a request answered at once (hello, ping, signal)."""
-        op = req["op"]
+        op, launcher = req["op"], self.launcher
         if op == "hello":
-            return self.launcher.info()
+            if req.get("kernel") is None:
+                return launcher.info()
+            if not launcher.shared:
+                return {"event": "error", "message": "this launcher holds one kernel; hello names none"}
+            slot = launcher.join(req["kernel"])
+            if slot is None:
+                return {"event": "error", "full": True, "message": "the allocation is full (%d kernels) or ending"
+                        % len(launcher.slots)}
+            self.clients[writer] = slot
+            return launcher.info(slot)
         if op == "ping":
             return {"event": "pong"}
-        return self.launcher.signal_kernel(req["signum"])
+        return launcher.signal_kernel(self.clients.get(writer, launcher.solo), req["signum"])
 
-    async def serialised(self, req, writer):
-        """Run a start, stop or shutdown request after those before it; reply when done."""
-        op = req["op"]
-        async with self.serial:
+    async def serialised(self, req, writer, slot):
+        """Run a start, stop or shutdown request after those of its slot before it; reply when done."""
+        op, launcher = req["op"], self.launcher
+        async with slot.serial:
+            ends = op == "shutdown" and slot is launcher.solo   # the per-kernel slot's shutdown ends the launcher
             try:
                 if op == "start":
-                    msg = await self.launcher.start_kernel(req)
+                    msg = await launcher.start_kernel(slot, req)
                 elif op == "stop":
-                    msg = {"event": "stopped", "code": await self.launcher.stop_kernel()}
-                else:
-                    await self.launcher.stop_kernel()
+                    msg = {"event": "stopped", "code": await launcher.stop_kernel(slot)}
+                elif ends:
+                    await launcher.stop_kernel(slot)
                     msg = {"event": "bye"}
+                else:
+                    msg = {"event": "bye", "kernels": await launcher.release(slot)}
             except Exception as e:   # a failed request must not end the launcher or its channel
                 msg = {"event": "error", "message": "%s failed on %s: %r" % (op, socket.gethostname(), e)}
             self.reply(writer, req, msg)
-            if op == "shutdown":
-                self.launcher.done.set()
+            if ends:
+                launcher.done.set()
 
     async def handle(self, reader, writer):
         """One control connection: read requests until EOF, answer each (see the docstring)."""
-        self.clients.add(writer)
+        self.clients[writer] = self.launcher.solo
         self.last_heard = time.monotonic()
         try:
             while True:
@@ -408,43 +498,71 @@ class Control:
                 if line == b"":
                     break
                 self.last_heard = time.monotonic()
+                self.clients.get(writer, self.launcher.solo).heard = self.last_heard
                 self.contacted = True
                 if line is not None:
                     req, problem = check_request(line)
+                if problem is None and self.launcher.shared and req["op"] in ACTS_ON_KERNEL \
+                        and self.clients.get(writer) is self.launcher.solo:
+                    problem = "this allocation is shared: say hello with your kernel's id first"
                 if problem is not None:
                     self.reply(writer, req, {"event": "error", "message": problem})
                 elif req["op"] in SERIALISED:
-                    task = asyncio.ensure_future(self.serialised(req, writer))
-                    self.tasks.add(task)
-                    task.add_done_callback(self.tasks.discard)
+                    self._run(self.serialised(req, writer, self.clients.get(writer, self.launcher.solo)))
                 else:
                     try:
-                        msg = self.answer(req)
+                        msg = self.answer(req, writer)
                     except Exception as e:   # as in serialised(): the channel goes on
                         msg = {"event": "error", "message": "%s failed: %r" % (req["op"], e)}
                     self.reply(writer, req, msg)
         except OSError:   # the connection broke
             pass
         finally:
-            self.clients.discard(writer)
+            slot = self.clients.pop(writer, None)
+            if slot is not None:
+                slot.heard = time.monotonic()   # an orphaned slot's grace runs from here
             writer.close()
 
     async def dead_man(self):
         """End the job when no client has sent anything for grace seconds (contact seconds
-        while nothing has arrived yet)."""
+        while nothing has arrived yet); in a shared allocation, end each kernel slot nobody
+        has spoken for in grace seconds, and the job LINGER seconds after its last kernel."""
+        launcher = self.launcher
         while True:
-            await asyncio.sleep(min(1.0, self.contact / 4))   # contact <= grace
+            await asyncio.sleep(min(0.5 if launcher.shared else 1.0, self.contact / 4))   # contact <= grace
+            now = time.monotonic()
+            for slot in list(launcher.slots.values()):
+                if now - slot.heard > self.grace:
+                    slot.heard = float("inf")   # released once
+                    self._run(self._orphaned(slot))
+            if launcher.shared and launcher.emptied is not None and not launcher.slots:
+                if now - launcher.emptied >= launcher.linger:
+                    print("remote-kernels launcher: no kernel for %gs (linger); ending" % launcher.linger,
+                          file=sys.stderr, flush=True)
+                    launcher.done.set()
+                    return
+                continue   # lingering: linger, not grace, says when it ends
             limit = self.grace if self.contacted else self.contact
-            if time.monotonic() - self.last_heard > limit:
+            if now - self.last_heard > limit:
                 if self.contacted:
                     why = "no contact from the login side for %gs" % limit
                 else:
                     why = ("nobody reached the launcher within %gs of its start (the server that started "
                            "the job is gone, or it reached the node too late: raise contact_timeout)" % limit)
                 print("remote-kernels launcher: %s; ending" % why, file=sys.stderr, flush=True)
-                self.launcher.abandoned = True
-                self.launcher.done.set()
+                launcher.abandoned = True
+                launcher.done.set()
                 return
+
+    async def _orphaned(self, slot):
+        """End a slot nobody has spoken for in grace seconds, after its requests in progress."""
+        async with slot.serial:
+            await self.launcher.release(slot, "no contact from its server for %gs" % self.grace)
+
+    def _run(self, coro):
+        task = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
 
 def become_subreaper():
@@ -481,6 +599,20 @@ def process_stat(pid):
         return None
     fields = stat[stat.rindex(b")") + 2:].split()   # after "pid (comm) ", comm may hold anything
     return int(fields[1]), int(fields[2]), fields[0].decode(), fields[19]
+
+
+def process_slot(pid):
+    """The SLOT_ENV value in process pid's environment ("" if none or unreadable)."""
+    try:
+        with open("/proc/%d/environ" % pid, "rb") as f:
+            environ = f.read()
+    except OSError:
+        return ""
+    prefix = (SLOT_ENV + "=").encode()
+    for item in environ.split(b"\0"):
+        if item.startswith(prefix):
+            return item[len(prefix):].decode(errors="replace")
+    return ""
 
 
 def descendants(table, root):
@@ -564,6 +696,10 @@ def check_request(line):
             return req, "signal needs an integer signum, not %r" % (signum,)
     if op == "start":
         return req, check_start(req)
+    if op == "hello" and req.get("kernel") is not None:
+        name = req["kernel"]
+        if not (isinstance(name, str) and 0 < len(name) <= 64 and SLOT_CHARS.issuperset(name)):
+            return req, "hello: kernel must be 1-64 letters, digits, _ or -"
     return req, None
 
 
@@ -584,9 +720,9 @@ def check_start(req):
     return None
 
 
-async def run(session, grace, base, contact=None):
+async def run(session, grace, base, contact=None, linger=None, max_kernels=0):
     """Run a launcher to its end; the process's exit code (EXIT_ABANDONED or 0)."""
-    launcher = Launcher(session, grace, base, contact)
+    launcher = Launcher(session, grace, base, contact, linger, max_kernels)
     await launcher.main()
     return EXIT_ABANDONED if launcher.abandoned else 0
 
@@ -594,7 +730,9 @@ async def run(session, grace, base, contact=None):
 def main(argv):
     session, grace, base = argv[1], float(argv[2]), argv[3]
     contact = float(argv[4]) if len(argv) > 4 else None
-    return asyncio.run(run(session, grace, base, contact))
+    linger = float(argv[5]) if len(argv) > 5 else None
+    max_kernels = int(argv[6]) if len(argv) > 6 else 0
+    return asyncio.run(run(session, grace, base, contact, linger, max_kernels))
 
 
 if __name__ == "__main__":

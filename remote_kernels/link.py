@@ -5,6 +5,11 @@ launcher once the job runs; ``broken()`` waits until the link fails and says how
 ``reconnect()`` restores connection, control channel and forwards after a drop;
 ``close()`` ends it for good (nothing is reopened afterwards).  Failures raise
 KernelStartError with one line.
+
+In a shared allocation the link acts for one kernel slot (``slot``, the session's id): its
+hello names the slot (again after each reconnect), and its forwards reach that slot's
+sockets (``kernel_dir``).  ``join()`` opens such a link to a launcher that already runs;
+AllocationFull when the launcher takes no more kernels.
 """
 
 from __future__ import annotations
@@ -60,10 +65,20 @@ def attempt_timeout(first_connect: float) -> float:
     return min(CONNECT_TIMEOUT, max(RECONNECT_ATTEMPT, 3 * first_connect))
 
 
+class AllocationFull(KernelStartError):
+    """The shared allocation's launcher takes no more kernels (max_kernels) or is ending."""
+
+
+# Seconds joining a running launcher may wait for its control socket (it listens already).
+JOIN_TIMEOUT = 2.0
+
+
 class NodeLink:
     def __init__(self, opts: KernelOptions, *, node: str, job_id: str, node_dir: str,
-                 via: SSHCommandRunner | None, on_event: Callable[[dict], None], log: logging.Logger):
+                 via: SSHCommandRunner | None, on_event: Callable[[dict], None], log: logging.Logger,
+                 slot: str = ""):
         self.opts, self.node, self.job_id, self.node_dir = opts, node, job_id, node_dir
+        self.slot = slot
         self.via, self.on_event, self.log = via, on_event, log
         self.conn: NodeConnection | None = None
         self.ctl: LauncherClient | None = None
@@ -79,6 +94,11 @@ class NodeLink:
         return f"the launcher of job {self.job_id} on {self.node}"
 
     @property
+    def kernel_dir(self) -> str:
+        """The node directory of this link's kernel: the launcher's, or its slot's."""
+        return f"{self.node_dir}/s-{self.slot}" if self.slot else self.node_dir
+
+    @property
     def usable(self) -> bool:
         return not self._closed and self.ctl is not None and self.ctl.open
 
@@ -90,6 +110,12 @@ class NodeLink:
     async def reach(self, job_finished: Callable[[], bool], log_file: str) -> dict:
         """After connect(): wait for the launcher's socket, say hello; return its answer."""
         return await self._open_control(self.opts.launch_timeout, job_finished, log_file)
+
+    async def join(self) -> dict:
+        """connect() and reach a launcher that already runs (a shared allocation); its hello.
+        AllocationFull if it takes no more kernels, KernelStartError if it cannot be reached."""
+        await self.connect()
+        return await self._open_control(JOIN_TIMEOUT, lambda: False, "the job's log")
 
     async def _connect(self) -> NodeConnection:
         """The pool's connection to the job's node; a login dropped just after the job
@@ -131,7 +157,12 @@ class NodeLink:
         self.ctl = LauncherClient(reader, writer, on_event=self.on_event,
                                   heartbeat=heartbeat(self.opts.grace), what=self.what)
         self.ctl.start()
-        self.hello = await self.request({"op": "hello"})
+        hello = await self.request({"op": "hello", **({"kernel": self.slot} if self.slot else {})})
+        if hello.get("event") != "hello":
+            self.ctl.close()
+            error = AllocationFull if hello.get("full") else KernelStartError
+            raise error(f"{self.what}: {hello.get('message', hello)}")
+        self.hello = hello
         return self.hello
 
     # --- use ------------------------------------------------------------------------------
@@ -152,7 +183,7 @@ class NodeLink:
         self._close_forwards()
         self._endpoints = dict(endpoints)
         for channel, local in endpoints.items():
-            remote = f"{self.node_dir}/k-{CHANNELS[channel]}"
+            remote = f"{self.kernel_dir}/k-{CHANNELS[channel]}"
             if isinstance(local, int):
                 listener = await self.conn.conn.forward_local_port_to_path("127.0.0.1", local, remote)
             else:

@@ -22,6 +22,8 @@ MEM_RE = re.compile(r"^\d+[KMGT]?$", re.IGNORECASE)
 ENV_PREFIX = "RK_"
 # Options a launch may override from the environment (RK_ + the upper-case name).
 DISPATCH = ("auto", "batch", "interactive")
+ALLOCATION = ("per-kernel", "shared")
+CHOICES = {"dispatch": DISPATCH, "allocation": ALLOCATION}   # options with a fixed set of values
 ENV_OPTIONS = ("partition", "account", "qos", "time", "cpus", "mem", "gpus", "constraint", "reservation")
 
 
@@ -66,6 +68,14 @@ class KernelOptions(LoggingConfigurable):
         "pass) or 'auto' (interactive where the scheduler has it, the server runs on the cluster "
         "and the spec sets no directives; batch otherwise).")).tag(config=True)
     runtime_base = Unicode("/tmp", help="Directory on the node for the kernel's private socket dir.").tag(config=True)
+    allocation = Unicode("per-kernel", help=(
+        "'per-kernel': each kernel is a job of its own. 'shared': a kernel starts inside a live "
+        "allocation of the same user and spec (same resources) when there is one, sharing its "
+        "CPUs and memory; the allocation ends after its last kernel (and linger).")).tag(config=True)
+    linger = Float(0, help=(
+        "Shared allocations: seconds an allocation whose last kernel ended waits for a next "
+        "kernel before it ends.")).tag(config=True)
+    max_kernels = Int(0, help="Shared allocations: most kernels in one allocation; 0: no limit.").tag(config=True)
 
     def __init__(self, *, environ: Mapping[str, str] | None = None, **kwargs):
         """Options from kwargs (the spec's config), then RK_* overrides from ``environ``
@@ -106,14 +116,26 @@ class KernelOptions(LoggingConfigurable):
             raise TraitError(f"mem {value!r} is not a size; use a number with K, M, G or T, e.g. 4G")
         return value
 
-    @validate("dispatch")
-    def _valid_dispatch(self, proposal):
-        value = proposal["value"]
-        if value not in DISPATCH:
-            raise TraitError(f"dispatch {value!r} is not one of {', '.join(DISPATCH)}")
+    @validate("dispatch", "allocation")
+    def _valid_choice(self, proposal):
+        name, value = proposal["trait"].name, proposal["value"]
+        if value not in CHOICES[name]:
+            raise TraitError(f"{name} {value!r} is not one of {', '.join(CHOICES[name])}")
         return value
 
-    @validate("cpus", "gpus")
+    @validate("linger")
+    def _valid_linger(self, proposal):
+        value = proposal["value"]
+        if value < 0:
+            raise TraitError(f"linger {value:g} is negative; use seconds (0: the allocation ends with its last kernel)")
+        return value
+
+    @property
+    def shared(self) -> bool:
+        """True for a shared allocation (option ``allocation``)."""
+        return self.allocation == "shared"
+
+    @validate("cpus", "gpus", "max_kernels")
     def _valid_count(self, proposal):
         value = proposal["value"]
         if value < 0:

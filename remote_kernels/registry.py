@@ -2,7 +2,8 @@
 
 Files live in ``$JUPYTER_RUNTIME_DIR/remote-kernels/`` (0700), named by session id,
 written 0600.  They hold no secret: job id, scheduler, node, spec name, and the pid
-and host of the process that owns the kernel (so orphans can be recognised).
+and host of the process that owns the kernel (so orphans can be recognised), and for a
+kernel in a shared allocation the allocation's id (kernels with the same one share a job).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class Entry:
     owner_pid: int = field(default_factory=os.getpid)
     owner_host: str = field(default_factory=socket.gethostname)
     started: float = field(default_factory=time.time)
+    allocation: str = ""   # a shared allocation's id (its launcher's session id); "" per kernel
 
     @property
     def path(self) -> Path:
@@ -70,3 +72,9 @@ def entries() -> list[Entry]:
         except (OSError, ValueError, TypeError):
             continue
     return found
+
+
+def sharing(entry: Entry, among: list[Entry] | None = None) -> list[Entry]:
+    """The other kernels of ``among`` (default: all entries) in entry's job."""
+    return [e for e in (entries() if among is None else among)
+            if e.session_id != entry.session_id and e.job_id == entry.job_id and e.scheduler == entry.scheduler]

@@ -50,8 +50,9 @@ def render(scheduler: Scheduler, opts: KernelOptions, res: Resources, *, session
         f"command -v {py} >/dev/null 2>&1 || {{ echo \"remote-kernels: Python {opts.python} not found on "
         f"$(hostname); set the kernel's python to a path that exists on the compute nodes\" >&2; "
         f"exit {EXIT_NO_PYTHON}; }}")
-    lines.append(f"{'' if interactive else 'exec '}{py} - {q(session)} {opts.grace:g} {q(opts.runtime_base)} {opts.contact_timeout:g} "
-                 f"<<'{LAUNCHER_EOF}'")
+    shared = f" {opts.linger:g} {opts.max_kernels}" if opts.shared else ""   # the launcher's LINGER MAX
+    lines.append(f"{'' if interactive else 'exec '}{py} - {q(session)} {opts.grace:g} {q(opts.runtime_base)} {opts.contact_timeout:g}"
+                 f"{shared} <<'{LAUNCHER_EOF}'")
     src = launcher_source()
     if LAUNCHER_EOF in src.splitlines():
         raise RuntimeError("launcher source contains the heredoc terminator")

@@ -15,6 +15,12 @@ provisioner's background loop, or argv mode's own) and is used only from it:
     await s.shut_down()              # kernel and launcher gone; job, forwards, link end in the background
     await s.close()                  # kernel, launcher and job gone, forwards closed
 
+With ``allocation: shared`` the session first looks for this user's live allocation of
+the same spec (allocations.py) and joins it (state JOINING, then READY: no job submitted);
+only when there is none, or all are full, does it submit one, which it then publishes for
+the next kernel.  Its kernel has a slot of its own in the launcher (link.py), and its end
+ends the job only when it was the allocation's last kernel (and ``linger`` is 0).
+
 ``State`` and ``TRANSITIONS`` are the whole lifecycle (docs/architecture.md draws them);
 every change of state goes through ``_to()``, which refuses any other.  Every failure
 raises ``KernelStartError`` with one line; whatever was created before the failure (job,
@@ -30,11 +36,11 @@ import secrets
 import time
 from typing import Awaitable, Callable
 
-from . import joblogs
+from . import allocations, joblogs, registry
 from .errors import KernelStartError
 from .job import JOB_ENDED_CODES, Job   # noqa: F401 - JOB_ENDED_CODES: part of this module's interface
 from .launcher import ENDED_AT_START, ERR_NO_IPYKERNEL
-from .link import DROPPED, NodeLink
+from .link import DROPPED, AllocationFull, NodeLink
 from .options import KernelOptions
 from .runner import SSHCommandRunner, runner_for
 from .schedulers import JobStatus, get_scheduler
@@ -47,6 +53,7 @@ SIGNAL_EXIT_GRACE = 1.0
 
 class State(enum.Enum):
     NEW = "new"                     # nothing submitted yet
+    JOINING = "joining"             # shared: looking for (and joining) a live allocation of the spec
     SUBMITTING = "submitting"       # the submit command runs
     QUEUED = "queued"               # the job waits to start
     CONNECTING = "connecting"       # the job runs; SSH to its node, reaching the launcher
@@ -61,7 +68,8 @@ class State(enum.Enum):
 
 S = State
 TRANSITIONS: dict[State, frozenset[State]] = {
-    S.NEW: frozenset({S.SUBMITTING, S.CLOSING}),
+    S.NEW: frozenset({S.SUBMITTING, S.JOINING, S.CLOSING}),
+    S.JOINING: frozenset({S.READY, S.SUBMITTING, S.CLOSING}),
     S.SUBMITTING: frozenset({S.QUEUED, S.CLOSING}),
     S.QUEUED: frozenset({S.CONNECTING, S.CLOSING}),
     S.CONNECTING: frozenset({S.READY, S.CLOSING}),
@@ -113,7 +121,10 @@ class RemoteKernelSession:
         self.log = log or logging.getLogger(__name__)
         self.runner = runner_for(options.login_host, options.command_timeout)
         self.scheduler = get_scheduler(options.scheduler, self.runner)
-        self.session_id = secrets.token_hex(8)   # names the node dir; not a secret
+        self.session_id = secrets.token_hex(8)   # names the node dir (or the slot); not a secret
+        self.shared = options.shared
+        self.allocation_id = self.session_id     # shared: the launcher's session id (another's once joined)
+        self.joined = False                      # shared: started in an allocation another kernel made
         self.job = job or Job(options, self.scheduler, self.runner, name=name, session_id=self.session_id,
                               kernel_id=kernel_id, log=self.log)
         self._link_factory = link_factory
@@ -129,6 +140,7 @@ class RemoteKernelSession:
         self._close_task: asyncio.Task | None = None
         self._stopped = asyncio.Event()   # set on ENDING: the kernel is stopped
         self._held_exit = HeldExit()
+        self._spec_lock: allocations.SpecLock | None = None   # shared: held from joining until published
 
     # --- what it is ---------------------------------------------------------------------------
     def _to(self, new: State) -> None:
@@ -147,7 +159,13 @@ class RemoteKernelSession:
 
     @property
     def node_dir(self) -> str:
-        return f"{self.opts.runtime_base.rstrip('/')}/rk-{self.session_id}"
+        """The launcher's directory on the node."""
+        return f"{self.opts.runtime_base.rstrip('/')}/rk-{self.allocation_id}"
+
+    @property
+    def kernel_dir(self) -> str:
+        """The kernel's directory on the node: the launcher's, or its slot's in a shared allocation."""
+        return f"{self.node_dir}/s-{self.session_id}" if self.shared else self.node_dir
 
     @property
     def starting(self) -> bool:
@@ -168,6 +186,8 @@ class RemoteKernelSession:
         """What a frontend or test may know of the kernel (no secret)."""
         return {"state": self.state.value, "job_id": self.job.id, "node": self.node, "scheduler": self.scheduler.name,
                 "session_id": self.session_id, "node_dir": self.node_dir, "log_file": self.job.log_file,
+                "allocation": self.opts.allocation, "allocation_id": self.allocation_id if self.shared else "",
+                "joined": self.joined, "kernel_dir": self.kernel_dir,
                 "exit_code": self.exit_code, "kernel_pid": self.kernel_pid, "ended_reason": self.ended_reason,
                 "reconnects": self.link.reconnects if self.link else 0, "timings": dict(self.job.timings),
                 **{k: (self.link.hello.get(v) if self.link else None) for k, v in LAUNCHER_INFO.items()}}
@@ -183,23 +203,75 @@ class RemoteKernelSession:
             self._start_task = None
 
     async def submit_job(self) -> None:
-        """Submit; the job is known (and watched) on return.  KernelStartError if refused."""
+        """Submit; the job is known (and watched) on return.  KernelStartError if refused.
+        Shared: join a live allocation instead when there is one (state READY on return)."""
+        if not self.shared:
+            await self._submit()
+            return
+        self._to(S.JOINING)
+        # Held until the job this start submits is published (or the start fails): a start of
+        # the spec meanwhile, by any of this user's servers, waits and joins it.
+        self._spec_lock = allocations.SpecLock(allocations.fingerprint(self.name, self.opts))
+        if not await self._spec_lock.acquire():
+            self.log.info("remote kernel %s: another start of this spec is still under way; submitting a job "
+                          "of its own", self.name)
+        if await self._or_close(self._join()):
+            self._spec_lock.release()
+        else:
+            await self._submit()
+
+    async def _submit(self) -> None:
         self._to(S.SUBMITTING)
         await self._or_close(self.job.submit())
         joblogs.prune_soon(self.runner, self.scheduler, remote=bool(self.opts.login_host))
         self._to(S.QUEUED)
+
+    def _make_link(self, *, node: str, job_id: str):
+        via = self.runner if isinstance(self.runner, SSHCommandRunner) else None
+        slot = {"slot": self.session_id} if self.shared else {}
+        return self._link_factory(self.opts, node=node, job_id=job_id, node_dir=self.node_dir, via=via,
+                                  on_event=self._launcher_event, log=self.log, **slot)
+
+    async def _join(self) -> bool:
+        """Start in this user's live allocation of the same spec, if one takes this kernel:
+        True once its launcher answered for this kernel's slot (state READY)."""
+        t0 = time.monotonic()
+        found = allocations.candidates(allocations.fingerprint(self.name, self.opts))
+        for alloc in await allocations.running(self.scheduler, found, self.log):
+            self.allocation_id = alloc.allocation
+            link = self._make_link(node=alloc.node, job_id=alloc.job_id)
+            try:
+                await link.join()
+            except KernelStartError as e:
+                await link.close()
+                if not isinstance(e, AllocationFull):   # its launcher is gone: nobody joins it again
+                    allocations.withdraw(alloc.allocation)
+                self.log.info("remote kernel %s: not joining job %s: %s", self.name, alloc.job_id, e)
+                continue
+            self.link, self.joined = link, True
+            self.job.adopt(alloc.job_id, alloc.node, alloc.allocation)
+            # Reaching a running launcher is this start's "ssh" and "launcher" phases (check prints them).
+            took = time.monotonic() - t0
+            self.job.timings.update(join=took, ssh=took, launcher=0.0)
+            self.log.info("remote kernel %s: joined the allocation of job %s on %s", self.name, alloc.job_id,
+                          alloc.node)
+            self._to(S.READY)
+            self._supervisor = asyncio.get_running_loop().create_task(self._supervise())
+            return True
+        self.allocation_id = self.session_id
+        return False
 
     async def reach_launcher(self) -> None:
         """After submit_job(): wait until the job runs, connect to its node, reach the launcher."""
         await self._or_close(self._reach())
 
     async def _reach(self) -> None:
+        if self.joined:
+            return
         status = await self.job.wait_running(self.on_status)
         self._to(S.CONNECTING)
         self.log.info("remote kernel %s: job %s running on %s", self.name, self.job.id, status.node)
-        via = self.runner if isinstance(self.runner, SSHCommandRunner) else None
-        self.link = self._link_factory(self.opts, node=status.node, job_id=self.job.id, node_dir=self.node_dir,
-                             via=via, on_event=self._launcher_event, log=self.log)
+        self.link = self._make_link(node=status.node, job_id=self.job.id)
         t1 = time.monotonic()
         try:
             await self.link.connect()
@@ -212,12 +284,18 @@ class RemoteKernelSession:
         self.job.timings["launcher"] = time.monotonic() - t1 - self.job.timings["ssh"]
         self.log.info("remote kernel %s: launcher ready on %s (%s)", self.name, info.get("host"), info.get("python"))
         self._to(S.READY)
+        if self.shared:   # the next kernel of this spec may start here
+            allocations.Allocation(allocation=self.allocation_id, fingerprint=allocations.fingerprint(self.name, self.opts),
+                                   spec=self.name, scheduler=self.scheduler.name, job_id=self.job.id, node=status.node,
+                                   runtime_base=self.opts.runtime_base).publish()
+            self._spec_lock.release()
         self.job.quiet()   # the link's traffic says it lives; the scheduler is asked again when it fails
         self._supervisor = asyncio.get_running_loop().create_task(self._supervise())
 
-    async def _or_close(self, step: Awaitable[None]) -> None:
+    async def _or_close(self, step: Awaitable):
+        """step's result; on any failure the session is closed (KernelStartError: exit code 1)."""
         try:
-            await step
+            return await step
         except BaseException as e:
             if isinstance(e, KernelStartError):
                 self.ended_reason, self.exit_code = str(e), 1
@@ -382,16 +460,19 @@ class RemoteKernelSession:
 
     async def _close(self, spare: asyncio.Task | None) -> None:
         self._to(S.CLOSING)
+        if self._spec_lock is not None:
+            self._spec_lock.release()
         for task in (self._start_task, self._supervisor):
             if task is not None and task is not spare and not task.done():
                 task.cancel()
                 await asyncio.wait({task})
-        said_bye = False
+        bye: dict = {}
         if self.link is not None and self.link.usable:
             try:
-                said_bye = (await self.link.request({"op": "shutdown"}, timeout=10)).get("event") == "bye"
+                bye = await self.link.request({"op": "shutdown"}, timeout=10)
             except KernelStartError:
                 pass
+        said_bye = bye.get("event") == "bye"
         if not said_bye:   # the kernel may run on: its job's end (cancelled at once) stops it
             await self._release(said_bye)
         self._flush_exit_report()
@@ -401,11 +482,24 @@ class RemoteKernelSession:
         self._to(S.ENDING)
         self._stopped.set()
         if said_bye:
-            await self._release(said_bye)
+            await self._release(said_bye, bye.get("kernels", 0))
         self._to(S.ENDED)
 
-    async def _release(self, said_bye: bool) -> None:
-        """Close the link (control channel, forwards, connection), then end the job."""
+    async def _release(self, said_bye: bool, others: int = 0) -> None:
+        """Close the link (control channel, forwards, connection), then end the job.  Shared:
+        only when this was the allocation's last kernel and it does not linger (``others``:
+        the kernels its launcher still holds after the bye); without a bye, when no other
+        kernel of this user is registered in the job (the launcher's per-kernel dead-man
+        switch ends this one's kernel)."""
         if self.link is not None:
             await self.link.close()
-        await self.job.end(said_bye)
+        if not self.shared:
+            await self.job.end(said_bye)
+            return
+        if said_bye:
+            keep = others > 0 or self.opts.linger > 0
+        else:
+            keep = self.job.entry is not None and bool(registry.sharing(self.job.entry))
+        if not keep:
+            allocations.withdraw(self.allocation_id)
+        await self.job.end(said_bye, keep=keep)

@@ -86,6 +86,15 @@ def test_check_good_spec_reports_node_and_timings(cli):
     wait_until(f"job {job} to leave the queue", lambda: not job_in_queue(job), timeout=15)
 
 
+def test_check_of_a_shared_spec_runs_in_the_users_live_allocation(cli, owners):
+    cli.install("rkc-shared-check", "--time", "00:10:00", "--allocation", "shared")
+    proc, ids = owners("rkc-shared-check")
+    res = cli("check", "rkc-shared-check")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert re.search(rf"^Kernel ran on node {ids['node']} \(job {ids['job_id']}\)\.$", res.stdout, re.M), res.stdout
+    assert job_in_queue(ids["job_id"])   # check's kernel ended; the owner's goes on
+
+
 def test_check_unknown_partition_fails_at_submit_with_slurms_message(cli):
     cli.install("rkc-nopart", "--no-check", "--partition", "nosuch")
     before = jobs_named("rk-rkc-nopart")
@@ -150,7 +159,7 @@ def test_ps_lists_a_kernel_of_another_server(cli, owners):
     assert entry["state"] == "running" and entry["owner"] == "alive" and entry["owner_pid"] == proc.pid
     assert re.fullmatch(r"\d+:\d\d", entry["time_left"]), entry["time_left"]
     row = next(l for l in cli("ps").stdout.splitlines() if l.startswith(ids["kernel_id"]))
-    assert row.split()[1:5] == ["rkc-ps", ids["job_id"], ids["node"], "running"]
+    assert row.split()[1:6] == ["rkc-ps", ids["job_id"], "-", ids["node"], "running"]   # "-": not shared
     assert row.split()[-2:] == [str(proc.pid), "alive"]
 
     proc.stdin.close()   # the server shuts its kernel down
@@ -182,6 +191,54 @@ def test_cancel_orphans_ends_only_the_jobs_of_dead_servers(cli, owners):
     assert f"job {kept['job_id']} of kernel {kept['kernel_id']} (spec rkc-orphan) cancelled" in res.stdout
     wait_until(f"job {kept['job_id']} to leave the queue", lambda: not job_in_queue(kept["job_id"]), timeout=15)
     assert ps(cli) == {}
+
+
+def test_kernels_sharing_a_job_are_shown_and_cancelling_it_ends_them_all(cli, owners):
+    cli.install("rkc-shared", "--time", "00:10:00", "--allocation", "shared")
+    dead, a = owners("rkc-shared")
+    alive, b = owners("rkc-shared")   # another server of the same user: the same job
+    job = a["job_id"]
+    assert b["job_id"] == job
+    listed = {e["kernel_id"]: e for e in json.loads(cli("ps", "--json").stdout)}
+    assert listed[a["kernel_id"]]["shared_with"] == [b["kernel_id"]] and listed[b["kernel_id"]]["shared_with"] == [a["kernel_id"]]
+    row = next(l for l in cli("ps").stdout.splitlines() if l.startswith(b["kernel_id"]))
+    assert row.split()[1:5] == ["rkc-shared", job, "2", "kernels"]
+
+    dead.send_signal(signal.SIGKILL)   # one server gone: its kernel is forgotten, the job kept for the other
+    dead.wait(timeout=10)
+    res = cli("cancel", "--orphans")
+    assert res.returncode == 0, res.stderr
+    assert f"its job {job} is kept for the kernel(s) it shares with ({b['kernel_id']})" in res.stdout
+    assert job_in_queue(job) and [e["kernel_id"] for e in json.loads(cli("ps", "--json").stdout)] == [b["kernel_id"]]
+
+    third, c = owners("rkc-shared")
+    assert c["job_id"] == job
+    res = cli("cancel", job)
+    assert res.returncode == 0, res.stderr
+    assert re.fullmatch(rf"job {job} of kernel \S+ \(spec rkc-shared\) cancelled; it ended the 1 other kernel\(s\) "
+                        rf"sharing it: \S+\n", res.stdout), res.stdout
+    named = set(re.findall(r"of kernel (\S+) \(", res.stdout)) | set(res.stdout.strip().rsplit(": ", 1)[1].split(", "))
+    assert named == {b["kernel_id"], c["kernel_id"]}
+    wait_until(f"job {job} to leave the queue", lambda: not job_in_queue(job), timeout=15)
+    assert json.loads(cli("ps", "--json").stdout) == []
+
+
+def test_a_lingering_allocation_is_listed_and_can_be_cancelled(cli, owners):
+    cli.install("rkc-linger", "--time", "00:10:00", "--allocation", "shared", "--linger", "600")
+    proc, ids = owners("rkc-linger")
+    proc.stdin.close()   # its only kernel shut down: the allocation lingers
+    assert proc.wait(timeout=30) == 0
+    assert job_in_queue(ids["job_id"])
+    [row] = json.loads(cli("ps", "--json").stdout)
+    assert (row["job_id"], row["kernel_id"], row["owner"], row["state"]) == (ids["job_id"], "", "none", "running")
+    line = next(l for l in cli("ps").stdout.splitlines() if f" {ids['job_id']} " in l)
+    assert line.split()[2:4] == [ids["job_id"], "lingering"] and line.split()[-1] == "-"
+    assert "No orphaned remote kernels" in cli("cancel", "--orphans").stdout   # nobody's orphan
+    res = cli("cancel", ids["job_id"])
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == f"job {ids['job_id']} of the lingering shared allocation (spec rkc-linger) cancelled\n"
+    wait_until(f"job {ids['job_id']} to leave the queue", lambda: not job_in_queue(ids["job_id"]), timeout=15)
+    assert json.loads(cli("ps", "--json").stdout) == []
 
 
 def test_cancel_orphans_says_when_a_job_had_already_ended(cli, owners):

@@ -60,14 +60,17 @@ class Launched:
 
 @pytest.fixture
 async def launch():
-    """launch(grace=60, contact=None) -> Launched, ready (its socket listens); all ended afterwards.
-    ``contact``: the first-contact window argument (None: left out, as grace)."""
+    """launch(grace=60, contact=None, shared=None) -> Launched, ready (its socket listens); all
+    ended afterwards.  ``contact``: the first-contact window argument (None: left out, as grace);
+    ``shared``: (LINGER, MAX) for a shared allocation's launcher."""
     base = Path(tempfile.mkdtemp(prefix="rk-t", dir="/tmp"))   # unix socket paths must stay short
     launched: list[Launched] = []
 
-    async def start(grace: float = 60, contact: float | None = None) -> Launched:
+    async def start(grace: float = 60, contact: float | None = None, shared: tuple | None = None) -> Launched:
         session = f"s{len(launched)}"
-        window = [] if contact is None else [f"{contact:g}"]
+        window = [] if contact is None and shared is None else [f"{contact if contact is not None else grace:g}"]
+        if shared is not None:
+            window += [f"{shared[0]:g}", str(shared[1])]
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-", session, f"{grace:g}", str(base), *window,
             stdin=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
@@ -414,3 +417,128 @@ def test_install_advice_is_pip_in_a_venv_and_a_venv_for_a_system_managed_python(
     assert "PEP 668" in system and "/usr/bin/python3 -m venv DIR && DIR/bin/python -m pip install ipykernel" in system
     venv = subprocess.run([sys.executable, "-c", code, where], capture_output=True, text=True, check=True).stdout
     assert venv.strip() == f"run `{sys.executable} -m pip install ipykernel`"
+
+
+# --- shared allocations: one launcher, a slot per kernel ------------------------------------
+
+async def joined(launcher: Launched, slot: str, **kw) -> LauncherClient:
+    """A client whose hello took kernel slot ``slot``."""
+    client = await launcher.client(**kw)
+    hello = await client.request({"op": "hello", "kernel": slot}, DEADLINE)
+    assert hello["event"] == "hello", hello
+    return client
+
+
+async def test_shared_kernels_have_slots_of_their_own(launch):
+    """Each slot: its own directory (connection file, sockets), kernel, process group and
+    events; signalling, stopping one leaves the other running."""
+    launcher = await launch(shared=(0, 0))
+    events = {"a": asyncio.Queue(), "b": asyncio.Queue()}
+    a = await joined(launcher, "a", on_event=events["a"].put_nowait)
+    b = await joined(launcher, "b", on_event=events["b"].put_nowait)
+    started = {name: await c.request(start_request("fast"), DEADLINE) for name, c in (("a", a), ("b", b))}
+    assert started["a"]["event"] == started["b"]["event"] == "started" and started["a"]["pid"] != started["b"]["pid"]
+    for name in "ab":
+        slot = launcher.dir / f"s-{name}"
+        assert (slot / "kernel.json").exists() and (slot / "k-1").exists()
+        assert slot.stat().st_mode & 0o777 == 0o700
+        assert json.loads((slot / "kernel.json").read_text())["ip"] == f"{slot}/k"
+    assert os.getpgid(started["a"]["pid"]) != os.getpgid(started["b"]["pid"])
+    assert (await a.request({"op": "signal", "signum": int(signal.SIGINT)}, DEADLINE))["event"] == "ok"
+    await until_exists(launcher.dir / "s-a" / "k-sigint")
+    assert not (launcher.dir / "s-b" / "k-sigint").exists()
+    assert (await a.request({"op": "signal", "signum": int(signal.SIGTERM)}, DEADLINE))["event"] == "ok"
+    assert await asyncio.wait_for(events["a"].get(), DEADLINE) == {"event": "exited", "code": -signal.SIGTERM}
+    assert events["b"].empty()
+    assert (await b.request({"op": "hello", "kernel": "b"}, DEADLINE))["kernel"] == started["b"]["pid"]
+    assert (await a.request(start_request("fast"), DEADLINE))["event"] == "started"   # a restart of a
+    assert (await a.request({"op": "stop"}, DEADLINE))["event"] == "stopped"
+    assert (await b.request({"op": "hello", "kernel": "b"}, DEADLINE))["kernel"] == started["b"]["pid"]
+
+
+async def test_a_shared_launcher_acts_only_for_a_named_slot(launch):
+    launcher = await launch(shared=(0, 0))
+    client = await launcher.client()
+    assert (await client.request({"op": "hello"}, DEADLINE))["event"] == "hello"
+    for req in (start_request("fast"), {"op": "stop"}, {"op": "signal", "signum": 2}, {"op": "shutdown"}):
+        reply = await client.request(req, DEADLINE)
+        assert reply == {"event": "error", "message": "this allocation is shared: say hello with your kernel's id first",
+                         "id": reply["id"]}
+    bad = await client.request({"op": "hello", "kernel": "../x"}, DEADLINE)
+    assert bad["event"] == "error" and "kernel must be 1-64 letters" in bad["message"]
+
+
+async def test_a_per_kernel_launcher_refuses_a_slot(launch):
+    launcher = await launch()
+    client = await launcher.client()
+    reply = await client.request({"op": "hello", "kernel": "a"}, DEADLINE)
+    assert reply["event"] == "error" and "holds one kernel" in reply["message"]
+
+
+async def test_a_full_allocation_refuses_a_new_kernel_but_not_its_own(launch):
+    launcher = await launch(shared=(0, 2))
+    await joined(launcher, "a")
+    await joined(launcher, "b")
+    client = await launcher.client()
+    reply = await client.request({"op": "hello", "kernel": "c"}, DEADLINE)
+    assert reply["event"] == "error" and reply["full"] is True and "full (2 kernels)" in reply["message"]
+    await joined(launcher, "a")   # a's server reconnecting
+
+
+async def test_a_stop_ends_what_its_own_kernel_detached_and_nothing_of_the_others(launch):
+    launcher = await launch(shared=(0, 0))
+    a, b = await joined(launcher, "a"), await joined(launcher, "b")
+    orphans = {"a": await start_detaching(launcher, a, "orphan-a"), "b": await start_detaching(launcher, b, "orphan-b")}
+    assert (await a.request({"op": "stop"}, DEADLINE))["event"] == "stopped"
+    assert not running(orphans["a"]) and running(orphans["b"])
+    bye = await b.request({"op": "shutdown"}, DEADLINE)
+    assert (bye["event"], bye["kernels"]) == ("bye", 1)   # a's slot is still there (its kernel stopped)
+    assert not running(orphans["b"])
+
+
+@pytest.mark.parametrize("linger", [0, 1.5])
+async def test_the_allocation_ends_linger_seconds_after_its_last_kernel(launch, linger):
+    launcher = await launch(shared=(linger, 0))
+    a, b = await joined(launcher, "a", heartbeat=0.2), await joined(launcher, "b", heartbeat=0.2)
+    for c in (a, b):
+        assert (await c.request(start_request("fast"), DEADLINE))["event"] == "started"
+    assert (await a.request({"op": "shutdown"}, DEADLINE))["kernels"] == 1
+    assert not (launcher.dir / "s-a").exists() and launcher.proc.returncode is None
+    assert (await b.request({"op": "shutdown"}, DEADLINE))["kernels"] == 0
+    emptied = time.monotonic()
+    assert await launcher.exit_code() == 0
+    assert linger <= time.monotonic() - emptied < linger + 2
+    if linger:
+        assert f"no kernel for {linger:g}s (linger); ending" in await launcher.stderr()
+
+
+async def test_a_kernel_started_while_the_allocation_lingers_keeps_it(launch):
+    launcher = await launch(shared=(1, 0))
+    a = await joined(launcher, "a", heartbeat=0.2)
+    assert (await a.request({"op": "shutdown"}, DEADLINE))["kernels"] == 0
+    b = await joined(launcher, "b", heartbeat=0.2)
+    assert (await b.request(start_request("fast"), DEADLINE))["event"] == "started"
+    # Outliving the linger cannot be shown by a condition: wait several of them.
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(asyncio.shield(launcher.proc.wait()), 3)
+    assert (await b.request({"op": "hello", "kernel": "b"}, DEADLINE))["kernel"] is not None
+
+
+async def test_a_kernel_whose_server_is_gone_ends_after_grace_and_the_others_live_on(launch):
+    launcher = await launch(grace=1, shared=(0, 0))
+    a = await joined(launcher, "a", heartbeat=0.2)
+    b = await joined(launcher, "b", heartbeat=0)
+    for c in (a, b):
+        assert (await c.request(start_request("fast"), DEADLINE))["event"] == "started"
+    b.close()   # b's server is gone
+    deadline = time.monotonic() + DEADLINE
+    while (launcher.dir / "s-b").exists():
+        assert time.monotonic() < deadline, "the orphaned kernel's slot was not ended"
+        await asyncio.sleep(0.05)
+    assert (await a.request({"op": "hello", "kernel": "a"}, DEADLINE))["kernel"] is not None
+    assert launcher.proc.returncode is None
+    a.close()   # the last server gone: the dead-man switch ends the allocation
+    assert await launcher.exit_code() == EXIT_ABANDONED
+    said = await launcher.stderr()
+    assert "kernel slot b: no contact from its server for 1s; ending it" in said
+    assert "no contact from the login side for 1s; ending" in said

@@ -11,6 +11,7 @@ from pathlib import Path
 from traitlets import TraitError
 
 from ..examples import shipped_examples
+from ..job import interactive
 from ..kernelspec import PROVISIONER, install, on_search_path
 from ..options import KernelOptions
 from ..schedulers import get_scheduler
@@ -58,7 +59,7 @@ def install_spec(name: str, given: dict, *, from_dir: str | None = None, display
     config.setdefault("python", sys.executable)
     try:
         opts = KernelOptions(environ={}, **config)   # the spec is validated as written, without RK_* overrides
-        get_scheduler(config["scheduler"])
+        interactive(opts, get_scheduler(config["scheduler"]))   # ValueError for a dispatch it cannot have
     except (TraitError, ValueError) as e:
         raise CommandFailed(str(e)) from None
     if check:
