@@ -316,18 +316,28 @@ def test_server_stopped_with_four_running_kernels_ends_all_their_jobs(kernelspec
         assert [status for status, _ in answers] == [201] * 4, answers
         jobs = wait_until("the kernels' jobs", lambda: len(srv.jobs()) == 4 and srv.jobs())
         assert all(job_in_queue(j) for j in jobs)
-        srv.proc.send_signal(signal.SIGTERM)
-        wait_until("the server to exit", lambda: srv.proc.poll() is not None, timeout=30)
+        sigterm_ends(srv, jobs)
         registry = Path(srv.env["JUPYTER_RUNTIME_DIR"]) / "remote-kernels"
         assert not list(registry.glob("*.json")), f"the server exited before its jobs ended:\n{srv.log()[-3000:]}"
         assert "left open at exit" not in srv.log()   # all four were shut down, none abandoned
-        wait_until(f"jobs {jobs} of the stopped server to leave the queue",
-                   lambda: not any(job_in_queue(j) for j in jobs), timeout=15)
     finally:
-        left = [j for j in jobs if job_in_queue(j)]
-        if left:
-            subprocess.run(["scancel", *left], capture_output=True)
-        srv.stop()
+        stop_and_cancel(srv, jobs)
+
+
+def sigterm_ends(srv, jobs: list[str]) -> None:
+    """SIGTERM the server: it must exit at once (30 s) and its jobs leave the queue."""
+    srv.proc.send_signal(signal.SIGTERM)
+    wait_until("the server to exit at the first SIGTERM", lambda: srv.proc.poll() is not None, timeout=30)
+    wait_until(f"jobs {jobs} of the stopped server to leave the queue",
+               lambda: not any(job_in_queue(j) for j in jobs), timeout=15)
+
+
+def stop_and_cancel(srv, jobs: list[str]) -> None:
+    """A test's clean-up: cancel what is left of its jobs and stop its server."""
+    left = [j for j in jobs if job_in_queue(j)]
+    if left:
+        subprocess.run(["scancel", *left], capture_output=True)
+    srv.stop()
 
 
 def test_server_stopped_while_a_job_is_queued_cancels_it(kernelspecs, make_spec, tmp_path):
@@ -365,15 +375,9 @@ def test_server_stopped_with_a_running_and_a_queued_kernel_ends_both_jobs(kernel
         assert {k["id"] for k in srv.kernels()} == {body["id"], held["id"]}
         jobs = srv.jobs()
         assert len(jobs) == 2 and "PENDING" in {job_state(j) for j in jobs}, jobs
-        srv.proc.send_signal(signal.SIGTERM)
-        wait_until("the server to exit at the first SIGTERM", lambda: srv.proc.poll() is not None, timeout=30)
-        wait_until(f"jobs {jobs} of the stopped server to leave the queue",
-                   lambda: not any(job_in_queue(j) for j in jobs), timeout=15)
+        sigterm_ends(srv, jobs)
     finally:
-        left = [j for j in jobs if job_in_queue(j)]
-        if left:
-            subprocess.run(["scancel", *left], capture_output=True)
-        srv.stop()
+        stop_and_cancel(srv, jobs)
 
 
 def job_state(job: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 from pathlib import Path
@@ -31,6 +32,20 @@ def client_for(info: dict, key: bytes = KEY) -> AsyncKernelClient:
     kc.load_connection_info({k: v for k, v in info.items() if k != "key"})
     kc.start_channels()
     return kc
+
+
+@contextlib.asynccontextmanager
+async def holding_standin(info: dict):
+    """A holding stand-in and a client that has made its kernel_info round trip with it."""
+    standin = QueuedKernelStandIn(info, lambda: "job 42 is queued")
+    standin.start()
+    kc = client_for(info)
+    try:
+        await kc.wait_for_ready(timeout=10)
+        yield standin, kc
+    finally:
+        kc.stop_channels()
+        standin.close()
 
 
 async def iopub_of(kc, msg_id: str, until_state: str = "idle", timeout: float = 10) -> list[tuple]:
@@ -84,12 +99,13 @@ async def wait_for(condition, timeout: float = 10) -> None:
 async def test_a_failed_start_answers_what_was_kept_and_every_cell_since(info, where):
     """The job ended in the queue (the stand-in fails in place), or the kernel's start failed
     after the hand-over (a new stand-in gets what was kept; its clients reconnect)."""
-    holding = QueuedKernelStandIn(info, lambda: "job 42 is queued")
-    holding.start()
-    kc = client_for(info)
+    async with holding_standin(info) as (holding, kc):
+        await _failed_start_answers(info, holding, kc, where)
+
+
+async def _failed_start_answers(info, holding, kc, where) -> None:
     failed = holding
     try:
-        await kc.wait_for_ready(timeout=10)
         kept = kc.execute("print('must not run')")
         await wait_for(lambda: "execute_request" in holding.held_kinds)
         if where == "in place":
@@ -114,25 +130,24 @@ async def test_a_failed_start_answers_what_was_kept_and_every_cell_since(info, w
         reply = await kc.comm_info(reply=True, timeout=5)
         assert reply["content"] == {"status": "ok", "comms": {}}
     finally:
-        kc.stop_channels()
         failed.close()
-        holding.close()
 
 
 async def test_the_relay_runs_the_kept_cells_on_the_kernel_in_order_and_nudges_its_status(info, tmp_path):
     """A real local ipykernel takes over the stand-in's endpoints (as the forwards do), its shell
     socket on the relay's path: the cells kept while queued run, in order, their replies reach
     the client that sent them, and the kernel's status reaches the client unasked."""
+    async with holding_standin(info) as (standin, kc):
+        await _relay_runs_kept_cells(info, tmp_path, standin, kc)
+
+
+async def _relay_runs_kept_cells(info, tmp_path, standin, kc) -> None:
     from jupyter_client.manager import AsyncKernelManager
     from remote_kernels.relay import ShellRelay
     from remote_kernels.standin import signer, zmq_url
 
-    standin = QueuedKernelStandIn(info, lambda: "job 42 is queued")
-    standin.start()
-    kc = client_for(info)
     km = None
     try:
-        await kc.wait_for_ready(timeout=10)
         cells = [kc.execute(code) for code in ("x = 20", "x += 22", "print(x)")]
         await wait_for(lambda: standin.held_kinds.count("execute_request") == 3)
         ctx, shell, held = standin.hand_over()
@@ -163,8 +178,6 @@ async def test_the_relay_runs_the_kept_cells_on_the_kernel_in_order_and_nudges_i
         finally:
             relay.close()
     finally:
-        kc.stop_channels()
-        standin.close()
         if km is not None:
             await km.shutdown_kernel(now=True)
 
