@@ -292,6 +292,48 @@ def test_a_cell_run_while_the_job_is_queued_shows_its_output_once_it_starts(mode
         ensure_jobs_gone([held], "the held notebook")
 
 
+@pytest.mark.parametrize("mode", ["default", "pending_kernels"])
+def test_a_closed_notebooks_queued_kernel_stays_listed_and_its_shutdown_withdraws_the_job(mode, browser, make_spec,
+                                                                                          screenshot, request):
+    """Nothing queued that the user cannot see: a notebook closed while its job waits leaves its
+    kernel in JupyterLab's running-kernels panel, and shutting it down there cancels the job."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    server = request.getfixturevalue("lab" if mode == "default" else "pending_lab")
+    make_spec("rk-held-close", directives=["--begin=now+1hour"])
+    before = set(server.jobs())
+    open_lab(browser, server)
+    new_notebook(browser, "Python 3 (rk-held-close)")
+    [held] = poll("the held kernel's job to be submitted", lambda: [j for j in server.jobs() if j not in before])
+    try:
+        assert poll(f"job {held} to be listed as pending", lambda: job_state(held) == "PENDING")
+        kid = poll("the kernel to be listed", lambda: next(
+            (k["id"] for k in server.kernels() if k["name"] == "rk-held-close"), None), timeout=30)
+        click("the notebook tab's close icon", lambda: next(
+            (icon for icon in browser.find_elements(By.CSS_SELECTOR, "#jp-main-dock-panel .lm-TabBar-tab.lm-mod-current "
+                                                                      ".lm-TabBar-tabCloseIcon") if icon.is_displayed()),
+            None))
+        click("Save in the save-your-work dialog",   # a new notebook has unsaved metadata
+              lambda: browser.find_element(By.CSS_SELECTOR, ".jp-Dialog .jp-Dialog-button.jp-mod-accept"))
+        poll("the notebook to close", lambda: current_notebook(browser) is None, timeout=15)
+        click("the running-kernels sidebar", lambda: browser.find_element(
+            By.CSS_SELECTOR, ".lm-TabBar-tab[data-id='jp-running-sessions']"))
+        item = poll("the queued kernel in the running-kernels panel", lambda: next(
+            (i for i in browser.find_elements(By.CSS_SELECTOR, ".jp-RunningSessions-item")
+             if "rk-held-close" in i.text and i.is_displayed()), None), timeout=15)
+        assert job_state(held) == "PENDING"
+        screenshot(f"jupyterlab-queued-kernel-listed-{mode}")
+        ActionChains(browser).move_to_element(item).perform()   # its shut-down button shows on hover
+        click("the kernel's shut-down button", lambda: item.find_element(By.CSS_SELECTOR,
+                                                                         ".jp-RunningSessions-itemShutdown"))
+        wait_until(f"job {held} to be withdrawn", lambda: not job_in_queue(held), timeout=20)
+        poll("the kernel to be gone", lambda: all(k["id"] != kid for k in server.kernels()), timeout=15)
+    finally:
+        subprocess.run(["scancel", held], capture_output=True)
+        ensure_jobs_gone([held], "the closed notebook's kernel")
+
+
 def test_delete_pending_kernel_cancels_its_job(pending_lab, make_spec):
     make_spec("rk-pending", directives=["--begin=now+1hour"])
     before = set(pending_lab.jobs())
