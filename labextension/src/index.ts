@@ -12,6 +12,7 @@ import { JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application'
 import { ICommandPalette } from '@jupyterlab/apputils';
 import { INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
 import { IStatusBar } from '@jupyterlab/statusbar';
+import { listIcon } from '@jupyterlab/ui-components';
 import { Widget } from '@lumino/widgets';
 
 import { KernelView, listKernels, act } from './api';
@@ -90,6 +91,7 @@ class KernelsPanel extends Widget {
     this.id = 'rk-kernels-panel';
     this.addClass('rk-Panel');
     this.title.caption = 'Remote kernels';
+    this.title.icon = listIcon;
     this.title.label = 'Remote kernels';
     this.node.innerHTML =
       '<h2>Remote kernels</h2><button class="rk-refresh">Refresh</button>' +
