@@ -116,8 +116,23 @@ from ipykernel.kernelapp import IPKernelApp  # noqa: E402
 app = IPKernelApp.instance()
 app.initialize()
 setting_up[0] = False
+MAGIC = os.path.join(HERE, "remote_kernel_magic.py")   # %remote_kernel, when the launcher wrote it
+if os.path.exists(MAGIC):
+    try:
+        import importlib.util
+        spec = importlib.util.spec_from_file_location("remote_kernel_magic", MAGIC)
+        magic = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(magic)
+        sys.modules["remote_kernel_magic"] = magic
+        magic.load_ipython_extension(app.shell)
+    except Exception as e:   # the kernel works without it
+        print("remote-kernels: the %%remote_kernel magic is not available: %s" % e, file=sys.stderr, flush=True)
 app.start()
 '''
+
+# The source of the %remote_kernel magic (remote_kernels/kernel_magic.py): script.launcher_source()
+# puts it here; None when this file runs by itself.  Written next to the boot file, loaded by it.
+KERNEL_MAGIC = None
 
 
 def install_advice():
@@ -170,6 +185,10 @@ class Launcher:
             boot = os.path.join(self.dir, "ipykernel-boot.py")
             with os.fdopen(os.open(boot, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
                 f.write(KERNEL_BOOT)
+            if KERNEL_MAGIC:
+                magic = os.path.join(self.dir, "remote_kernel_magic.py")
+                with os.fdopen(os.open(magic, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+                    f.write(KERNEL_MAGIC)
             argv = [sys.executable, boot, "-f", conn_file]
         for name in os.listdir(self.dir):   # the previous kernel's sockets (and its pipes')
             if name.startswith("k-"):

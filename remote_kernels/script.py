@@ -22,8 +22,17 @@ EXIT_NO_PYTHON = 98
 LAUNCHER_EOF = "RK_LAUNCHER_EOF"
 
 
+# The line of launcher.py that launcher_source() fills with kernel_magic.py's source.
+MAGIC_SLOT = "KERNEL_MAGIC = None\n"
+
+
 def launcher_source() -> str:
-    return ilr.files("remote_kernels").joinpath("launcher.py").read_text()
+    """launcher.py as the node runs it, carrying the %remote_kernel magic (kernel_magic.py)."""
+    files = ilr.files("remote_kernels")
+    src = files.joinpath("launcher.py").read_text()
+    if src.count(MAGIC_SLOT) != 1:
+        raise RuntimeError("launcher.py has no single KERNEL_MAGIC slot")
+    return src.replace(MAGIC_SLOT, f"KERNEL_MAGIC = {files.joinpath('kernel_magic.py').read_text()!r}\n")
 
 
 def render(scheduler: Scheduler, opts: KernelOptions, res: Resources, *, session: str,

@@ -1,0 +1,119 @@
+"""The %remote_kernel magic: what it reads and prints (pure), and that the launcher's ipykernel
+loads it with nothing installed in the kernel's environment (a real launcher and ipykernel), and
+on a compute node of the test cluster."""
+
+from __future__ import annotations
+
+import ast
+import socket
+import subprocess
+from pathlib import Path
+
+from kernel_helpers import remote, run_cell
+from test_launcher import DEADLINE, launch  # noqa: F401
+
+from remote_kernels import kernel_magic
+from remote_kernels.script import launcher_source
+
+SOURCE = Path(kernel_magic.__file__).read_text()
+
+
+def test_the_magic_is_python_3_8_stdlib_and_ipython_only():
+    tree = ast.parse(SOURCE, feature_version=(3, 8))
+    imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert imported <= {"os", "socket", "subprocess"}, imported
+
+
+def test_the_launcher_carries_the_magic():
+    src = launcher_source()
+    ast.parse(src, feature_version=(3, 8))
+    namespace: dict = {}
+    exec(compile(ast.Module([n for n in ast.parse(src).body if isinstance(n, ast.Assign)
+                             and any(getattr(t, "id", "") == "KERNEL_MAGIC" for t in n.targets)], []),
+                 "launcher", "exec"), namespace)
+    assert namespace["KERNEL_MAGIC"] == SOURCE
+
+
+def fake_squeue(stdout: str, code: int = 0):
+    calls = []
+
+    def run(argv, **kw):
+        calls.append(argv)
+        return subprocess.CompletedProcess(argv, code, stdout, "")
+
+    return run, calls
+
+
+def test_slurm_job_resources_and_time_left():
+    env = {"SLURM_JOB_ID": "42", "SLURMD_NODENAME": "c1", "SLURM_JOB_PARTITION": "debug",
+           "SLURM_CPUS_PER_TASK": "2", "SLURM_MEM_PER_NODE": "2048", "SLURM_JOB_ACCOUNT": "physics"}
+    run, calls = fake_squeue("58:12|1:00:00\n")
+    facts = kernel_magic.job_facts(env, run)
+    assert calls == [["squeue", "-h", "-j", "42", "-o", "%L|%l"]]
+    assert kernel_magic.describe(facts) == "\n".join([
+        "remote kernel: slurm job 42 on c1",   # the node as SLURM names it
+        "  partition  debug",
+        "  account    physics",
+        "  cpus       2",
+        "  memory     2G",
+        "  time limit 1:00:00",
+        "  time left  58:12",
+    ])
+
+
+def test_what_cannot_be_learnt_is_left_out():
+    run, _ = fake_squeue("", code=1)   # squeue failed
+    facts = kernel_magic.job_facts({"SLURM_JOB_ID": "42", "SLURM_MEM_PER_NODE": "500"}, run)
+    assert kernel_magic.describe(facts) == f"remote kernel: slurm job 42 on {socket.gethostname()}\n  memory     500M"
+
+    def missing(argv, **kw):
+        raise FileNotFoundError(argv[0])
+
+    assert "time left" not in kernel_magic.job_facts({"SLURM_JOB_ID": "42"}, missing)
+    facts = kernel_magic.job_facts({"PBS_JOBID": "7.server", "PBS_QUEUE": "workq"}, missing)
+    assert kernel_magic.describe(facts).splitlines()[0] == f"remote kernel: pbs job 7.server on {socket.gethostname()}"
+    assert kernel_magic.describe(kernel_magic.job_facts({}, missing)).startswith("remote kernel: no batch job found")
+
+
+async def test_the_launchers_ipykernel_has_the_magic(launch):  # noqa: F811
+    """Started as the node starts it (launcher_source, ipykernel's boot file): %remote_kernel works
+    and `%load_ext remote_kernel_magic` finds it, though nothing of remote_kernels is importable."""
+    from jupyter_client.asynchronous import AsyncKernelClient
+
+    launcher = await launch()
+    client = await launcher.client()
+    env = {"SLURM_JOB_ID": "4242", "SLURM_JOB_PARTITION": "debug", "SLURM_CPUS_PER_TASK": "3",
+           "PYTHONPATH": "/nonexistent"}
+    reply = await client.request({"op": "start", "key": "test-key", "cwd": "/tmp", "env": env}, DEADLINE)
+    assert reply["event"] == "started", reply
+    magic = launcher.dir / "remote_kernel_magic.py"
+    assert magic.read_text() == SOURCE and oct(magic.stat().st_mode & 0o777) == "0o600"
+    kc = AsyncKernelClient()
+    kc.load_connection_file(str(launcher.dir / "kernel.json"))
+    kc.start_channels()
+    try:
+        await kc.wait_for_ready(timeout=DEADLINE)
+        content, out = await run_cell(kc, "%remote_kernel", timeout=DEADLINE)
+        assert content["status"] == "ok", out
+        lines = out.splitlines()
+        assert lines[0] == f"remote kernel: slurm job 4242 on {socket.gethostname()}", out
+        assert "  partition  debug" in lines and "  cpus       3" in lines, out
+        content, out = await run_cell(kc, "%load_ext remote_kernel_magic", timeout=DEADLINE)
+        assert content["status"] == "ok", out
+    finally:
+        kc.stop_channels()
+
+
+async def test_remote_kernel_magic_on_a_compute_node(start_kernel):
+    """rk-long asks for partition long and 30 minutes: the magic says so, with the job and node."""
+    km, kc = await start_kernel("rk-long")
+    info = await remote(km)
+    content, out = await run_cell(kc, "%remote_kernel")
+    assert content["status"] == "ok", out
+    lines = out.splitlines()
+    assert lines[0] == f"remote kernel: slurm job {info['job_id']} on {info['node']}", out
+    assert "  partition  long" in lines and "  time limit 30:00" in lines, out
+    left = next(line for line in lines if line.startswith("  time left  "))
+    minutes, seconds = left.split()[-1].split(":")
+    assert 28 <= int(minutes) <= 29 or (minutes, seconds) == ("30", "00"), left
