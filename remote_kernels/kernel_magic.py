@@ -17,11 +17,19 @@ ipykernel is set up.  Nothing is installed into or changed in the user's environ
 
 What the scheduler puts in the job's environment gives the job, node and resources; SLURM's
 ``squeue`` (where the node has it) gives the time limit and time left.
+
+The extension also shows the wall-time warning: on SIGUSR1 (the launcher passes on the
+scheduler's pre-end signal, launcher.WALLTIME_SIGNAL) a line goes to the notebook's output,
+under the cell that runs, or else the one run last (frontends show output only under a cell);
+with no cell run yet, or when the launcher's flag file (WALLTIME_FLAG beside this file) says the
+signal came before this kernel listened, under the next cell.
 """
 
 import os
+import signal
 import socket
 import subprocess
+import threading
 
 # Per scheduler: the variables naming the job and its resources (the first one set wins).
 SCHEDULER_ENV = (
@@ -35,6 +43,7 @@ SCHEDULER_ENV = (
     ("flux", {"job": ("FLUX_JOB_ID",)}),
     ("htcondor", {"job": ("CONDOR_JOB_ID",)}),
 )
+WALLTIME_FLAG = "walltime-near"   # launcher.WALLTIME_FLAG
 RESOURCE_ORDER = ("partition", "account", "qos", "cpus", "memory", "gpus", "time limit", "time left")
 SQUEUE_FIELDS = ("time left", "time limit")
 QUERY_TIMEOUT = 10
@@ -97,5 +106,47 @@ def remote_kernel(line=""):
     print(describe(job_facts()))
 
 
+def warning_text(facts):
+    """The wall-time warning's line."""
+    job = "%s job %s" % (facts.get("scheduler", "batch"), facts.get("job", "?"))
+    left = (" (%s left)" % facts["time left"]) if facts.get("time left") else ""
+    return ("remote-kernels warning: %s reaches its wall-time soon%s; save your work: the kernel ends "
+            "with the job\n" % (job, left))
+
+
+class WalltimeWarning:
+    """Sends warning_text() as a stderr stream message under the last cell started (its
+    execute_request), when the scheduler's pre-end signal arrives."""
+
+    def __init__(self, ipython, pending=False):
+        self.kernel = getattr(ipython, "kernel", None)
+        self.parent = {}
+        self.pending = pending   # warn under the next cell
+        ipython.events.register("pre_run_cell", self.remember)
+
+    def remember(self, *args):
+        if self.kernel is not None:
+            self.parent = dict(self.kernel.get_parent("shell") or {})
+        if self.pending and self.parent:
+            self.pending = False
+            self.send(warning_text(job_facts()))
+
+    def send(self, text):
+        kernel = self.kernel
+        if kernel is None or kernel.iopub_socket is None:
+            return
+        kernel.session.send(kernel.iopub_socket, "stream", {"name": "stderr", "text": text},
+                            parent=self.parent, ident=kernel._topic("stream"))
+
+    def on_signal(self, signum, frame):
+        if self.parent:
+            self.send(warning_text(job_facts()))
+        else:
+            self.pending = True
+
+
 def load_ipython_extension(ipython):
     ipython.register_magic_function(remote_kernel, magic_kind="line", magic_name="remote_kernel")
+    if threading.current_thread() is threading.main_thread():
+        flagged = os.path.exists(os.path.join(os.path.dirname(os.path.abspath(__file__)), WALLTIME_FLAG))
+        signal.signal(signal.SIGUSR1, WalltimeWarning(ipython, pending=flagged).on_signal)

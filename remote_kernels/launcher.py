@@ -69,6 +69,11 @@ LINE_LIMIT = 1 << 24   # bytes in one request line (a start's env can be large)
 OPTIONAL_STR = ("signature_scheme", "kernel_name", "cwd")
 PR_SET_CHILD_SUBREAPER = 36   # linux/prctl.h
 STOP_GRACE = 3.0   # s between SIGTERM and SIGKILL when a kernel (and what it started) is stopped
+# The scheduler's pre-end signal (SLURM --signal=B:USR1@N): passed to a kernel started through the
+# boot file, whose %remote_kernel extension shows the wall-time warning in the notebook; the flag
+# file in the private dir tells a kernel started (or not yet listening) later to warn at its next cell.
+WALLTIME_SIGNAL = signal.SIGUSR1
+WALLTIME_FLAG = "walltime-near"
 
 # Written to BASE/rk-SESSION/ipykernel-boot.py and run as ``PYTHON ipykernel-boot.py -f kernel.json``
 # in place of ``PYTHON -m ipykernel_launcher -f kernel.json``.
@@ -80,9 +85,11 @@ IPKernelApp.initialize() becomes an ipc socket in this private directory (k-pipe
 forked child's connect to the port it was given goes there instead.
 """
 import os
+import signal
 import sys
 
-import zmq
+signal.signal(signal.SIGUSR1, signal.SIG_IGN)   # the launcher's wall-time warning: the magic handles it
+import zmq  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 if sys.path and os.path.abspath(sys.path[0] or ".") == HERE:   # (not there under -P / PYTHONSAFEPATH)
@@ -157,6 +164,7 @@ class Launcher:
         self.control = Control(self, grace, contact)
         self.waited = set()         # pids of kernels asyncio waits for (reap() leaves them alone)
         self.spawning = False       # a kernel is being started: reap() waits until its pid is known
+        self.booted = False         # the kernel was started through KERNEL_BOOT (it handles WALLTIME_SIGNAL)
 
     # --- set-up -----------------------------------------------------------
     def make_dir(self):
@@ -190,6 +198,7 @@ class Launcher:
                 with os.fdopen(os.open(magic, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
                     f.write(KERNEL_MAGIC)
             argv = [sys.executable, boot, "-f", conn_file]
+        self.booted = req.get("argv") is None
         for name in os.listdir(self.dir):   # the previous kernel's sockets (and its pipes')
             if name.startswith("k-"):
                 try:
@@ -322,11 +331,24 @@ class Launcher:
                 del table[pid]
         return table
 
+    def walltime_near(self):
+        """The scheduler's pre-end signal: say so in the job log and pass it to a kernel started
+        through the boot file (never to another kernel, which may not handle it)."""
+        print("remote-kernels launcher: the job's wall-time is near", file=sys.stderr, flush=True)
+        os.close(os.open(os.path.join(self.dir, WALLTIME_FLAG), os.O_WRONLY | os.O_CREAT, 0o600))
+        kernel = self.kernel
+        if self.booted and kernel is not None and kernel.returncode is None:
+            try:
+                os.kill(kernel.pid, WALLTIME_SIGNAL)
+            except ProcessLookupError:
+                pass
+
     async def main(self):
         self.make_dir()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
             loop.add_signal_handler(sig, self.done.set)
+        loop.add_signal_handler(WALLTIME_SIGNAL, self.walltime_near)
         if sys.platform.startswith("linux"):
             loop.add_signal_handler(signal.SIGCHLD, self.reap)
             if not become_subreaper():

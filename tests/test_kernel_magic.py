@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 from kernel_helpers import remote, run_cell
-from test_launcher import DEADLINE, launch  # noqa: F401
+from test_launcher import DEADLINE, launch, until_exists  # noqa: F401
 
 from remote_kernels import kernel_magic
 from remote_kernels.script import launcher_source
@@ -22,7 +22,7 @@ def test_the_magic_is_python_3_8_stdlib_and_ipython_only():
     tree = ast.parse(SOURCE, feature_version=(3, 8))
     imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
-    assert imported <= {"os", "socket", "subprocess"}, imported
+    assert imported <= {"os", "signal", "socket", "subprocess", "threading"}, imported
 
 
 def test_the_launcher_carries_the_magic():
@@ -101,6 +101,54 @@ async def test_the_launchers_ipykernel_has_the_magic(launch):  # noqa: F811
         assert "  partition  debug" in lines and "  cpus       3" in lines, out
         content, out = await run_cell(kc, "%load_ext remote_kernel_magic", timeout=DEADLINE)
         assert content["status"] == "ok", out
+    finally:
+        kc.stop_channels()
+
+
+async def test_the_pre_end_signal_warns_under_a_cell(launch):  # noqa: F811
+    """SIGUSR1 to the launcher (what SLURM's --signal=B:USR1@N sends the batch shell) reaches the
+    kernel, which sends the warning as stderr output of the cell run last; before any cell ran,
+    under the next one.  Kernel and launcher live on."""
+    import signal as _signal
+    import time
+
+    from jupyter_client.asynchronous import AsyncKernelClient
+
+    from remote_kernels import launcher as launcher_module
+
+    assert kernel_magic.WALLTIME_FLAG == launcher_module.WALLTIME_FLAG
+    launcher = await launch()
+    client = await launcher.client()
+    reply = await client.request({"op": "start", "key": "test-key", "cwd": "/tmp",
+                                  "env": {"SLURM_JOB_ID": "4243"}}, DEADLINE)
+    assert reply["event"] == "started", reply
+    kc = AsyncKernelClient()
+    kc.load_connection_file(str(launcher.dir / "kernel.json"))
+    kc.start_channels()
+
+    async def warning_under(cell: str) -> dict:
+        deadline = time.monotonic() + DEADLINE
+        while True:
+            msg = await kc.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
+            if msg["msg_type"] == "stream" and "wall-time" in msg["content"]["text"]:
+                assert msg["parent_header"]["msg_id"] == cell and msg["content"]["name"] == "stderr"
+                return msg
+
+    try:
+        await kc.wait_for_ready(timeout=DEADLINE)
+        launcher.proc.send_signal(_signal.SIGUSR1)   # no cell has run: the warning waits for one
+        await until_exists(launcher.dir / launcher_module.WALLTIME_FLAG)
+        first = kc.execute("print('first')")
+        msg = await warning_under(first)
+        assert msg["content"]["text"].startswith("remote-kernels warning: slurm job 4243 reaches its wall-time soon")
+        cell = kc.execute("x = 1")
+        while (await kc.get_shell_msg(timeout=DEADLINE))["parent_header"].get("msg_id") != cell:
+            pass
+        launcher.proc.send_signal(_signal.SIGUSR1)
+        await warning_under(cell)
+        assert launcher.proc.returncode is None
+        content, out = await run_cell(kc, "print('still here')", timeout=DEADLINE)
+        assert out == "still here\n"
     finally:
         kc.stop_channels()
 

@@ -65,6 +65,12 @@ def test_views_say_where_the_job_is():
     running = make_view(info={"state": "running", "job_id": "42", "scheduler": "slurm", "node": "c2"}, entry=None,
                         status=JobStatus(JobState.RUNNING, node="c2", time_left="1:59:30"), kernel_id="k1")
     assert running["summary"] == "slurm job 42 running on c2, 1:59:30 left"
+    assert (running["time_left_seconds"], running["warn"]) == (7170, False)
+    ending = make_view(info={"state": "running", "job_id": "42", "scheduler": "slurm", "node": "c2"}, entry=None,
+                       status=JobStatus(JobState.RUNNING, node="c2", time_left="4:59"), kernel_id="k1", warn_before=300)
+    assert (ending["time_left_seconds"], ending["warn"]) == (299, True)
+    assert not make_view(info={"state": "running", "job_id": "42", "scheduler": "slurm"}, entry=None,
+                         status=JobStatus(JobState.RUNNING, time_left="4:59"), warn_before=0)["warn"]
     # A registry entry alone (another server's kernel): the scheduler's state is the phase.
     entry = Entry(session_id="s1", spec="rk-test", scheduler="slurm", job_id="7", kernel_id="k7", owner_pid=1)
     orphan = make_view(info=None, entry=entry, status=JobStatus(JobState.QUEUED, reason="Priority"), server="dead")

@@ -16,6 +16,9 @@ export interface KernelView {
   reason: string;
   start_time: string | null;
   time_left: string;
+  time_left_seconds: number | null;
+  warn_before: number;
+  warn: boolean;
   pending: boolean;
   ended_reason: string;
   server: string;

@@ -4,12 +4,14 @@
  * - a status bar item: the current notebook's kernel job (queued with the scheduler's reason and
  *   estimated start, starting on NODE, running on NODE with the time left);
  * - a side panel of the user's remote kernels (this server's and any other's, orphans too) with
- *   shut-down and cancel buttons.
+ *   shut-down and cancel buttons;
+ * - a warning notification once a kernel of this server has its spec's walltime_warning seconds
+ *   left (the server says so: KernelView.warn), once per job.
  *
  * Everything comes from the server extension's REST API under /remote-kernels/ (remote_kernels/serverext).
  */
 import { JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
-import { ICommandPalette } from '@jupyterlab/apputils';
+import { ICommandPalette, Notification } from '@jupyterlab/apputils';
 import { INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
 import { IStatusBar } from '@jupyterlab/statusbar';
 import { listIcon } from '@jupyterlab/ui-components';
@@ -35,9 +37,29 @@ function viewOf(panel: NotebookPanel, kernels: KernelView[]): KernelView | null 
   return starting.length ? starting[starting.length - 1] : null;
 }
 
-/** The status bar item: the current notebook's job, refreshed every STATUS_POLL_MS. */
+/** Warn, once per job, about this server's kernels whose wall-time is near. */
+class WalltimeWarnings {
+  check(kernels: KernelView[]): void {
+    for (const k of kernels) {
+      if (k.server === 'this' && k.warn && k.job_id && !this._warned.has(k.job_id)) {
+        this._warned.add(k.job_id);
+        const notebook = k.notebook ? ` (${k.notebook})` : '';
+        Notification.warning(
+          `Remote kernel ${k.spec}${notebook}: ${k.scheduler} job ${k.job_id} reaches its wall-time in ` +
+            `${k.time_left}. Save your work: the kernel ends with the job.`,
+          { autoClose: false }
+        );
+      }
+    }
+  }
+
+  private _warned = new Set<string>();
+}
+
+/** The status bar item: the current notebook's job, refreshed every STATUS_POLL_MS; it also
+ * feeds the wall-time warnings (the list covers all of this server's kernels). */
 class JobStatusItem extends Widget {
-  constructor(private tracker: INotebookTracker) {
+  constructor(private tracker: INotebookTracker, private warnings: WalltimeWarnings) {
     super();
     this.addClass('rk-StatusItem');
     this.node.dataset.phase = '';
@@ -53,17 +75,15 @@ class JobStatusItem extends Widget {
   }
 
   async refresh(): Promise<void> {
-    const panel = this.tracker.currentWidget;
-    if (!panel) {
-      this.hide();
-      return;
-    }
-    let view: KernelView | null = null;
+    let kernels: KernelView[] = [];
     try {
-      view = viewOf(panel, await listKernels());
+      kernels = await listKernels();
     } catch (e) {
-      view = null;
+      kernels = [];
     }
+    this.warnings.check(kernels);
+    const panel = this.tracker.currentWidget;
+    const view = panel ? viewOf(panel, kernels) : null;
     if (!view) {
       this.hide();
       return;
@@ -180,8 +200,9 @@ const plugin: JupyterFrontEndPlugin<void> = {
   optional: [IStatusBar, ICommandPalette],
   activate: (app: JupyterFrontEnd, tracker: INotebookTracker, statusBar: IStatusBar | null,
     palette: ICommandPalette | null) => {
+    // Polls (and warns) even where there is no status bar to show it in.
+    const item = new JobStatusItem(tracker, new WalltimeWarnings());
     if (statusBar) {
-      const item = new JobStatusItem(tracker);
       statusBar.registerStatusItem('remote-kernels:job', {
         item,
         align: 'left',

@@ -23,7 +23,9 @@ from dataclasses import dataclass
 from ..commands.jobs import end, owner_state
 from ..registry import Entry, entries
 from ..runner import CommandError, runner_for
+from ..options import KernelOptions
 from ..schedulers import JobState, JobStatus, get_scheduler
+from ..schedulers._common import seconds
 
 # Seconds a scheduler answer is reused.
 STATUS_TTL = 3.0
@@ -107,10 +109,24 @@ def summary(view: dict) -> str:
     return f"{job} {phase}"
 
 
+DEFAULT_WARNING = KernelOptions.walltime_warning.default_value
+
+
+def left_seconds(time_left: str) -> int | None:
+    """Seconds in the scheduler's time left ("4:59", "1-02:00:00"); None if there is none."""
+    try:
+        return seconds(time_left) if time_left and ":" in time_left else None
+    except ValueError:
+        return None
+
+
 def make_view(*, info: dict | None, entry: Entry | None, status: JobStatus | None, kernel_id: str = "",
-              spec: str = "", server: str = "", notebook: str | None = None) -> dict:
+              spec: str = "", server: str = "", notebook: str | None = None,
+              warn_before: int = DEFAULT_WARNING) -> dict:
     """A kernel as the extension shows it, from the provisioner's info (this server's kernels),
-    the registry entry (any of the user's kernels) and the scheduler's status of its job."""
+    the registry entry (any of the user's kernels) and the scheduler's status of its job.
+    ``warn`` is true once a running job has at most ``warn_before`` seconds left (the spec's
+    walltime_warning): the frontend then shows its notification."""
     info = info or {}
     job_id = info.get("job_id") or (entry.job_id if entry else None)
     if info.get("state"):
@@ -138,6 +154,8 @@ def make_view(*, info: dict | None, entry: Entry | None, status: JobStatus | Non
         "reason": status.reason if status else "",
         "start_time": status.start_time if status else None,
         "time_left": status.time_left if status else "",
+        "time_left_seconds": left_seconds(status.time_left) if status else None,
+        "warn_before": warn_before,
         "pending": bool(info.get("pending")),
         "ended_reason": info.get("ended_reason") or "",
         "server": server,
@@ -147,6 +165,8 @@ def make_view(*, info: dict | None, entry: Entry | None, status: JobStatus | Non
         "owner_pid": entry.owner_pid if entry else os.getpid(),
         "owner_host": entry.owner_host if entry else socket.gethostname(),
     }
+    left = view["time_left_seconds"]
+    view["warn"] = bool(phase == "running" and warn_before > 0 and left is not None and left <= warn_before)
     view["summary"] = summary(view)
     return view
 
@@ -158,8 +178,9 @@ class Overview:
         self.km, self.sessions, self.facts = kernel_manager, session_manager, facts or JobFacts()
 
     # --- reading -----------------------------------------------------------------------
-    async def _server_kernels(self) -> dict[str, tuple[dict, str, str]]:
-        """kernel id -> (provisioner info, spec name, login host) of this server's remote kernels."""
+    async def _server_kernels(self) -> dict[str, tuple[dict, str, str, int]]:
+        """kernel id -> (provisioner info, spec name, login host, walltime_warning) of this
+        server's remote kernels."""
         from ..provisioner import RemoteKernelProvisioner
 
         found = {}
@@ -171,7 +192,7 @@ class Overview:
             prov = getattr(manager, "provisioner", None)
             if isinstance(prov, RemoteKernelProvisioner):
                 info = (await prov.get_provisioner_info()).get("remote_kernel", {})
-                found[kid] = (info, manager.kernel_name, prov.login_host)
+                found[kid] = (info, manager.kernel_name, prov.login_host, prov.walltime_warning)
         return found
 
     async def _notebooks(self) -> dict[str, str]:
@@ -190,13 +211,13 @@ class Overview:
         by_kernel = {e.kernel_id: e for e in entries() if e.kernel_id}
         others = [e for e in entries() if e.kernel_id not in ours]
         keys = {kid: JobKey(info.get("scheduler", ""), info["job_id"], host)
-                for kid, (info, _, host) in ours.items() if info.get("job_id")}
+                for kid, (info, _, host, _) in ours.items() if info.get("job_id")}
         keys.update({e.session_id: JobKey(e.scheduler, e.job_id) for e in others})
         statuses = await self.facts.get(list(keys.values()))
         notebooks = await self._notebooks()
         views = [make_view(info=info, entry=by_kernel.get(kid), status=statuses.get(keys.get(kid)), kernel_id=kid,
-                           spec=spec, server="this", notebook=notebooks.get(kid))
-                 for kid, (info, spec, _) in ours.items()]
+                           spec=spec, server="this", notebook=notebooks.get(kid), warn_before=warn)
+                 for kid, (info, spec, _, warn) in ours.items()]
         for e in others:
             mine = e.owner_host == socket.gethostname() and e.owner_pid == os.getpid()
             server = "this" if mine else owner_state(e)   # alive / dead / unknown
