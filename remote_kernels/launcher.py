@@ -332,10 +332,14 @@ class Launcher:
         return table
 
     def walltime_near(self):
-        """The scheduler's pre-end signal: say so in the job log and pass it to a kernel started
-        through the boot file (never to another kernel, which may not handle it)."""
+        """The scheduler's pre-end signal (SLURM's --signal, or the server extension's own through
+        the scheduler when SLURM's was lost): the first one is said in the job log and passed to a
+        kernel started through the boot file (never to another kernel, which may not handle it)."""
+        flag = os.path.join(self.dir, WALLTIME_FLAG)
+        if os.path.exists(flag):   # the scheduler's and the server's signals: one warning
+            return
         print("remote-kernels launcher: the job's wall-time is near", file=sys.stderr, flush=True)
-        os.close(os.open(os.path.join(self.dir, WALLTIME_FLAG), os.O_WRONLY | os.O_CREAT, 0o600))
+        os.close(os.open(flag, os.O_WRONLY | os.O_CREAT, 0o600))
         kernel = self.kernel
         if self.booted and kernel is not None and kernel.returncode is None:
             try:

@@ -9,6 +9,8 @@ import socket
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from kernel_helpers import remote, run_cell
 from test_launcher import DEADLINE, launch, until_exists  # noqa: F401
 
@@ -105,10 +107,12 @@ async def test_the_launchers_ipykernel_has_the_magic(launch):  # noqa: F811
         kc.stop_channels()
 
 
-async def test_the_pre_end_signal_warns_under_a_cell(launch):  # noqa: F811
+@pytest.mark.parametrize("when", ["after-a-cell", "before-any-cell"])
+async def test_the_pre_end_signal_warns_once_under_a_cell(launch, when):  # noqa: F811
     """SIGUSR1 to the launcher (what SLURM's --signal=B:USR1@N sends the batch shell) reaches the
     kernel, which sends the warning as stderr output of the cell run last; before any cell ran,
-    under the next one.  Kernel and launcher live on."""
+    under the next one.  A second signal (SLURM's and the server's) warns no more.  Kernel and
+    launcher live on."""
     import signal as _signal
     import time
 
@@ -126,29 +130,41 @@ async def test_the_pre_end_signal_warns_under_a_cell(launch):  # noqa: F811
     kc.load_connection_file(str(launcher.dir / "kernel.json"))
     kc.start_channels()
 
+    async def run(code: str) -> tuple[str, list[dict]]:
+        """Execute code; (its msg id, the warnings seen until its idle)."""
+        msg_id, warnings = kc.execute(code), []
+        deadline = time.monotonic() + DEADLINE
+        while True:
+            msg = await kc.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
+            if msg["msg_type"] == "stream" and "wall-time" in msg["content"]["text"]:
+                warnings.append(msg)
+            if (msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle"
+                    and msg["parent_header"].get("msg_id") == msg_id):
+                return msg_id, warnings
+
     async def warning_under(cell: str) -> dict:
         deadline = time.monotonic() + DEADLINE
         while True:
             msg = await kc.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
             if msg["msg_type"] == "stream" and "wall-time" in msg["content"]["text"]:
-                assert msg["parent_header"]["msg_id"] == cell and msg["content"]["name"] == "stderr"
                 return msg
 
     try:
         await kc.wait_for_ready(timeout=DEADLINE)
-        launcher.proc.send_signal(_signal.SIGUSR1)   # no cell has run: the warning waits for one
-        await until_exists(launcher.dir / launcher_module.WALLTIME_FLAG)
-        first = kc.execute("print('first')")
-        msg = await warning_under(first)
+        if when == "after-a-cell":
+            cell, _ = await run("x = 1")
+            launcher.proc.send_signal(_signal.SIGUSR1)
+            msg = await warning_under(cell)
+        else:
+            launcher.proc.send_signal(_signal.SIGUSR1)   # no cell has run: the warning waits for one
+            await until_exists(launcher.dir / launcher_module.WALLTIME_FLAG)
+            cell, [msg] = await run("print('first')")
+        assert msg["parent_header"]["msg_id"] == cell and msg["content"]["name"] == "stderr"
         assert msg["content"]["text"].startswith("remote-kernels warning: slurm job 4243 reaches its wall-time soon")
-        cell = kc.execute("x = 1")
-        while (await kc.get_shell_msg(timeout=DEADLINE))["parent_header"].get("msg_id") != cell:
-            pass
-        launcher.proc.send_signal(_signal.SIGUSR1)
-        await warning_under(cell)
-        assert launcher.proc.returncode is None
-        content, out = await run_cell(kc, "print('still here')", timeout=DEADLINE)
-        assert out == "still here\n"
+        launcher.proc.send_signal(_signal.SIGUSR1)   # the second: no warning
+        assert (await client.request({"op": "ping"}, DEADLINE))["event"] == "pong"
+        _, warnings = await run("print('still here')")
+        assert warnings == [] and launcher.proc.returncode is None
     finally:
         kc.stop_channels()
 

@@ -169,5 +169,7 @@ def test_rest_acts_only_on_the_users_own(server):
     # The user's own orphan: cancelled through the scheduler, which here fails with its reason.
     status, body = server.request("POST", f"/remote-kernels/kernels/{entry['job_id']}/cancel")
     assert status == 502 and "cannot cancel job 424242" in body["message"], body
+    status, body = server.request("POST", f"/remote-kernels/kernels/{entry['kernel_id']}/warn")
+    assert status == 404 and "of this server" in body["message"]   # another server's kernel: not signalled
     status, body = server.request("POST", "/remote-kernels/kernels/x/reboot")
     assert status == 404

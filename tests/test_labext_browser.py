@@ -120,3 +120,30 @@ def test_status_bar_shows_node_and_time_left(browser, lab, screenshot):
     [job] = [j for j in lab.jobs() if j not in before]
     assert text.startswith(f"slurm job {job} running on {node}, "), text
     screenshot("labext-status-running")
+
+
+def test_short_wall_time_warns_in_a_notification_and_the_notebook(browser, lab, make_spec, screenshot):
+    """A batch job of 2 minutes with walltime_warning 110 s: JupyterLab shows the warning
+    notification, and SLURM's pre-end signal (--signal=B:USR1@110) puts a warning line under the
+    cell run last, both before the job ends."""
+    from selenium.webdriver.common.by import By
+
+    spec = make_spec("rk-short", time="2", walltime_warning=110, dispatch="batch")
+    before = set(lab.jobs())
+    open_lab(browser, lab)
+    panel = new_notebook(browser, f"Python 3 ({spec})")
+    run_first_cell(browser, lab, spec, panel, "print('before the end')")
+    poll("the cell's output", lambda: first_output(panel) == "before the end", timeout=60)
+    [job] = [j for j in lab.jobs() if j not in before]
+    record = subprocess.run(["scontrol", "-o", "show", "job", job], capture_output=True, text=True).stdout
+    assert "TimeLimit=00:02:00" in record, record
+    toast = poll("the wall-time notification", lambda: next(
+        (t for t in browser.find_elements(By.CSS_SELECTOR, ".Toastify__toast")
+         if "reaches its wall-time" in t.text and job in t.text), None), timeout=90)
+    line = poll("the warning line in the notebook", lambda: next(
+        (o.text for o in panel.find_elements(By.CSS_SELECTOR, ".jp-Cell .jp-OutputArea-output")
+         if "remote-kernels warning" in o.text), None), timeout=90)
+    assert f"slurm job {job} reaches its wall-time soon" in line, line
+    assert job_in_queue(job), "the warnings should come before the job ends"
+    screenshot("labext-walltime-warning")
+    assert "save your work" in toast.text.lower()

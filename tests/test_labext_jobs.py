@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -68,3 +69,28 @@ def test_running_kernel_shows_node_and_time_left(pending_server):
         wait_until(f"job {view['job_id']} to leave squeue", lambda: not job_in_queue(view["job_id"]), timeout=30)
     finally:
         pending_server.request("DELETE", f"/api/kernels/{kernel['id']}")
+
+
+def test_warn_signals_a_batch_job_near_its_wall_time(pending_server, make_spec):
+    """POST warn (what the notification does) sends the pre-end signal through the scheduler:
+    the launcher says so in the job log (once, whether SLURM's own came first or not).  Refused
+    while the job is not near its end."""
+    make_spec("rk-short-rest", time="2", walltime_warning=110, dispatch="batch")
+    status, kernel = pending_server.request("POST", "/api/kernels", {"name": "rk-short-rest"})
+    assert status == 201, kernel
+    try:
+        view = wait_until("the kernel to run", lambda: (v := view_of(pending_server, kernel["id"]))
+                          and v["phase"] == "running" and v["time_left"] and v, timeout=60)
+        if not view["warn"]:
+            status, body = pending_server.request("POST", f"/remote-kernels/kernels/{kernel['id']}/warn")
+            assert status == 409 and "not near its wall-time" in body["message"], body
+        wait_until("the view to say warn", lambda: view_of(pending_server, kernel["id"])["warn"], timeout=30)
+        status, body = pending_server.request("POST", f"/remote-kernels/kernels/{kernel['id']}/warn")
+        assert status == 200 and body["message"] == f"job {view['job_id']} told that its wall-time is near", body
+        log = Path(view_of(pending_server, kernel["id"])["log_file"] or "")
+        wait_until("the launcher to log the warning", lambda: "wall-time is near" in log.read_text(), timeout=20)
+        assert log.read_text().count("wall-time is near") == 1
+    finally:
+        pending_server.request("DELETE", f"/api/kernels/{kernel['id']}")
+        wait_until("the kernel to be gone", lambda: all(k["id"] != kernel["id"] for k in pending_server.kernels()),
+                   timeout=30)

@@ -21,6 +21,7 @@ export interface KernelView {
   warn: boolean;
   pending: boolean;
   ended_reason: string;
+  log_file: string;
   server: string;
   notebook: string | null;
   known: boolean;
@@ -46,7 +47,7 @@ export async function listKernels(): Promise<KernelView[]> {
   return (await request('kernels')).kernels as KernelView[];
 }
 
-/** Cancel the job of (or shut down) a kernel; the server's one-line answer. */
-export async function act(ident: string, action: 'cancel' | 'shutdown'): Promise<string> {
+/** Cancel the job of (or shut down, or warn) a kernel; the server's one-line answer. */
+export async function act(ident: string, action: 'cancel' | 'shutdown' | 'warn'): Promise<string> {
   return (await request(`kernels/${encodeURIComponent(ident)}/${action}`, { method: 'POST' })).message as string;
 }

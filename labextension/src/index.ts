@@ -49,6 +49,9 @@ class WalltimeWarnings {
             `${k.time_left}. Save your work: the kernel ends with the job.`,
           { autoClose: false }
         );
+        // The same warning in the notebook, through the scheduler (a batch job's launcher passes
+        // on the first pre-end signal it gets; refused for others, which is fine).
+        void act(k.kernel_id, 'warn').catch(() => undefined);
       }
     }
   }

@@ -4,6 +4,7 @@
     GET  kernels/KERNEL_ID        -> view                        404 if it is not one of them
     POST kernels/IDENT/cancel     -> {"message"}                 withdraw its job (kernel, session or job id)
     POST kernels/KERNEL_ID/shutdown -> {"message"}               shut down a kernel of this server (409 otherwise)
+    POST kernels/KERNEL_ID/warn   -> {"message"}                 the pre-end signal to its batch job (Overview.warn)
 
 Every handler is jupyter_server's APIHandler (token/cookie authentication, XSRF for POST)
 with ``@authorized`` on the "kernels" resource: read for GET, execute for POST.
@@ -59,10 +60,8 @@ class ActionHandler(_Handler):
     @authorized
     async def post(self, ident: str, action: str) -> None:
         try:
-            if action == "cancel":
-                message = await self.overview.cancel(ident)
-            else:
-                message = await self.overview.shut_down(ident)
+            act = {"cancel": self.overview.cancel, "shutdown": self.overview.shut_down, "warn": self.overview.warn}
+            message = await act[action](ident)
         except NotFound as e:
             raise web.HTTPError(404, str(e)) from None
         except Refused as e:
@@ -81,5 +80,5 @@ def setup_handlers(web_app) -> None:
     web_app.add_handlers(".*$", [
         (url_path_join(base, "kernels"), KernelsHandler),
         (url_path_join(base, "kernels", ident), KernelHandler),
-        (url_path_join(base, "kernels", r"(?P<ident>[^/]+)", r"(?P<action>cancel|shutdown)"), ActionHandler),
+        (url_path_join(base, "kernels", r"(?P<ident>[^/]+)", r"(?P<action>cancel|shutdown|warn)"), ActionHandler),
     ])

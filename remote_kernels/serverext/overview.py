@@ -158,6 +158,7 @@ def make_view(*, info: dict | None, entry: Entry | None, status: JobStatus | Non
         "warn_before": warn_before,
         "pending": bool(info.get("pending")),
         "ended_reason": info.get("ended_reason") or "",
+        "log_file": info.get("log_file") or "",
         "server": server,
         "notebook": notebook,
         "known": bool(info),   # a kernel of this server (else only in the registry)
@@ -250,6 +251,29 @@ class Overview:
             await self.km.shutdown_kernel(entry.kernel_id, now=True)
             return f"kernel {entry.kernel_id} shut down; job {entry.job_id} ends with it"
         return await end(entry)
+
+    async def warn(self, kernel_id: str) -> str:
+        """Signal a batch job of this server's kernel whose wall-time is near (view.warn) with the
+        pre-end signal, as SLURM's --signal does (the launcher passes on the first one it gets):
+        SLURM drops its own when it falls before the batch step runs.  Refused for an
+        interactively dispatched job (srun signals every process of the step) and for others'."""
+        from ..job import interactive
+        from ..launcher import WALLTIME_SIGNAL
+
+        if kernel_id not in self.km.list_kernel_ids():
+            raise NotFound(f"no remote kernel {kernel_id!r} of this server")
+        prov = self.km.get_kernel(kernel_id).provisioner
+        view = await self.kernel(kernel_id)
+        scheduler = get_scheduler(prov.scheduler, runner_for(prov.login_host, prov.command_timeout))
+        if not view["warn"] or not view["job_id"]:
+            raise Refused(f"kernel {kernel_id}'s job is not near its wall-time")
+        if interactive(prov, scheduler) or scheduler.no_signal:
+            raise Refused(f"job {view['job_id']} runs interactively: it gets the notification only")
+        try:
+            await scheduler.signal(view["job_id"], WALLTIME_SIGNAL)
+        except (CommandError, ValueError) as e:
+            raise Refused(f"cannot signal job {view['job_id']}: {e}") from None
+        return f"job {view['job_id']} told that its wall-time is near"
 
     async def shut_down(self, kernel_id: str) -> str:
         """Shut down a kernel of this server.  Refused for others' (their job can be cancelled)."""
