@@ -38,12 +38,14 @@ deps:
 # which the wheel installs under share/jupyter/labextensions/: users need no Node.  Node 20 and npm
 # (the registry) build it, from package-lock.json; rebuilt only when its sources change.
 LABEXT_OUT := remote_kernels/labextension/package.json
-LABEXT_SRC := $(wildcard labextension/src/*.ts labextension/style/*) labextension/package.json \
-	labextension/package-lock.json labextension/tsconfig.json
+LABEXT_DEPS := labextension/node_modules/.package-lock.json
+LABEXT_SRC := $(wildcard labextension/src/*.ts labextension/style/*) labextension/package.json labextension/tsconfig.json
 labext: $(LABEXT_OUT)
-$(LABEXT_OUT): $(LABEXT_SRC)
+$(LABEXT_DEPS): labextension/package.json labextension/package-lock.json
 	@command -v npm >/dev/null || { echo "building the JupyterLab extension needs Node.js 20+ and npm" >&2; exit 1; }
 	cd labextension && npm ci --no-audit --no-fund --loglevel=error
+	touch $(LABEXT_DEPS)
+$(LABEXT_OUT): $(LABEXT_SRC) $(LABEXT_DEPS)
 	cd labextension && npm run --silent build
 	touch $(LABEXT_OUT)
 
