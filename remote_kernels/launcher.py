@@ -164,7 +164,7 @@ class Launcher:
         self.control = Control(self, grace, contact)
         self.waited = set()         # pids of kernels asyncio waits for (reap() leaves them alone)
         self.spawning = False       # a kernel is being started: reap() waits until its pid is known
-        self.booted = False         # the kernel was started through KERNEL_BOOT (it handles WALLTIME_SIGNAL)
+        self.booted = False         # the kernel runs from KERNEL_BOOT and listens (it handles WALLTIME_SIGNAL)
 
     # --- set-up -----------------------------------------------------------
     def make_dir(self):
@@ -198,7 +198,7 @@ class Launcher:
                 with os.fdopen(os.open(magic, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
                     f.write(KERNEL_MAGIC)
             argv = [sys.executable, boot, "-f", conn_file]
-        self.booted = req.get("argv") is None
+        booted, self.booted = req.get("argv") is None, False
         for name in os.listdir(self.dir):   # the previous kernel's sockets (and its pipes')
             if name.startswith("k-"):
                 try:
@@ -246,6 +246,7 @@ class Launcher:
                         "the kernel (%s) %s during start-up on %s; its stderr is in the job's output"
                         % (" ".join(argv[:3]), what, socket.gethostname())}
             await asyncio.sleep(0.02)
+        self.booted = booted   # past the boot file's first lines: WALLTIME_SIGNAL no longer kills it
         tcp = tcp_listeners(proc.pid)
         if tcp:
             print("remote-kernels launcher: the kernel (pid %d) listens on TCP port(s) %s of %s, "

@@ -50,6 +50,9 @@ def render(scheduler: Scheduler, opts: KernelOptions, res: Resources, *, session
     if interactive:
         lines.append(f"trap {q(scheduler.end_line)} EXIT")
     lines.append(IDENTITY)
+    # The pre-end signal (SLURM --signal=B:USR1@N) ignored until the launcher, which inherits this
+    # across exec, sets its own handler: arriving early, it must not end the job.
+    lines.append("trap '' USR1")
     lines += [f"export {k}={q(v)}" for k, v in sorted({**scheduler.script_env, **opts.env}.items())]
     for line in opts.setup:
         lines.append(f'{line} || {{ rc=$?; echo "remote-kernels: set-up line failed on $(hostname) '

@@ -5,6 +5,7 @@ on a compute node of the test cluster."""
 from __future__ import annotations
 
 import ast
+import asyncio
 import socket
 import subprocess
 from pathlib import Path
@@ -181,3 +182,23 @@ async def test_remote_kernel_magic_on_a_compute_node(start_kernel):
     left = next(line for line in lines if line.startswith("  time left  "))
     minutes, seconds = left.split()[-1].split(":")
     assert 28 <= int(minutes) <= 29 or (minutes, seconds) == ("30", "00"), left
+
+
+async def test_an_early_pre_end_signal_ends_nothing(start_kernel, make_spec):
+    """A 1-minute batch job with walltime_warning 300 s: SLURM signals it at once, maybe while the
+    batch shell or the kernel still start; the job and kernel live on and the next cell warns."""
+    import time
+
+    from pathlib import Path
+
+    make_spec("rk-warn-early", time="1", walltime_warning=300, dispatch="batch")
+    km, kc = await start_kernel("rk-warn-early")
+    info = await remote(km)
+    log = Path(info["log_file"])
+    deadline = time.monotonic() + 45
+    while "wall-time is near" not in log.read_text():
+        assert time.monotonic() < deadline, f"no pre-end signal within 45 s: {log.read_text()}"
+        await asyncio.sleep(0.5)
+    content, out = await run_cell(kc, "print('alive')")
+    assert content["status"] == "ok" and "alive" in out, out
+    assert f"remote-kernels warning: slurm job {info['job_id']} reaches its wall-time soon" in out, out
