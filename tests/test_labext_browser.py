@@ -133,7 +133,8 @@ def test_short_wall_time_warns_in_a_notification_and_the_notebook(browser, lab, 
     open_lab(browser, lab)
     panel = new_notebook(browser, f"Python 3 ({spec})")
     run_first_cell(browser, lab, spec, panel, "print('before the end')")
-    poll("the cell's output", lambda: first_output(panel) == "before the end", timeout=60)
+    outputs = lambda: [o.text for o in panel.find_elements(By.CSS_SELECTOR, ".jp-Cell .jp-OutputArea-output")]  # noqa: E731
+    poll("the cell's output", lambda: "before the end" in outputs(), timeout=60)   # (the warning may come first)
     [job] = [j for j in lab.jobs() if j not in before]
     record = subprocess.run(["scontrol", "-o", "show", "job", job], capture_output=True, text=True).stdout
     assert "TimeLimit=00:02:00" in record, record
@@ -141,9 +142,52 @@ def test_short_wall_time_warns_in_a_notification_and_the_notebook(browser, lab, 
         (t for t in browser.find_elements(By.CSS_SELECTOR, ".Toastify__toast")
          if "reaches its wall-time" in t.text and job in t.text), None), timeout=90)
     line = poll("the warning line in the notebook", lambda: next(
-        (o.text for o in panel.find_elements(By.CSS_SELECTOR, ".jp-Cell .jp-OutputArea-output")
-         if "remote-kernels warning" in o.text), None), timeout=90)
+        (text for text in outputs() if "remote-kernels warning" in text), None), timeout=90)
     assert f"slurm job {job} reaches its wall-time soon" in line, line
     assert job_in_queue(job), "the warnings should come before the job ends"
     screenshot("labext-walltime-warning")
     assert "save your work" in toast.text.lower()
+
+
+@pytest.fixture(scope="module")
+def notebook7(kernelspecs, tmp_path_factory):
+    from jupyter_helpers import JupyterServer
+
+    with JupyterServer(tmp_path_factory.mktemp("notebook7"), app="notebook") as srv:
+        yield srv
+
+
+def test_notebook7_shows_the_queued_job_in_the_toolbar(browser, notebook7, make_spec, screenshot):
+    """Notebook 7 has no status bar: within 5 s of opening a notebook whose job is queued, its
+    toolbar says queued, the job id and the reason; the panel is in the left area."""
+    import json
+
+    from selenium.webdriver.common.by import By
+
+    make_spec(HELD_SPEC, directives=["--begin=now+1hour"])
+    name = f"held-{time.monotonic_ns()}.ipynb"
+    (notebook7.root / name).write_text(json.dumps({
+        "cells": [], "nbformat": 4, "nbformat_minor": 5,
+        "metadata": {"kernelspec": {"name": HELD_SPEC, "display_name": f"Python 3 ({HELD_SPEC})", "language": "python"}}}))
+    before = set(notebook7.jobs())
+    browser.get(f"{notebook7.url}/notebooks/{name}?token={notebook7.token}")
+    held = []
+    try:
+        poll("the notebook to open", lambda: browser.find_element(By.CSS_SELECTOR, ".jp-NotebookPanel-toolbar"),
+             timeout=30)
+        opened = time.monotonic()
+        text = poll("the toolbar to say queued with the reason", lambda: next(
+            (e.text for e in browser.find_elements(By.CSS_SELECTOR, ".rk-ToolbarJob")
+             if e.is_displayed() and "queued (BeginTime)" in e.text), None), timeout=5)
+        assert time.monotonic() - opened <= 5
+        held = [j for j in notebook7.jobs() if j not in before]
+        assert len(held) == 1 and f"slurm job {held[0]} queued (BeginTime)" in text, (held, text)
+        assert browser.find_element(By.ID, "rk-kernels-panel")   # in the (hidden) left area
+        screenshot("labext-notebook7")
+    finally:
+        browser.get("about:blank")   # first: the page would open a new session once the start failed
+        if held:
+            subprocess.run(["scancel", *held], capture_output=True)
+            ensure_jobs_gone(held, "the Notebook 7 notebook")
+            poll("the server to see the held job end", lambda: f"job {held[0]} ended before the kernel started"
+                 in notebook7.log(), timeout=20)

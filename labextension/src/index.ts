@@ -12,9 +12,12 @@
  */
 import { JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
 import { ICommandPalette, Notification } from '@jupyterlab/apputils';
-import { INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
+import { DocumentRegistry } from '@jupyterlab/docregistry';
+import { INotebookModel, INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
 import { IStatusBar } from '@jupyterlab/statusbar';
 import { listIcon } from '@jupyterlab/ui-components';
+import { DisposableDelegate, IDisposable } from '@lumino/disposable';
+import { Signal } from '@lumino/signaling';
 import { Widget } from '@lumino/widgets';
 
 import { KernelView, listKernels, act } from './api';
@@ -39,7 +42,7 @@ function viewOf(panel: NotebookPanel, kernels: KernelView[]): KernelView | null 
 
 /** Warn, once per job, about this server's kernels whose wall-time is near. */
 class WalltimeWarnings {
-  check(kernels: KernelView[]): void {
+  check(_: KernelPoller, kernels: KernelView[]): void {
     for (const k of kernels) {
       if (k.server === 'this' && k.warn && k.job_id && !this._warned.has(k.job_id)) {
         this._warned.add(k.job_id);
@@ -59,34 +62,37 @@ class WalltimeWarnings {
   private _warned = new Set<string>();
 }
 
-/** The status bar item: the current notebook's job, refreshed every STATUS_POLL_MS; it also
- * feeds the wall-time warnings (the list covers all of this server's kernels). */
-class JobStatusItem extends Widget {
-  constructor(private tracker: INotebookTracker, private warnings: WalltimeWarnings) {
+/** The server's list of remote kernels, fetched every STATUS_POLL_MS; `changed` carries it. */
+class KernelPoller {
+  readonly changed = new Signal<KernelPoller, KernelView[]>(this);
+
+  constructor() {
+    window.setInterval(() => void this.poll(), STATUS_POLL_MS);
+    void this.poll();
+  }
+
+  async poll(): Promise<void> {
+    try {
+      this.kernels = await listKernels();
+    } catch (e) {
+      this.kernels = [];
+    }
+    this.changed.emit(this.kernels);
+  }
+
+  kernels: KernelView[] = [];
+}
+
+/** One line about a notebook's job (its view's summary); hidden when the kernel is no remote one. */
+class JobLabel extends Widget {
+  constructor(cls: string) {
     super();
-    this.addClass('rk-StatusItem');
+    this.addClass(cls);
     this.node.dataset.phase = '';
     this.hide();
-    tracker.currentChanged.connect(() => void this.refresh());
-    this._timer = window.setInterval(() => void this.refresh(), STATUS_POLL_MS);
-    void this.refresh();
   }
 
-  dispose(): void {
-    window.clearInterval(this._timer);
-    super.dispose();
-  }
-
-  async refresh(): Promise<void> {
-    let kernels: KernelView[] = [];
-    try {
-      kernels = await listKernels();
-    } catch (e) {
-      kernels = [];
-    }
-    this.warnings.check(kernels);
-    const panel = this.tracker.currentWidget;
-    const view = panel ? viewOf(panel, kernels) : null;
+  set(view: KernelView | null): void {
     if (!view) {
       this.hide();
       return;
@@ -97,8 +103,35 @@ class JobStatusItem extends Widget {
     this.node.dataset.job = view.job_id ?? '';
     this.show();
   }
+}
 
-  private _timer: number;
+/** The status bar item: the current notebook's job. */
+function statusItem(tracker: INotebookTracker, poller: KernelPoller): JobLabel {
+  const item = new JobLabel('rk-StatusItem');
+  const update = () => {
+    const panel = tracker.currentWidget;
+    item.set(panel ? viewOf(panel, poller.kernels) : null);
+  };
+  poller.changed.connect(update);
+  tracker.currentChanged.connect(update);
+  return item;
+}
+
+/** Where there is no status bar (Notebook 7): the same line in each notebook's toolbar. */
+class ToolbarJobs implements DocumentRegistry.IWidgetExtension<NotebookPanel, INotebookModel> {
+  constructor(private poller: KernelPoller) {}
+
+  createNew(panel: NotebookPanel): IDisposable {
+    const label = new JobLabel('rk-ToolbarJob');
+    const update = () => label.set(viewOf(panel, this.poller.kernels));
+    this.poller.changed.connect(update);
+    panel.toolbar.insertAfter('spacer', 'remote-kernels-job', label);
+    update();
+    return new DisposableDelegate(() => {
+      this.poller.changed.disconnect(update);
+      label.dispose();
+    });
+  }
 }
 
 function cell(text: string): HTMLTableCellElement {
@@ -203,15 +236,19 @@ const plugin: JupyterFrontEndPlugin<void> = {
   optional: [IStatusBar, ICommandPalette],
   activate: (app: JupyterFrontEnd, tracker: INotebookTracker, statusBar: IStatusBar | null,
     palette: ICommandPalette | null) => {
-    // Polls (and warns) even where there is no status bar to show it in.
-    const item = new JobStatusItem(tracker, new WalltimeWarnings());
+    const poller = new KernelPoller();
+    const warnings = new WalltimeWarnings();
+    poller.changed.connect(warnings.check, warnings);
     if (statusBar) {
+      const item = statusItem(tracker, poller);
       statusBar.registerStatusItem('remote-kernels:job', {
         item,
         align: 'left',
         rank: 4,
         isActive: () => item.isVisible
       });
+    } else {
+      app.docRegistry.addWidgetExtension('Notebook', new ToolbarJobs(poller));
     }
     const panel = new KernelsPanel();
     const command = 'remote-kernels:open-panel';
