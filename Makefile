@@ -12,7 +12,7 @@ APT_PKGS := slurm-wlm slurmdbd mariadb-server munge openssh-server tcsh libpam-s
 CLUSTER := /usr/bin/python3 tests/cluster/cluster.py
 SGE := /usr/bin/python3 tests/cluster/sge.py
 
-.PHONY: help deps venv cluster cluster-down cluster-status demo unit test docs bench dist
+.PHONY: help deps venv labext cluster cluster-down cluster-status demo unit test docs bench dist
 
 help:
 	@echo "make demo            set up everything, run a cell on a compute node"
@@ -34,10 +34,25 @@ deps:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
+# The JupyterLab extension (labextension/, TypeScript), prebuilt into remote_kernels/labextension/,
+# which the wheel installs under share/jupyter/labextensions/: users need no Node.  Node 20 and npm
+# (the registry) build it, from package-lock.json; rebuilt only when its sources change.
+LABEXT_OUT := remote_kernels/labextension/package.json
+LABEXT_DEPS := labextension/node_modules/.package-lock.json
+LABEXT_SRC := $(wildcard labextension/src/*.ts labextension/style/*) labextension/package.json labextension/tsconfig.json
+labext: $(LABEXT_OUT)
+$(LABEXT_DEPS): labextension/package.json labextension/package-lock.json
+	@command -v npm >/dev/null || { echo "building the JupyterLab extension needs Node.js 20+ and npm" >&2; exit 1; }
+	cd labextension && npm ci --no-audit --no-fund --loglevel=error
+	touch $(LABEXT_DEPS)
+$(LABEXT_OUT): $(LABEXT_SRC) $(LABEXT_DEPS)
+	cd labextension && npm run --silent build
+	touch $(LABEXT_OUT)
+
 # The venv: Python packages only (pip, from the registry), so the checkout's owner can make it
 # without root.  Debian's python3.11 (with python3.11-venv, which `deps` installs) is readable
 # by all; root's own Python may not be.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LABEXT_OUT)
 	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || { echo "$(PYTHON) cannot make a venv: install python3.11-venv" \
 	    "(as root: make deps), or set PYTHON= to a Python 3.9+ that can" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
@@ -70,7 +85,7 @@ docs: venv
 # The wheel carries the launcher and the example kernelspecs (remote_kernels/kernelspecs/).
 # Only Python is needed (no apt packages, no test cluster): the builder gets its own small venv.
 DIST_VENV := .venv-dist
-dist:
+dist: labext
 	test -x $(DIST_VENV)/bin/python || $(PYTHON) -m venv $(DIST_VENV)
 	$(DIST_VENV)/bin/python -m pip install -q 'build>=1'
 	rm -rf dist

@@ -89,6 +89,11 @@ STOP_GRACE = 3.0   # s between SIGTERM and SIGKILL when a kernel (and what it st
 # (reparented here) is ended with it, and only with it.
 SLOT_ENV = "RK_KERNEL_SLOT"
 SLOT_CHARS = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_-")
+# The scheduler's pre-end signal (SLURM --signal=B:USR1@N): passed to a kernel started through the
+# boot file, whose %remote_kernel extension shows the wall-time warning in the notebook; the flag
+# file in the kernel's private dir tells a kernel started (or not yet listening) later to warn at its next cell.
+WALLTIME_SIGNAL = signal.SIGUSR1
+WALLTIME_FLAG = "walltime-near"
 
 # Written to BASE/rk-SESSION/ipykernel-boot.py and run as ``PYTHON ipykernel-boot.py -f kernel.json``
 # in place of ``PYTHON -m ipykernel_launcher -f kernel.json``.
@@ -100,9 +105,11 @@ IPKernelApp.initialize() becomes an ipc socket in this private directory (k-pipe
 forked child's connect to the port it was given goes there instead.
 """
 import os
+import signal
 import sys
 
-import zmq
+signal.signal(signal.SIGUSR1, signal.SIG_IGN)   # the launcher's wall-time warning: the magic handles it
+import zmq  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 if sys.path and os.path.abspath(sys.path[0] or ".") == HERE:   # (not there under -P / PYTHONSAFEPATH)
@@ -136,8 +143,23 @@ from ipykernel.kernelapp import IPKernelApp  # noqa: E402
 app = IPKernelApp.instance()
 app.initialize()
 setting_up[0] = False
+MAGIC = os.path.join(HERE, "remote_kernel_magic.py")   # %remote_kernel, when the launcher wrote it
+if os.path.exists(MAGIC):
+    try:
+        import importlib.util
+        spec = importlib.util.spec_from_file_location("remote_kernel_magic", MAGIC)
+        magic = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(magic)
+        sys.modules["remote_kernel_magic"] = magic
+        magic.load_ipython_extension(app.shell)
+    except Exception as e:   # the kernel works without it
+        print("remote-kernels: the %%remote_kernel magic is not available: %s" % e, file=sys.stderr, flush=True)
 app.start()
 '''
+
+# The source of the %remote_kernel magic (remote_kernels/kernel_magic.py): script.launcher_source()
+# puts it here; None when this file runs by itself.  Written next to the boot file, loaded by it.
+KERNEL_MAGIC = None
 
 
 def install_advice():
@@ -156,6 +178,7 @@ class Slot:
     def __init__(self, name, path):
         self.name, self.dir = name, path
         self.kernel = None          # asyncio.subprocess.Process
+        self.booted = False         # the kernel runs from KERNEL_BOOT and listens (it handles WALLTIME_SIGNAL)
         self.serial = asyncio.Lock()   # its start, stop and shutdown run one at a time
         self.heard = time.monotonic()   # when one of its connections last sent a line
 
@@ -194,6 +217,10 @@ class Launcher:
                 "kernel": kernel.pid if kernel and kernel.returncode is None else None}
 
     # --- slots (shared allocations) ----------------------------------------
+    def all_slots(self):
+        """Every slot with a kernel place: the shared ones, or per-kernel mode's one."""
+        return list(self.slots.values()) if self.shared else [self.solo]
+
     def join(self, name):
         """The slot named ``name``, made if new; None when the allocation is full or ending."""
         slot = self.slots.get(name)
@@ -237,7 +264,12 @@ class Launcher:
             boot = os.path.join(slot.dir, "ipykernel-boot.py")
             with os.fdopen(os.open(boot, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
                 f.write(KERNEL_BOOT)
+            if KERNEL_MAGIC:
+                magic = os.path.join(slot.dir, "remote_kernel_magic.py")
+                with os.fdopen(os.open(magic, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+                    f.write(KERNEL_MAGIC)
             argv = [sys.executable, boot, "-f", conn_file]
+        booted, slot.booted = req.get("argv") is None, False
         for name in os.listdir(slot.dir):   # the previous kernel's sockets (and its pipes')
             if name.startswith("k-"):
                 try:
@@ -287,6 +319,7 @@ class Launcher:
                         "the kernel (%s) %s during start-up on %s; its stderr is in the job's output"
                         % (" ".join(argv[:3]), what, socket.gethostname())}
             await asyncio.sleep(0.02)
+        slot.booted = booted   # past the boot file's first lines: WALLTIME_SIGNAL no longer kills it
         tcp = tcp_listeners(proc.pid)
         if tcp:
             print("remote-kernels launcher: the kernel (pid %d) listens on TCP port(s) %s of %s, "
@@ -378,11 +411,33 @@ class Launcher:
                 del table[pid]
         return table
 
+    def walltime_near(self):
+        """The scheduler's pre-end signal (SLURM's --signal, or the server extension's own through
+        the scheduler when SLURM's was lost): the first one is said in the job log and passed to a
+        kernel started through the boot file (never to another kernel, which may not handle it)."""
+        flag = os.path.join(self.dir, WALLTIME_FLAG)
+        if os.path.exists(flag):   # the scheduler's and the server's signals: one warning
+            return
+        print("remote-kernels launcher: the job's wall-time is near", file=sys.stderr, flush=True)
+        for slot in self.all_slots():
+            path = os.path.join(slot.dir, WALLTIME_FLAG)
+            if not os.path.exists(path):
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+            kernel = slot.kernel
+            if slot.booted and kernel is not None and kernel.returncode is None:
+                try:
+                    os.kill(kernel.pid, WALLTIME_SIGNAL)
+                except ProcessLookupError:
+                    pass
+        if not os.path.exists(flag):
+            os.close(os.open(flag, os.O_WRONLY | os.O_CREAT, 0o600))
+
     async def main(self):
         self.make_dir()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
             loop.add_signal_handler(sig, self.done.set)
+        loop.add_signal_handler(WALLTIME_SIGNAL, self.walltime_near)
         if sys.platform.startswith("linux"):
             loop.add_signal_handler(signal.SIGCHLD, self.reap)
             if not become_subreaper():

@@ -44,6 +44,10 @@ class KernelOptions(LoggingConfigurable):
     python = Unicode("python3", help="Python on the compute node (needs ipykernel).").tag(config=True)
     setup = List(Unicode(), help="Shell lines run in the job before the kernel, e.g. 'module load python'.").tag(config=True)
     env = Dict(value_trait=Unicode(), help="Environment variables for the kernel.").tag(config=True)
+    walltime_warning = Int(300, help=(
+        "Seconds before the job's wall-time at which the user is warned: a JupyterLab notification, "
+        "and, for SLURM batch jobs, a line in the notebook through SLURM's pre-end signal "
+        "(--signal=B:USR1@N; SLURM may send it up to 60 s early). 0: no warning.")).tag(config=True)
     queue_timeout = Float(0, help="Give up (and cancel the job) after this many seconds queued; 0: wait forever.").tag(config=True)
     launch_timeout = Float(120, help="Seconds from job start until the launcher must answer.").tag(config=True)
     grace = Float(300, help="Dead-man switch: the job ends when the login side is silent this long (s).").tag(config=True)
@@ -154,6 +158,7 @@ class KernelOptions(LoggingConfigurable):
         return Resources(partition=self.partition, account=self.account, qos=self.qos, time=self.time,
                          cpus=self.cpus, mem=self.mem, gpus=self.gpus, constraint=self.constraint,
                          reservation=self.reservation, job_name=job_name, output=output,
+                         warn_before=max(0, self.walltime_warning),
                          directives=list(self.directives))
 
 

@@ -22,8 +22,17 @@ EXIT_NO_PYTHON = 98
 LAUNCHER_EOF = "RK_LAUNCHER_EOF"
 
 
+# The line of launcher.py that launcher_source() fills with kernel_magic.py's source.
+MAGIC_SLOT = "KERNEL_MAGIC = None\n"
+
+
 def launcher_source() -> str:
-    return ilr.files("remote_kernels").joinpath("launcher.py").read_text()
+    """launcher.py as the node runs it, carrying the %remote_kernel magic (kernel_magic.py)."""
+    files = ilr.files("remote_kernels")
+    src = files.joinpath("launcher.py").read_text()
+    if src.count(MAGIC_SLOT) != 1:
+        raise RuntimeError("launcher.py has no single KERNEL_MAGIC slot")
+    return src.replace(MAGIC_SLOT, f"KERNEL_MAGIC = {files.joinpath('kernel_magic.py').read_text()!r}\n")
 
 
 def render(scheduler: Scheduler, opts: KernelOptions, res: Resources, *, session: str,
@@ -41,6 +50,9 @@ def render(scheduler: Scheduler, opts: KernelOptions, res: Resources, *, session
     if interactive:
         lines.append(f"trap {q(scheduler.end_line)} EXIT")
     lines.append(IDENTITY)
+    # The pre-end signal (SLURM --signal=B:USR1@N) ignored until the launcher, which inherits this
+    # across exec, sets its own handler: arriving early, it must not end the job.
+    lines.append("trap '' USR1")
     lines += [f"export {k}={q(v)}" for k, v in sorted({**scheduler.script_env, **opts.env}.items())]
     for line in opts.setup:
         lines.append(f'{line} || {{ rc=$?; echo "remote-kernels: set-up line failed on $(hostname) '

@@ -92,6 +92,7 @@ class Scheduler:
     prefix = ""                          # the directive prefix: "#SBATCH"
     fixed_options: tuple[str, ...] = ()  # in every header: never requeue, one output file...
     resource_options: tuple = ()         # (Resources field, format or function of Resources) rows
+    batch_options: tuple = ()            # rows as resource_options, for job-script headers only
     # For a scheduler whose output option cannot name the log after the job id: the job's
     # variable that holds its id (the script redirects its own output; _common.log_redirect).
     log_variable = ""
@@ -112,7 +113,7 @@ class Scheduler:
 
     def header(self, res: Resources) -> list[str]:
         """Job-script directive lines (after the shebang) for these resources."""
-        opts = list(self.fixed_options) + options(res, self.resource_options)
+        opts = list(self.fixed_options) + options(res, self.resource_options + self.batch_options)
         lines = directive_lines(self.prefix, opts, res.directives)
         return lines + (log_redirect(res.output, self.log_variable) if self.log_variable else [])
 

@@ -66,3 +66,4 @@ class Resources:
     job_name: str = "remote-kernel"
     output: str = ""
     directives: list[str] = field(default_factory=list)
+    warn_before: int = 0   # seconds before the wall-time to signal the batch script (batch_options)

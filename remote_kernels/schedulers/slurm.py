@@ -116,6 +116,9 @@ class Slurm(Scheduler):
         ("qos", "--qos={}"), ("time", "--time={}"), ("cpus", "--cpus-per-task={}"), ("mem", "--mem={}"),
         ("gpus", "--gpus={}"), ("constraint", "--constraint={}"), ("reservation", "--reservation={}"),
         ("output", "--output={}"))
+    # The pre-end signal to the batch shell alone (which execs the launcher: launcher.WALLTIME_SIGNAL).
+    # Not for srun (interactive dispatch), which has no B: and would signal every process of the step.
+    batch_options = (("warn_before", "--signal=B:USR1@{}"),)
     submit_argv = SUBMIT
     gone = GONE
     dispatch_prefix = SRUN
