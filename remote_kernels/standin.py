@@ -84,7 +84,11 @@ class QueuedKernelStandIn:
                  held: list[list[bytes]] | None = None):
         self.session = signer(connection_info)
         self.info, self.describe = connection_info, describe
+        # The shell socket's context (handed over with it) and the other sockets': hand_over()
+        # terminates the latter, which waits until their listeners are closed, so the forwards
+        # can bind the same TCP ports at once.
         self._ctx: zmq.asyncio.Context | None = None
+        self._others: zmq.asyncio.Context | None = None
         self._sockets: dict[str, zmq.asyncio.Socket] = {}
         self._tasks: list[asyncio.Task] = []
         self._subscribed = asyncio.Event()   # a subscriber has subscribed on iopub
@@ -95,10 +99,10 @@ class QueuedKernelStandIn:
 
     def start(self) -> None:
         """Bind all five endpoints and start answering (on the running loop)."""
-        self._ctx = zmq.asyncio.Context()
+        self._ctx, self._others = zmq.asyncio.Context(), zmq.asyncio.Context()
         try:
             for channel in CHANNELS:
-                sock = self._ctx.socket(SOCKET_TYPES[channel])
+                sock = (self._ctx if channel == "shell_port" else self._others).socket(SOCKET_TYPES[channel])
                 sock.linger = 0
                 if SOCKET_TYPES[channel] == zmq.ROUTER:
                     sock.router_mandatory = True   # an answer to a client not (yet) connected raises
@@ -140,7 +144,14 @@ class QueuedKernelStandIn:
         shell = self._sockets.pop("shell_port")
         ctx, self._ctx = self._ctx, None
         self._close_sockets()
+        self._term()
         return ctx, shell, self.take_held()
+
+    def _term(self) -> None:
+        for ctx in (self._others, self._ctx):
+            if ctx is not None:
+                ctx.term()
+        self._others = self._ctx = None
 
     def close(self) -> None:
         """Unbind everything (ipc socket files are removed).  Idempotent."""
@@ -148,9 +159,7 @@ class QueuedKernelStandIn:
             task.cancel()
         self._tasks.clear()
         self._close_sockets()
-        if self._ctx is not None:
-            self._ctx.term()
-            self._ctx = None
+        self._term()
 
     def _close_sockets(self) -> None:
         for channel, sock in self._sockets.items():
