@@ -33,7 +33,7 @@ RK_CONSTRAINT and RK_RESERVATION in the environment of the Jupyter server (or of
 # install's options that are kernel options (argparse dest == option name).
 INSTALL_FIELDS = ("scheduler", "partition", "account", "qos", "time", "cpus", "mem", "gpus", "constraint",
                   "reservation", "directives", "python", "setup", "env", "grace", "queue_timeout",
-                  "login_host", "dispatch", "allocation", "linger", "max_kernels")
+                  "login_host", "dispatch", "allocation", "linger", "max_kernels", "persist")
 
 
 def _env_pair(text: str) -> tuple[str, str]:
@@ -91,6 +91,9 @@ def _add_install(sub) -> None:
                       help="dead-man switch: the job ends after SECONDS without word from the login side (default: 300)")
     life.add_argument("--queue-timeout", type=float, metavar="SECONDS",
                       help="give up and cancel the job after SECONDS queued (default: 0, wait forever)")
+    life.add_argument("--persist", type=float, metavar="SECONDS", help=(
+        "the kernel outlives its Jupyter server for SECONDS (killed, or stopped while the kernel "
+        "runs), waiting to be re-adopted by your next server (default: 0, off)"))
     share = p.add_argument_group("sharing an allocation")
     share.add_argument("--allocation", choices=ALLOCATION, help=(
         "per-kernel (default): each kernel is a job of its own; shared: a kernel starts inside your "
