@@ -1,0 +1,135 @@
+"""Kernels that outlive their Jupyter server (option ``persist``) and are re-adopted (#20).
+
+A real jupyter_server subprocess with the ``remote_kernels.adopt`` extension starts a
+compute-node kernel, sets ``x = 42`` and goes away (SIGKILL, or SIGTERM with persist); a
+new server with the same Jupyter runtime directory lists the same kernel id and its
+websocket answers ``x`` with 42, in the same job.  A kernel nobody adopts ends its job
+after ``persist``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from jupyter_helpers import JupyterServer
+from kernel_helpers import job_in_queue
+from slurm_helpers import wait_until
+
+EXTENSION = "--ServerApp.jpserver_extensions=remote_kernels.adopt=True"
+
+
+def server(home: Path, runtime: Path | None = None) -> JupyterServer:
+    srv = JupyterServer(home, app="server", extra_args=(EXTENSION,))
+    if runtime is not None:   # the user's same runtime directory: the next server of the same user
+        srv.env["JUPYTER_RUNTIME_DIR"] = str(runtime)
+    return srv.start()
+
+
+def end_server(srv: JupyterServer, sig: int) -> None:
+    """Send sig to the server's process group's leader and wait for it to exit; its kernels'
+    jobs are the test's to check (JupyterServer.stop would require them gone)."""
+    srv.proc.send_signal(sig)
+    srv.proc.wait(60)
+    srv._log.close()
+    srv.proc = None
+
+
+def start_x(srv: JupyterServer, spec: str) -> tuple[str, str]:
+    """A kernel of spec with x = 42 set; (kernel id, job id)."""
+    status, body = srv.request("POST", "/api/kernels", {"name": spec})
+    assert status == 201, body
+    kid = body["id"]
+    with srv.channels(kid) as ws:
+        ws.wait_ready()
+        reply, _ = ws.execute("x = 42")
+        assert reply["status"] == "ok", reply
+    job = wait_until("the kernel's job", lambda: srv.jobs() and srv.jobs()[-1])
+    return kid, job
+
+
+def records(runtime: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in (runtime / "remote-kernels" / "persist").glob("*.json")]
+
+
+@pytest.fixture
+def cleanup_jobs():
+    jobs: list[str] = []
+    yield jobs
+    left = [j for j in jobs if job_in_queue(j)]
+    if left:
+        subprocess.run(["scancel", *left], capture_output=True)
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM], ids=["sigkill", "sigterm"])
+def test_a_new_server_re_adopts_the_kernel_with_its_state(kernelspecs, make_spec, tmp_path, cleanup_jobs, how):
+    spec = make_spec("rk-persist", persist=120, time="00:10:00")
+    first = server(tmp_path / "first")
+    runtime = Path(first.env["JUPYTER_RUNTIME_DIR"])
+    kid, job = start_x(first, spec)
+    cleanup_jobs.append(job)
+    [record] = records(runtime)
+    assert record["kernel_id"] == kid and record["job_id"] == job
+    path = runtime / "remote-kernels" / "persist" / f"{kid}.json"
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert (path.parent.stat().st_mode & 0o777) == 0o700
+    end_server(first, how)
+    if how == signal.SIGTERM:
+        assert "detached; it waits 120s for the next server" in first.log(), first.log()[-3000:]
+    assert job_in_queue(job), f"the job ended with its server:\n{first.log()[-3000:]}"
+
+    second = server(tmp_path / "second", runtime)
+    try:
+        ids = wait_until("the kernel to be re-adopted", lambda: [k["id"] for k in second.kernels()], timeout=60)
+        assert ids == [kid], second.log()[-3000:]
+        with second.channels(kid) as ws:
+            ws.wait_ready()
+            reply, out = ws.execute("print(x)")
+        assert reply["status"] == "ok" and out == "42\n", (reply, out)
+        assert second.jobs() == []   # nothing submitted
+        assert job_in_queue(job)
+        [record] = records(runtime)
+        assert record["job_id"] == job
+    finally:
+        second.stop()   # deletes the kernel: its job ends
+    wait_until(f"job {job} to end with its kernel", lambda: not job_in_queue(job), timeout=30)
+    assert records(runtime) == []
+
+
+def test_a_detached_kernel_nobody_adopts_ends_its_job_after_persist(kernelspecs, make_spec, tmp_path, cleanup_jobs):
+    spec = make_spec("rk-persist-short", persist=8, grace=2, time="00:10:00")
+    first = server(tmp_path / "first")
+    kid, job = start_x(first, spec)
+    cleanup_jobs.append(job)
+    end_server(first, signal.SIGKILL)
+    t0 = time.monotonic()
+    # Outliving grace cannot be shown by a condition: the job must still run a few graces on.
+    time.sleep(4)
+    assert job_in_queue(job)
+    wait_until(f"job {job} to end after persist", lambda: not job_in_queue(job), timeout=60)
+    assert time.monotonic() - t0 >= 6
+
+
+def test_a_server_without_records_adopts_nothing_and_another_runtime_dir_sees_none(kernelspecs, make_spec,
+                                                                                   tmp_path, cleanup_jobs):
+    """The records live in the user's runtime dir only: a server with another one (as another
+    user's is) lists no kernel and submits nothing; the kernel stays for its own user."""
+    spec = make_spec("rk-persist", persist=120, time="00:10:00")
+    first = server(tmp_path / "first")
+    kid, job = start_x(first, spec)
+    cleanup_jobs.append(job)
+    end_server(first, signal.SIGKILL)
+    other = server(tmp_path / "other")
+    try:
+        wait_until("the server's re-adoption", lambda: "re-adoption done (0 kernels)" in other.log())
+        assert other.kernels() == [] and other.jobs() == []
+    finally:
+        other.stop()
+    assert job_in_queue(job)
+    subprocess.run(["scancel", job], check=True)
