@@ -116,10 +116,11 @@ def test_a_detached_kernel_nobody_adopts_ends_its_job_after_persist(kernelspecs,
     assert time.monotonic() - t0 >= 6
 
 
-def test_a_server_without_records_adopts_nothing_and_another_runtime_dir_sees_none(kernelspecs, make_spec,
+def test_another_runtime_dir_sees_nothing_and_ps_shows_the_kernel_detached_until_cancel(kernelspecs, make_spec,
                                                                                    tmp_path, cleanup_jobs):
     """The records live in the user's runtime dir only: a server with another one (as another
-    user's is) lists no kernel and submits nothing; the kernel stays for its own user."""
+    user's is) lists no kernel and submits nothing; the kernel stays for its own user, whose
+    `remote-kernels ps` lists it as detached and `cancel` ends it."""
     spec = make_spec("rk-persist", persist=120, time="00:10:00")
     first = server(tmp_path / "first")
     kid, job = start_x(first, spec)
@@ -132,4 +133,11 @@ def test_a_server_without_records_adopts_nothing_and_another_runtime_dir_sees_no
     finally:
         other.stop()
     assert job_in_queue(job)
-    subprocess.run(["scancel", job], check=True)
+    env = dict(first.env)
+    ps = subprocess.run(["remote-kernels", "ps"], env=env, capture_output=True, text=True, timeout=60)
+    [line] = [line for line in ps.stdout.splitlines() if line.startswith(kid)]
+    assert job in line.split() and "detached, at most 2m00s left" in line, ps.stdout
+    res = subprocess.run(["remote-kernels", "cancel", kid], env=env, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and f"job {job} of kernel {kid} (spec {spec}) cancelled" in res.stdout, res
+    assert records(Path(env["JUPYTER_RUNTIME_DIR"])) == []
+    wait_until(f"job {job} to leave the queue", lambda: not job_in_queue(job), timeout=30)
