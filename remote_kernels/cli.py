@@ -240,7 +240,7 @@ def cmd_run(args) -> int:
     from .session import KernelStartError
 
     try:
-        return asyncio.run(serve(args.kernel, options, info, spec.get("env") or {}))
+        return asyncio.run(serve(args.kernel, options, info, spec.get("env") or {}, args.connection_file))
     except KernelStartError as e:
         raise SystemExit(f"remote-kernels run: {e}") from None
     except OSError as e:   # e.g. the frontend's port is taken

@@ -31,7 +31,7 @@ from . import background
 from .link import endpoints
 from .errors import KernelStartError
 from .options import KernelOptions
-from .persisted import Record
+from .persisted import Record, record_of
 from .session import RemoteKernelSession, State
 from .relay import ShellRelay
 from .standin import QueuedKernelStandIn, signer, zmq_url
@@ -143,14 +143,7 @@ class HostedKernel:
 
     def _keep_record(self, session: RemoteKernelSession) -> None:
         """Write (or refresh) the running kernel's record for a next server."""
-        key = self.info["key"]
-        self.record = Record(kernel_id=self.kernel_id or session.session_id, session_id=session.session_id,
-                             spec=self.name, scheduler=session.scheduler.name, job_id=session.job_id or "",
-                             node=session.node or "", key=key.decode() if isinstance(key, bytes) else key,
-                             persist=self.options.persist,
-                             signature_scheme=self.info.get("signature_scheme", "hmac-sha256"),
-                             kernel_name=self.info.get("kernel_name", ""), runtime_base=self.options.runtime_base,
-                             login_host=self.options.login_host)
+        self.record = record_of(session, self.info, kernel_id=self.kernel_id or session.session_id)
         self.record.save()
 
     async def adopt(self, record: Record) -> None:

@@ -15,6 +15,7 @@ user's own SSH login to the node, in a 0700 directory named by the record's sess
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -73,6 +74,22 @@ class Record:
         if not self.detached:
             return None
         return max(0.0, self.detached + self.persist - (time.time() if now is None else now))
+
+
+def record_of(session, info: dict, *, kernel_id: str, connection_file: str = "") -> Record:
+    """The record of a running RemoteKernelSession whose connection info is ``info``."""
+    key, opts = info["key"], session.opts
+    return Record(kernel_id=kernel_id, session_id=session.session_id, spec=session.name,
+                  scheduler=session.scheduler.name, job_id=session.job_id or "", node=session.node or "",
+                  key=key.decode() if isinstance(key, bytes) else key, persist=opts.persist,
+                  signature_scheme=info.get("signature_scheme", "hmac-sha256"),
+                  kernel_name=info.get("kernel_name", ""), runtime_base=opts.runtime_base,
+                  login_host=opts.login_host, connection_file=connection_file)
+
+
+def for_connection_file(path: str) -> str:
+    """The record name of argv mode's kernel for the connection file ``path``."""
+    return "argv-" + hashlib.sha256(os.path.abspath(path).encode()).hexdigest()[:32]
 
 
 def load(kernel_id: str) -> Record | None:
