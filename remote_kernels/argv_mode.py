@@ -63,15 +63,17 @@ def reattachable(options: KernelOptions, info: dict, connection_file: str) -> pe
 
 
 async def serve(name: str, options: KernelOptions, info: dict, spec_env: dict | None = None,
-                connection_file: str = "") -> int:
+                connection_file: str = "", attach: persisted.Record | None = None) -> int:
     """Run the kernel until it exits or we are told to stop; return an exit code.
 
     ``spec_env``: the kernelspec's ``env`` stanza (kernel.json's "env"); ``connection_file``:
-    the path ``info`` was read from (names the kernel's record under option persist)."""
+    the path ``info`` was read from (names the kernel's record under option persist);
+    ``attach``: re-attach to this record's kernel (``remote-kernels attach``), KernelStartError
+    if it cannot be."""
     # Sockets are created where the frontend says (e.g. ipc paths in a shared directory):
     # private from the moment they exist, not only after a chmod.
     os.umask(0o077)
-    session, record = await _reattached(name, options, info, connection_file)
+    session, record = await _reattached(name, options, info, connection_file, attach)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     pending: set[asyncio.Task] = set()
@@ -123,11 +125,11 @@ async def serve(name: str, options: KernelOptions, info: dict, spec_env: dict | 
         _remove_sockets(info)
 
 
-async def _reattached(name: str, options: KernelOptions, info: dict,
-                      connection_file: str) -> tuple[RemoteKernelSession, persisted.Record | None]:
-    """A session re-attached to this connection file's detached kernel, with its record; else
-    a new session (and None) for a kernel of its own."""
-    record = reattachable(options, info, connection_file)
+async def _reattached(name: str, options: KernelOptions, info: dict, connection_file: str,
+                      given: persisted.Record | None) -> tuple[RemoteKernelSession, persisted.Record | None]:
+    """A session re-attached to ``given``'s kernel or this connection file's detached kernel,
+    with its record; else a new session (and None) for a kernel of its own."""
+    record = given or reattachable(options, info, connection_file)
     if record is not None:
         session = RemoteKernelSession(options, name=name, log=log, session_id=record.session_id)
         try:
@@ -136,10 +138,13 @@ async def _reattached(name: str, options: KernelOptions, info: dict,
             log.info("re-attached to the kernel of job %s on %s", record.job_id, record.node)
             return session, record
         except (KernelStartError, OSError) as e:
-            log.warning("cannot re-attach to job %s (%s); starting a new kernel", record.job_id, e)
-            record.remove()
             if not session.stopped:
                 await session.detach()
+            if given is not None:
+                raise KernelStartError(f"cannot attach to the kernel of job {record.job_id} on {record.node}: {e}") \
+                    from None
+            log.warning("cannot re-attach to job %s (%s); starting a new kernel", record.job_id, e)
+            record.remove()
     return RemoteKernelSession(options, name=name, log=log), None
 
 

@@ -155,6 +155,17 @@ def _add_job_commands(sub) -> None:
     what.add_argument("id", nargs="?", metavar="KERNEL_OR_JOB_ID", help="kernel id, session id or job id")
     what.add_argument("--orphans", action="store_true",
                       help="cancel the jobs of kernels whose server process died")
+    p = sub.add_parser("attach", help="take over a detached kernel (option persist) by hand",
+                       description="Serve a kernel that outlived its server on a new connection file (printed; "
+                                   "`jupyter console --existing FILE` reaches it) until SIGTERM/SIGHUP, which "
+                                   "detach it again; SIGINT interrupts it.")
+    p.add_argument("id", metavar="KERNEL_OR_JOB_ID", help="kernel id, session id or job id (`remote-kernels ps`)")
+    p.add_argument("-f", "--connection-file", help="where to write the connection file (default: the Jupyter runtime dir)")
+    p.add_argument("--log-level", default="INFO")
+    p = sub.add_parser("detach", help="have an attach or run process let its kernel go (option persist)",
+                       description="Ask the `remote-kernels attach` or argv-mode `run` process holding a kernel "
+                                   "with persist to detach it (SIGHUP); it then waits for a next attach or server.")
+    p.add_argument("id", metavar="KERNEL_OR_JOB_ID", help="kernel id, session id or job id")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -247,6 +258,17 @@ def cmd_run(args) -> int:
         raise SystemExit(f"remote-kernels run: cannot serve the connection file's endpoints: {e}") from None
 
 
+def cmd_attach(args) -> int:
+    from .commands.attach import attach
+    logging.basicConfig(level=args.log_level.upper(), format="[remote-kernels %(levelname)s] %(message)s")
+    return attach(args.id, args.connection_file, args.log_level)
+
+
+def cmd_detach(args) -> int:
+    from .commands.attach import detach
+    return detach(args.id)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -256,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     from .commands import CommandFailed
 
     commands = {"install": cmd_install, "list": cmd_list, "show": cmd_show, "remove": cmd_remove,
-                "check": cmd_check, "ps": cmd_ps, "cancel": cmd_cancel, "run": cmd_run}
+                "check": cmd_check, "ps": cmd_ps, "cancel": cmd_cancel, "run": cmd_run,
+                "attach": cmd_attach, "detach": cmd_detach}
     try:
         return commands[args.command](args)
     except CommandFailed as e:

@@ -167,3 +167,47 @@ def test_another_runtime_dir_sees_nothing_and_ps_shows_the_kernel_detached_until
     assert res.returncode == 0 and f"job {job} of kernel {kid} (spec {spec}) cancelled" in res.stdout, res
     assert records(Path(env["JUPYTER_RUNTIME_DIR"])) == []
     wait_until(f"job {job} to leave the queue", lambda: not job_in_queue(job), timeout=30)
+
+
+def test_attach_and_detach_by_hand_then_a_server_adopts_it(kernelspecs, make_spec, tmp_path, cleanup_jobs):
+    from jupyter_client import BlockingKernelClient
+
+    spec = make_spec("rk-persist", persist=120, time="00:10:00")
+    first = server(tmp_path / "first")
+    env = dict(first.env)
+    kid, job = start_x(first, spec)
+    cleanup_jobs.append(job)
+    end_server(first, signal.SIGKILL)
+    conn = tmp_path / "attached.json"
+    proc = subprocess.Popen(["remote-kernels", "attach", kid, "-f", str(conn)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        assert f"attaching to kernel {kid} (job {job}" in proc.stdout.readline()
+        assert conn.stat().st_mode & 0o777 == 0o600
+        kc = BlockingKernelClient()
+        kc.load_connection_file(str(conn))
+        kc.start_channels()
+        try:
+            kc.wait_for_ready(timeout=60)
+            out = []
+            reply = kc.execute_interactive("print(x)", timeout=60,
+                                           output_hook=lambda m: out.append(m["content"].get("text", "")))
+            assert reply["content"]["status"] == "ok" and "".join(out) == "42\n"
+        finally:
+            kc.stop_channels()
+        res = subprocess.run(["remote-kernels", "detach", kid], env=env, capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0 and f"asked process {proc.pid} to detach kernel {kid}" in res.stdout, res
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert job_in_queue(job) and not conn.exists()
+    second = server(tmp_path / "second", Path(env["JUPYTER_RUNTIME_DIR"]))
+    try:
+        wait_until("the server's re-adoption", lambda: "re-adoption done (1 kernel)" in second.log(), timeout=60)
+        with second.channels(kid) as ws:
+            ws.wait_ready()
+            assert ws.execute("print(x)")[1] == "42\n"
+    finally:
+        second.stop()
+    wait_until(f"job {job} to end with its kernel", lambda: not job_in_queue(job), timeout=30)
