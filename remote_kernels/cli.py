@@ -261,7 +261,7 @@ def cmd_run(args) -> int:
 def cmd_attach(args) -> int:
     from .commands.attach import attach
     logging.basicConfig(level=args.log_level.upper(), format="[remote-kernels %(levelname)s] %(message)s")
-    return attach(args.id, args.connection_file, args.log_level)
+    return attach(args.id, args.connection_file)
 
 
 def cmd_detach(args) -> int:

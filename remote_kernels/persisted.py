@@ -23,7 +23,7 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from .paths import private_dir
+from .paths import private_dir, write_private_json
 from .registry import registry_dir
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")   # kernel and session ids: no path separators
@@ -59,11 +59,7 @@ class Record:
 
     def save(self) -> None:
         """Write the record (0600, replaced atomically)."""
-        tmp = self.path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(asdict(self), f)
-        tmp.replace(self.path)
+        write_private_json(self.path, asdict(self))
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)

@@ -45,7 +45,7 @@ def holder(record: persisted.Record) -> int:
     return entry.owner_pid if entry.owner_pid != os.getpid() else 0
 
 
-def attach(ident: str, connection_file: str | None, log_level: str) -> int:
+def attach(ident: str, connection_file: str | None) -> int:
     from ..argv_mode import serve
     from ..kernelspec import remote_spec, spec_config
     from ..options import KernelOptions
