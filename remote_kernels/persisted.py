@@ -96,8 +96,13 @@ def load(kernel_id: str) -> Record | None:
 
 
 def records() -> list[Record]:
-    """All of this user's records that read as valid (others are skipped)."""
-    found = (_read(p) for p in sorted(records_dir().glob("*.json")))
+    """All of this user's records that read as valid (others are skipped; [] when the
+    directory cannot be made or read, e.g. a runtime directory that is not the user's)."""
+    try:
+        paths = sorted(records_dir().glob("*.json"))
+    except OSError:
+        return []
+    found = (_read(p) for p in paths)
     return [r for r in found if r is not None]
 
 

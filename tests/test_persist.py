@@ -20,6 +20,7 @@ import pytest
 
 from jupyter_helpers import JupyterServer, KernelWebsocket
 from kernel_helpers import job_in_queue
+from site_helpers import VENV_BIN, as_user
 from slurm_helpers import wait_until
 
 EXTENSION = "--ServerApp.jpserver_extensions=remote_kernels.adopt=True"
@@ -142,8 +143,9 @@ def test_a_detached_kernel_nobody_adopts_ends_its_job_after_persist(kernelspecs,
     assert time.monotonic() - t0 >= 6
 
 
-def test_another_runtime_dir_sees_nothing_and_ps_shows_the_kernel_detached_until_cancel(kernelspecs, make_spec,
-                                                                                   tmp_path, cleanup_jobs):
+def test_another_runtime_dir_sees_nothing_and_ps_shows_the_kernel_detached_until_cancel(cluster, kernelspecs,
+                                                                                        make_spec, tmp_path,
+                                                                                        cleanup_jobs):
     """The records live in the user's runtime dir only: a server with another one (as another
     user's is) lists no kernel and submits nothing; the kernel stays for its own user, whose
     `remote-kernels ps` lists it as detached and `cancel` ends it."""
@@ -159,6 +161,14 @@ def test_another_runtime_dir_sees_nothing_and_ps_shows_the_kernel_detached_until
     finally:
         other.stop()
     assert job_in_queue(job)
+    # Another user sees no record, in their own runtime dir or pointed at this user's, and cannot attach.
+    other, runtime = cluster["test_user"], first.env["JUPYTER_RUNTIME_DIR"]
+    count = "from remote_kernels import persisted; print(len(persisted.records()))"
+    for extra in ({}, {"JUPYTER_RUNTIME_DIR": runtime}):
+        res = as_user(other, str(VENV_BIN / "python"), "-c", count, env=extra)
+        assert res.returncode == 0 and res.stdout == "0\n", res
+    res = as_user(other, str(VENV_BIN / "remote-kernels"), "attach", kid)
+    assert res.returncode == 1 and "no kernel that can outlive its server has id" in res.stderr, res
     env = dict(first.env)
     ps = subprocess.run(["remote-kernels", "ps"], env=env, capture_output=True, text=True, timeout=60)
     [line] = [line for line in ps.stdout.splitlines() if line.startswith(kid)]
