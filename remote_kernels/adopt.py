@@ -7,6 +7,8 @@ Enable it with ``jupyter server --ServerApp.jpserver_extensions=remote_kernels.a
   records, persisted.py) under their old kernel ids: ``MappingKernelManager.start_kernel``
   with ``kernel_id``, the record's spec as ``kernel_name`` and launch keyword ``adopt``, so
   the provisioner reaches the running kernel instead of submitting a job (provisioner.py).
+  A kernel whose notebook is known (under this server's root) gets its session again, so
+  the reopened notebook finds its kernel.
   A record whose owner still runs on this host is left to it; one that cannot be adopted is
   removed (its job ends by itself after ``persist``).
 - when the server exits (its ``shutdown_all``, which jupyter_server calls only then), kernels
@@ -35,7 +37,7 @@ def _load_jupyter_server_extension(serverapp) -> None:
 
     km, log = serverapp.kernel_manager, serverapp.log
     detach_at_exit(km, log)
-    IOLoop.current().add_callback(readopt, km, log)
+    IOLoop.current().add_callback(readopt, km, log, serverapp.session_manager, serverapp.root_dir)
 
 
 def adoptable(record: persisted.Record) -> bool:
@@ -50,8 +52,9 @@ def adoptable(record: persisted.Record) -> bool:
     return bool(record.detached) or not entry.owner_alive() or entry.owner_host != socket.gethostname()
 
 
-async def readopt(km, log: logging.Logger) -> list[str]:
-    """Register this user's adoptable kernels under their kernel ids; the ids adopted."""
+async def readopt(km, log: logging.Logger, sessions=None, root_dir: str = "") -> list[str]:
+    """Register this user's adoptable kernels under their kernel ids (and, with ``sessions``,
+    the server's SessionManager, their notebooks' sessions); the ids adopted."""
     adopted = []
     for record in persisted.records():
         if record.kernel_id in km or not adoptable(record):
@@ -65,8 +68,22 @@ async def readopt(km, log: logging.Logger) -> list[str]:
             continue
         log.info("remote kernels: re-adopted kernel %s (job %s on %s)", record.kernel_id, record.job_id, record.node)
         adopted.append(record.kernel_id)
+        if sessions is not None and (path := notebook_path(record.notebook, root_dir)):
+            try:
+                await sessions.create_session(path=path, name=os.path.basename(path), type="notebook",
+                                              kernel_id=record.kernel_id)
+            except Exception as e:  # noqa: BLE001 - the kernel is adopted all the same
+                log.warning("remote kernels: no session for %s: %s", path, e)
     log.info("remote kernels: re-adoption done (%d kernel%s)", len(adopted), "" if len(adopted) == 1 else "s")
     return adopted
+
+
+def notebook_path(notebook: str, root_dir: str) -> str:
+    """The API path of an absolute notebook path under root_dir; '' if none or outside it."""
+    if not notebook or not root_dir:
+        return ""
+    rel = os.path.relpath(os.path.abspath(notebook), os.path.abspath(root_dir))
+    return "" if rel.startswith("..") else rel.replace(os.sep, "/")
 
 
 def detach_at_exit(km, log: logging.Logger) -> None:

@@ -54,6 +54,7 @@ class HostedKernel:
         self._handing_over: tuple | None = None   # the stand-in's shell socket and held messages, until the kernel runs
         self.last: dict = {}   # info() of the session ended last
         self.record: Record | None = None   # persist: the running kernel's record for re-adoption
+        self.notebook = ""   # the notebook's path the server gave the kernel (JPY_SESSION_NAME), for its record
 
     @property
     def pending(self) -> bool:
@@ -71,6 +72,7 @@ class HostedKernel:
                      deferred: bool) -> None:
         """Start the kernel, in the current job if it is usable.  KernelStartError on failure
         (everything released: jupyter_client forgets a manager whose start failed)."""
+        self.notebook = env.get("JPY_SESSION_NAME", "")
         if self.held:   # restarted while the start was pending; jupyter_client removed the ipc files
             self.held = False
             session = self.session
@@ -143,13 +145,15 @@ class HostedKernel:
 
     def _keep_record(self, session: RemoteKernelSession) -> None:
         """Write (or refresh) the running kernel's record for a next server."""
-        self.record = record_of(session, self.info, kernel_id=self.kernel_id or session.session_id)
+        self.record = record_of(session, self.info, kernel_id=self.kernel_id or session.session_id,
+                                notebook=self.notebook)
         self.record.save()
 
     async def adopt(self, record: Record) -> None:
         """Instead of launch(): take over the kernel ``record`` describes (its server is gone),
         forwarded to this kernel's endpoints (self.info, made with the record's key).
         KernelStartError if it cannot be (the record is removed: the job ends by itself)."""
+        self.notebook = record.notebook
         session = self.session = RemoteKernelSession(self.options, name=self.name, kernel_id=self.kernel_id,
                                                      log=self.log, session_id=record.session_id)
         background.track(session)

@@ -48,6 +48,7 @@ class Record:
     runtime_base: str = "/tmp"
     login_host: str = ""
     connection_file: str = ""   # argv mode: the frontend's connection file this kernel serves
+    notebook: str = ""          # the notebook's path (JPY_SESSION_NAME) under jupyter_server, if known
     saved: float = field(default_factory=time.time)
     detached: float = 0.0
 
@@ -72,7 +73,7 @@ class Record:
         return max(0.0, self.detached + self.persist - (time.time() if now is None else now))
 
 
-def record_of(session, info: dict, *, kernel_id: str, connection_file: str = "") -> Record:
+def record_of(session, info: dict, *, kernel_id: str, connection_file: str = "", notebook: str = "") -> Record:
     """The record of a running RemoteKernelSession whose connection info is ``info``."""
     key, opts = info["key"], session.opts
     return Record(kernel_id=kernel_id, session_id=session.session_id, spec=session.name,
@@ -80,7 +81,7 @@ def record_of(session, info: dict, *, kernel_id: str, connection_file: str = "")
                   key=key.decode() if isinstance(key, bytes) else key, persist=opts.persist,
                   signature_scheme=info.get("signature_scheme", "hmac-sha256"),
                   kernel_name=info.get("kernel_name", ""), runtime_base=opts.runtime_base,
-                  login_host=opts.login_host, connection_file=connection_file)
+                  login_host=opts.login_host, connection_file=connection_file, notebook=notebook)
 
 
 def for_connection_file(path: str) -> str:

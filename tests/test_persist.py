@@ -44,10 +44,15 @@ class LaptopServer(JupyterServer):
         return KernelWebsocket(f"ws://{self.addr}:{self.port}/api/kernels/{kernel_id}/channels", self.token)
 
 
-def server(home: Path, runtime: Path | None = None, laptop: dict | None = None) -> JupyterServer:
+def server(home: Path, like: JupyterServer | None = None, laptop: dict | None = None) -> JupyterServer:
+    """A server with the extension; ``like``: the next server of the same user as that one
+    (its runtime directory and root directory)."""
     srv = LaptopServer(home, laptop) if laptop else JupyterServer(home, app="server", extra_args=(EXTENSION,))
-    if runtime is not None:   # the user's same runtime directory: the next server of the same user
-        srv.env["JUPYTER_RUNTIME_DIR"] = str(runtime)
+    if like is not None:
+        srv.env["JUPYTER_RUNTIME_DIR"] = like.env["JUPYTER_RUNTIME_DIR"]
+        srv.root = like.root
+        srv.argv = [f"--ServerApp.root_dir={like.root}" if a.startswith("--ServerApp.root_dir=") else a
+                    for a in srv.argv]
     return srv.start()
 
 
@@ -61,10 +66,12 @@ def end_server(srv: JupyterServer, sig: int) -> None:
 
 
 def start_x(srv: JupyterServer, spec: str) -> tuple[str, str]:
-    """A kernel of spec with x = 42 set; (kernel id, job id)."""
-    status, body = srv.request("POST", "/api/kernels", {"name": spec})
+    """A notebook's kernel of spec (session nb.ipynb, as JupyterLab opens it) with x = 42 set;
+    (kernel id, job id)."""
+    status, body = srv.request("POST", "/api/sessions", {"path": "nb.ipynb", "name": "nb.ipynb", "type": "notebook",
+                                                         "kernel": {"name": spec}})
     assert status == 201, body
-    kid = body["id"]
+    kid = body["kernel"]["id"]
     with srv.channels(kid) as ws:
         ws.wait_ready()
         reply, _ = ws.execute("x = 42")
@@ -101,6 +108,7 @@ def test_a_new_server_re_adopts_the_kernel_with_its_state(cluster, kernelspecs, 
     cleanup_jobs.append(job)
     [record] = records(runtime)
     assert record["kernel_id"] == kid and record["job_id"] == job
+    assert record["notebook"] == str(first.root / "nb.ipynb"), record["notebook"]
     path = runtime / "remote-kernels" / "persist" / f"{kid}.json"
     assert path.stat().st_mode & 0o777 == 0o600
     assert (path.parent.stat().st_mode & 0o777) == 0o700
@@ -109,12 +117,15 @@ def test_a_new_server_re_adopts_the_kernel_with_its_state(cluster, kernelspecs, 
         assert "detached; it waits 120s for the next server" in first.log(), first.log()[-3000:]
     assert job_in_queue(job), f"the job ended with its server:\n{first.log()[-3000:]}"
 
-    second = server(tmp_path / "second", runtime, laptop=laptop)
+    second = server(tmp_path / "second", first, laptop=laptop)
     try:
         # Polled meanwhile, /api/kernels may fail once: jupyter_server lists a kernel whose start
         # has just returned before it sets its last_activity (a window of one loop iteration).
         wait_until("the server's re-adoption", lambda: "re-adoption done (1 kernel)" in second.log(), timeout=60)
         assert [k["id"] for k in second.kernels()] == [kid], second.log()[-3000:]
+        # The reopened notebook finds its kernel: its session is there again.
+        status, found = second.request("GET", "/api/sessions")
+        assert status == 200 and [(s["path"], s["kernel"]["id"]) for s in found] == [("nb.ipynb", kid)], found
         with second.channels(kid) as ws:
             ws.wait_ready()
             reply, out = ws.execute("print(x)")
@@ -212,7 +223,7 @@ def test_attach_and_detach_by_hand_then_a_server_adopts_it(kernelspecs, make_spe
         if proc.poll() is None:
             proc.kill()
     assert job_in_queue(job) and not conn.exists()
-    second = server(tmp_path / "second", Path(env["JUPYTER_RUNTIME_DIR"]))
+    second = server(tmp_path / "second", first)
     try:
         wait_until("the server's re-adoption", lambda: "re-adoption done (1 kernel)" in second.log(), timeout=60)
         with second.channels(kid) as ws:
