@@ -173,6 +173,7 @@ async def test_argv_mode_with_persist_re_attaches_to_its_kernel_for_the_same_con
         job = _job_of(log)
         proc.kill()
         await proc.wait()
+    other = None
     try:
         assert job_in_queue(job)
         async with vscode_kernel(spec_dir, tmp_path, env=env, key=key) as (proc, kc, log):
@@ -193,6 +194,10 @@ async def test_argv_mode_with_persist_re_attaches_to_its_kernel_for_the_same_con
         async with vscode_kernel(spec_dir, tmp_path, env=env) as (proc, kc, log):   # another key
             other = _job_of(log)
             assert other and other != job
+            kc.shutdown()   # a SIGTERM would detach it
+            await asyncio.wait_for(proc.wait(), 30)
+        await until(f"job {other} to leave the queue", lambda: not job_in_queue(other), timeout=20)
     finally:
-        if job_in_queue(job):
-            subprocess.run(["scancel", job], capture_output=True)
+        for left in (job, other):
+            if left and job_in_queue(left):
+                subprocess.run(["scancel", left], capture_output=True)
