@@ -7,6 +7,12 @@ login side.  SIGINT interrupts the kernel; SIGTERM/SIGHUP shut it down.  The job
 cancelled whenever this process exits, and the ipc sockets it served are removed.  The kernel gets the kernelspec's ``env`` stanza
 (as the frontend set it in this process's environment; environment.kernel_env), never
 the rest of this process's environment.
+
+With option ``persist``, the kernel has a record (persisted.py) named by the connection
+file's path while it runs; SIGTERM/SIGHUP with the kernel still running (the frontend went
+away without shutting it down) detaches it instead of ending it, and so does this process's
+death.  A next ``run`` for the same connection file, with the same key, re-attaches to that
+kernel while its job waits (no job submitted); any other start submits a job as usual.
 """
 
 from __future__ import annotations
@@ -17,8 +23,11 @@ import logging
 import os
 import signal
 import stat
+import time
 
+from . import persisted
 from .environment import kernel_env
+from .errors import KernelStartError
 from .launcher import CHANNELS
 from .options import KernelOptions
 from .link import endpoints
@@ -42,17 +51,33 @@ def read_connection_file(path: str) -> dict:
     return info
 
 
-async def serve(name: str, options: KernelOptions, info: dict, spec_env: dict | None = None) -> int:
+def reattachable(options: KernelOptions, info: dict, connection_file: str) -> persisted.Record | None:
+    """The record of a detached kernel this run may re-attach to: persist is on, and the record
+    for this connection file carries the same key (the same frontend's kernel)."""
+    if not options.persist or not connection_file:
+        return None
+    record = persisted.load(persisted.for_connection_file(connection_file))
+    if record is None or record.key != info["key"] or record.connection_file != os.path.abspath(connection_file):
+        return None
+    return record
+
+
+async def serve(name: str, options: KernelOptions, info: dict, spec_env: dict | None = None,
+                connection_file: str = "", attach: persisted.Record | None = None) -> int:
     """Run the kernel until it exits or we are told to stop; return an exit code.
 
-    ``spec_env``: the kernelspec's ``env`` stanza (kernel.json's "env")."""
+    ``spec_env``: the kernelspec's ``env`` stanza (kernel.json's "env"); ``connection_file``:
+    the path ``info`` was read from (names the kernel's record under option persist);
+    ``attach``: re-attach to this record's kernel (``remote-kernels attach``), KernelStartError
+    if it cannot be."""
     # Sockets are created where the frontend says (e.g. ipc paths in a shared directory):
     # private from the moment they exist, not only after a chmod.
     os.umask(0o077)
-    session = RemoteKernelSession(options, name=name, log=log)
+    session, record = await _reattached(name, options, info, connection_file, attach)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     pending: set[asyncio.Task] = set()
+    detached = False
 
     def interrupt() -> None:
         task = loop.create_task(session.signal(signal.SIGINT))
@@ -63,16 +88,21 @@ async def serve(name: str, options: KernelOptions, info: dict, spec_env: dict | 
     for sig in (signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(sig, stop.set)
     try:
-        start = loop.create_task(_start(session, info, kernel_env(spec_env or {}, os.environ)))
-        stopper = loop.create_task(stop.wait())
-        await asyncio.wait({start, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        if not start.done():
-            start.cancel()
-            await asyncio.gather(start, return_exceptions=True)   # its clean-up cancels the job
-            log.info("stopped while starting")
-            return 143
-        stopper.cancel()
-        start.result()
+        if record is None:
+            start = loop.create_task(_start(session, info, kernel_env(spec_env or {}, os.environ)))
+            stopper = loop.create_task(stop.wait())
+            await asyncio.wait({start, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if not start.done():
+                start.cancel()
+                await asyncio.gather(start, return_exceptions=True)   # its clean-up cancels the job
+                log.info("stopped while starting")
+                return 143
+            stopper.cancel()
+            start.result()
+            if options.persist and connection_file:
+                record = persisted.record_of(session, info, kernel_id=persisted.for_connection_file(connection_file),
+                                             connection_file=os.path.abspath(connection_file))
+                record.save()
         log.info("kernel running on %s (job %s)", session.node, session.job_id)
         while not stop.is_set() and await session.poll() is None:
             try:
@@ -80,10 +110,42 @@ async def serve(name: str, options: KernelOptions, info: dict, spec_env: dict | 
             except asyncio.TimeoutError:
                 pass
         code = await session.poll()
+        if record is not None and code is None:   # told to stop, the kernel running: it waits for a next run
+            await session.detach()
+            record.detached, detached = time.time(), True
+            record.save()
+            log.info("kernel detached: job %s waits %gs for a next run with this connection file",
+                     session.job_id, options.persist)
+            return 0
         return code if code is not None else 0
     finally:
+        if record is not None and not detached:
+            record.remove()   # ended or failed: nobody may re-attach
         await session.close()
         _remove_sockets(info)
+
+
+async def _reattached(name: str, options: KernelOptions, info: dict, connection_file: str,
+                      given: persisted.Record | None) -> tuple[RemoteKernelSession, persisted.Record | None]:
+    """A session re-attached to ``given``'s kernel or this connection file's detached kernel,
+    with its record; else a new session (and None) for a kernel of its own."""
+    record = given or reattachable(options, info, connection_file)
+    if record is not None:
+        session = RemoteKernelSession(options, name=name, log=log, session_id=record.session_id)
+        try:
+            await session.adopt(record.job_id, record.node)
+            await session.forward(endpoints(info))
+            log.info("re-attached to the kernel of job %s on %s", record.job_id, record.node)
+            return session, record
+        except (KernelStartError, OSError) as e:
+            if not session.stopped:
+                await session.detach()
+            if given is not None:
+                raise KernelStartError(f"cannot attach to the kernel of job {record.job_id} on {record.node}: {e}") \
+                    from None
+            log.warning("cannot re-attach to job %s (%s); starting a new kernel", record.job_id, e)
+            record.remove()
+    return RemoteKernelSession(options, name=name, log=log), None
 
 
 def _remove_sockets(info: dict) -> None:

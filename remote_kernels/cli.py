@@ -33,7 +33,7 @@ RK_CONSTRAINT and RK_RESERVATION in the environment of the Jupyter server (or of
 # install's options that are kernel options (argparse dest == option name).
 INSTALL_FIELDS = ("scheduler", "partition", "account", "qos", "time", "cpus", "mem", "gpus", "constraint",
                   "reservation", "directives", "python", "setup", "env", "grace", "queue_timeout",
-                  "login_host", "dispatch", "allocation", "linger", "max_kernels")
+                  "login_host", "dispatch", "allocation", "linger", "max_kernels", "persist")
 
 
 def _env_pair(text: str) -> tuple[str, str]:
@@ -91,6 +91,9 @@ def _add_install(sub) -> None:
                       help="dead-man switch: the job ends after SECONDS without word from the login side (default: 300)")
     life.add_argument("--queue-timeout", type=float, metavar="SECONDS",
                       help="give up and cancel the job after SECONDS queued (default: 0, wait forever)")
+    life.add_argument("--persist", type=float, metavar="SECONDS", help=(
+        "the kernel outlives its Jupyter server for SECONDS (killed, or stopped while the kernel "
+        "runs), waiting to be re-adopted by your next server (default: 0, off)"))
     share = p.add_argument_group("sharing an allocation")
     share.add_argument("--allocation", choices=ALLOCATION, help=(
         "per-kernel (default): each kernel is a job of its own; shared: a kernel starts inside your "
@@ -152,6 +155,17 @@ def _add_job_commands(sub) -> None:
     what.add_argument("id", nargs="?", metavar="KERNEL_OR_JOB_ID", help="kernel id, session id or job id")
     what.add_argument("--orphans", action="store_true",
                       help="cancel the jobs of kernels whose server process died")
+    p = sub.add_parser("attach", help="take over a detached kernel (option persist) by hand",
+                       description="Serve a kernel that outlived its server on a new connection file (printed; "
+                                   "`jupyter console --existing FILE` reaches it) until SIGTERM/SIGHUP, which "
+                                   "detach it again; SIGINT interrupts it.")
+    p.add_argument("id", metavar="KERNEL_OR_JOB_ID", help="kernel id, session id or job id (`remote-kernels ps`)")
+    p.add_argument("-f", "--connection-file", help="where to write the connection file (default: the Jupyter runtime dir)")
+    p.add_argument("--log-level", default="INFO")
+    p = sub.add_parser("detach", help="have an attach or run process let its kernel go (option persist)",
+                       description="Ask the `remote-kernels attach` or argv-mode `run` process holding a kernel "
+                                   "with persist to detach it (SIGHUP); it then waits for a next attach or server.")
+    p.add_argument("id", metavar="KERNEL_OR_JOB_ID", help="kernel id, session id or job id")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -237,11 +251,22 @@ def cmd_run(args) -> int:
     from .session import KernelStartError
 
     try:
-        return asyncio.run(serve(args.kernel, options, info, spec.get("env") or {}))
+        return asyncio.run(serve(args.kernel, options, info, spec.get("env") or {}, args.connection_file))
     except KernelStartError as e:
         raise SystemExit(f"remote-kernels run: {e}") from None
     except OSError as e:   # e.g. the frontend's port is taken
         raise SystemExit(f"remote-kernels run: cannot serve the connection file's endpoints: {e}") from None
+
+
+def cmd_attach(args) -> int:
+    from .commands.attach import attach
+    logging.basicConfig(level=args.log_level.upper(), format="[remote-kernels %(levelname)s] %(message)s")
+    return attach(args.id, args.connection_file)
+
+
+def cmd_detach(args) -> int:
+    from .commands.attach import detach
+    return detach(args.id)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -253,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     from .commands import CommandFailed
 
     commands = {"install": cmd_install, "list": cmd_list, "show": cmd_show, "remove": cmd_remove,
-                "check": cmd_check, "ps": cmd_ps, "cancel": cmd_cancel, "run": cmd_run}
+                "check": cmd_check, "ps": cmd_ps, "cancel": cmd_cancel, "run": cmd_run,
+                "attach": cmd_attach, "detach": cmd_detach}
     try:
         return commands[args.command](args)
     except CommandFailed as e:

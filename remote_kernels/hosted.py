@@ -12,6 +12,10 @@ kernel's endpoints (standin.py) and keeps the frontends' cells until the kernel 
 then a relay (relay.py) hands them to the kernel and carries its shell channel.  After a
 start that failed the stand-in answers again, saying why, so the server's restarter sees a
 live kernel and never resubmits.
+
+With option ``persist`` a running kernel has a record (persisted.py, holding its key) from
+its start until it ends for good; detach() lets it run on for a next server, which adopt()s
+it from that record (no job submitted, the same key, fresh login-side endpoints).
 """
 
 from __future__ import annotations
@@ -20,12 +24,15 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from typing import Callable
 
 from . import background
 from .link import endpoints
+from .errors import KernelStartError
 from .options import KernelOptions
-from .session import RemoteKernelSession
+from .persisted import Record, record_of
+from .session import RemoteKernelSession, State
 from .relay import ShellRelay
 from .standin import QueuedKernelStandIn, signer, zmq_url
 
@@ -46,6 +53,8 @@ class HostedKernel:
         self.info: dict = {}   # the connection info (login-side endpoints, key)
         self._handing_over: tuple | None = None   # the stand-in's shell socket and held messages, until the kernel runs
         self.last: dict = {}   # info() of the session ended last
+        self.record: Record | None = None   # persist: the running kernel's record for re-adoption
+        self.notebook = ""   # the notebook's path the server gave the kernel (JPY_SESSION_NAME), for its record
 
     @property
     def pending(self) -> bool:
@@ -63,6 +72,7 @@ class HostedKernel:
                      deferred: bool) -> None:
         """Start the kernel, in the current job if it is usable.  KernelStartError on failure
         (everything released: jupyter_client forgets a manager whose start failed)."""
+        self.notebook = env.get("JPY_SESSION_NAME", "")
         if self.held:   # restarted while the start was pending; jupyter_client removed the ipc files
             self.held = False
             session = self.session
@@ -125,11 +135,61 @@ class HostedKernel:
         await session.forward(ends)
         await session.start_kernel(info["key"], info.get("signature_scheme", "hmac-sha256"),
                                    kernel_name=info.get("kernel_name", ""), cwd=cwd, env=env)
+        if self.options.persist:
+            self._keep_record(session)
         if self._handing_over is not None:
             ctx, shell, held = self._handing_over
             self._handing_over = None
             self.relay = ShellRelay(ctx, shell, held, self.relay_path, zmq_url(info, "iopub_port"), signer(info))
             self.relay.start()
+
+    def _keep_record(self, session: RemoteKernelSession) -> None:
+        """Write (or refresh) the running kernel's record for a next server."""
+        self.record = record_of(session, self.info, kernel_id=self.kernel_id or session.session_id,
+                                notebook=self.notebook)
+        self.record.save()
+
+    async def adopt(self, record: Record) -> None:
+        """Instead of launch(): take over the kernel ``record`` describes (its server is gone),
+        forwarded to this kernel's endpoints (self.info, made with the record's key).
+        KernelStartError if it cannot be (the record is removed: the job ends by itself)."""
+        self.notebook = record.notebook
+        session = self.session = RemoteKernelSession(self.options, name=self.name, kernel_id=self.kernel_id,
+                                                     log=self.log, session_id=record.session_id)
+        background.track(session)
+        try:
+            await session.adopt(record.job_id, record.node)
+            await session.forward(endpoints(self.info))
+        except BaseException as e:
+            self.session = None
+            if not session.stopped:
+                await session.detach()
+            background.untrack(session)
+            self.last = session.info()
+            record.remove()
+            if isinstance(e, (OSError, asyncio.TimeoutError)):
+                raise KernelStartError(f"cannot forward to the kernel of job {record.job_id}: {e}") from None
+            raise
+        self._keep_record(session)
+
+    async def detach(self) -> bool:
+        """Let the running kernel outlive this server (option persist): the session lets go of
+        it (session.detach) and its record says since when.  False, and nothing done, when
+        there is no running kernel with a record."""
+        session = self.session
+        if session is None or self.record is None or session.state is not State.RUNNING:
+            return False
+        self.session = None
+        self._close_standin()
+        try:
+            await session.detach()
+        finally:
+            background.untrack(session)
+            self.last = session.info()
+        self.record.detached = time.time()
+        self.record.save()
+        self.record = None
+        return True
 
     async def shutdown_requested(self, restart: bool) -> None:
         self.held = False
@@ -159,6 +219,9 @@ class HostedKernel:
         the session tracked for interpreter exit until then.  ``wait``: return once all ended."""
         self.held = False
         self._close_standin()
+        if self.record is not None:   # the kernel ends for good: nobody may adopt it
+            self.record.remove()
+            self.record = None
         session, self.session = self.session, None
         if session is None:
             return

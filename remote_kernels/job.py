@@ -39,10 +39,15 @@ def interactive(opts: KernelOptions, scheduler: Scheduler) -> bool:
     'auto' takes it where the scheduler has one, commands run here (no login host: the
     command must live as long as the job) and the spec sets no directives (sbatch lines).
     ValueError if asked for where the scheduler has none, or for a shared allocation (it must
-    outlive the server that submitted it, and an interactive job ends with that server's command)."""
-    if opts.shared:
+    outlive the server that submitted it, and an interactive job ends with that server's command;
+    the same for a kernel with ``persist``; persist with a shared allocation is refused too)."""
+    if opts.shared and opts.persist:
+        raise ValueError("persist applies to per-kernel allocations; a shared allocation outlives its "
+                         "server by linger")
+    if opts.shared or opts.persist:
         if opts.dispatch == "interactive":
-            raise ValueError("a shared allocation is submitted as a batch job; set dispatch to batch or auto")
+            what = "a shared allocation" if opts.shared else "a kernel that persists"
+            raise ValueError(f"{what} is submitted as a batch job; set dispatch to batch or auto")
         return False
     if opts.dispatch == "batch":
         return False

@@ -7,7 +7,7 @@ unix control socket ``ctl`` there and waits for the login side, which reaches th
 socket through SSH.  The control protocol is JSON lines, one object per line; a request
 may carry an ``"id"``, which its reply repeats (replies may come out of order):
 
-    -> {"op": "hello", "kernel"?}              <- {"event": "hello", "host", "pid", "python", "dir", "kernel"}
+    -> {"op": "hello", "kernel"?, "persist"?}  <- {"event": "hello", "host", "pid", "python", "dir", "kernel"}
                                                   | {"event": "error", "full": true, "message"} (shared only)
     -> {"op": "ping"}                          <- {"event": "pong"}
     -> {"op": "signal", "signum"}              <- {"event": "ok"} | {"event": "error", "message"}
@@ -44,7 +44,10 @@ never delivers an EOF), the launcher stops the kernel and exits.  The login side
 well within GRACE.  Until the first line arrives, the limit is CONTACT seconds from the
 launcher's start (at most GRACE; default GRACE): a job whose server died while it was
 queued ends soon after it starts, instead of holding its allocation for GRACE.  The process
-exits EXIT_ABANDONED when the dead-man switch ended it, 0 otherwise.
+exits EXIT_ABANDONED when the dead-man switch ended it, 0 otherwise.  A hello with
+``persist`` (seconds, per-kernel launchers only) raises the silence allowed after contact
+to that many seconds (when longer than GRACE): the kernel outlives its server, waiting for
+the next one to say hello again (re-adoption); the latest hello's value holds.
 
 Shared allocations (LINGER given: the spec's ``allocation: shared``): one launcher holds up to
 MAX kernels (0: no limit), each in a slot of its own.  A control connection joins a slot with
@@ -479,6 +482,7 @@ class Control:
         self.launcher, self.grace = launcher, grace
         self.contact = grace if contact is None else min(contact, grace)   # silence allowed before the first line
         self.contacted = False      # a line has arrived from the login side
+        self.persist = 0.0          # silence allowed after contact when longer than grace (a hello's persist)
         self.clients = {}           # connected StreamWriter -> the Slot it acts on
         self.tasks = set()          # start/stop/shutdown requests in progress
         self.last_heard = time.monotonic()   # when a client last sent a line (or connected)
@@ -505,6 +509,8 @@ class Control:
         """The reply to a request answered at once (hello, ping, signal)."""
         op, launcher = req["op"], self.launcher
         if op == "hello":
+            if req.get("persist") is not None and not launcher.shared:
+                self.persist = float(req["persist"])
             if req.get("kernel") is None:
                 return launcher.info()
             if not launcher.shared:
@@ -597,7 +603,7 @@ class Control:
                     launcher.done.set()
                     return
                 continue   # lingering: linger, not grace, says when it ends
-            limit = self.grace if self.contacted else self.contact
+            limit = max(self.grace, self.persist) if self.contacted else self.contact
             if now - self.last_heard > limit:
                 if self.contacted:
                     why = "no contact from the login side for %gs" % limit
@@ -751,6 +757,10 @@ def check_request(line):
             return req, "signal needs an integer signum, not %r" % (signum,)
     if op == "start":
         return req, check_start(req)
+    if op == "hello" and req.get("persist") is not None:
+        seconds = req["persist"]
+        if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not 0 <= seconds < 1e9:
+            return req, "hello: persist must be a number of seconds"
     if op == "hello" and req.get("kernel") is not None:
         name = req["kernel"]
         if not (isinstance(name, str) and 0 < len(name) <= 64 and SLOT_CHARS.issuperset(name)):

@@ -157,7 +157,9 @@ class NodeLink:
         self.ctl = LauncherClient(reader, writer, on_event=self.on_event,
                                   heartbeat=heartbeat(self.opts.grace), what=self.what)
         self.ctl.start()
-        hello = await self.request({"op": "hello", **({"kernel": self.slot} if self.slot else {})})
+        # persist always: an adopting server whose spec dropped it ends the kernel after grace again.
+        hello = await self.request({"op": "hello", **({"kernel": self.slot} if self.slot else {}),
+                                    **({} if self.slot else {"persist": self.opts.persist})})
         if hello.get("event") != "hello":
             self.ctl.close()
             error = AllocationFull if hello.get("full") else KernelStartError

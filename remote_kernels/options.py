@@ -80,6 +80,9 @@ class KernelOptions(LoggingConfigurable):
         "Shared allocations: seconds an allocation whose last kernel ended waits for a next "
         "kernel before it ends.")).tag(config=True)
     max_kernels = Int(0, help="Shared allocations: most kernels in one allocation; 0: no limit.").tag(config=True)
+    persist = Float(0, help=(
+        "Seconds a kernel outlives its Jupyter server (killed, crashed, or stopped while the kernel "
+        "runs), waiting to be re-adopted by the user's next server; 0: it ends after grace as usual.")).tag(config=True)
 
     def __init__(self, *, environ: Mapping[str, str] | None = None, **kwargs):
         """Options from kwargs (the spec's config), then RK_* overrides from ``environ``
@@ -127,11 +130,12 @@ class KernelOptions(LoggingConfigurable):
             raise TraitError(f"{name} {value!r} is not one of {', '.join(CHOICES[name])}")
         return value
 
-    @validate("linger")
+    @validate("linger", "persist")
     def _valid_linger(self, proposal):
-        value = proposal["value"]
+        name, value = proposal["trait"].name, proposal["value"]
         if value < 0:
-            raise TraitError(f"linger {value:g} is negative; use seconds (0: the allocation ends with its last kernel)")
+            meaning = "the allocation ends with its last kernel" if name == "linger" else "off"
+            raise TraitError(f"{name} {value:g} is negative; use seconds (0: {meaning})")
         return value
 
     @property

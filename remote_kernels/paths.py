@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -16,3 +17,12 @@ def private_dir(path: str | os.PathLike) -> Path:
     if d.stat().st_mode & 0o777 != 0o700:
         d.chmod(0o700)
     return d
+
+
+def write_private_json(path: Path, data: dict) -> None:
+    """Write ``data`` as JSON to ``path``, mode 0600, replaced atomically (no reader sees half)."""
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f)
+    tmp.replace(path)

@@ -15,6 +15,10 @@ Launch keyword ``on_status``: ``km.start_kernel(on_status=callback)`` has the se
 call ``callback(JobStatus, seconds_waited)`` (on the caller's loop) at each poll while
 the job waits to start.  Launch keyword ``queue_timeout``: seconds after which a start
 still queued gives up (cancelling the job) when the spec sets no ``queue_timeout``.
+Launch keyword ``adopt``: a persisted.Record of this kernel id: instead of starting a
+kernel, the provisioner takes over the one the record describes, whose server is gone
+(option ``persist``; adopt.py registers such kernels at a server's start), with the
+record's key.  ``detach()`` lets a running kernel outlive this server.
 """
 
 from __future__ import annotations
@@ -93,6 +97,10 @@ class RemoteKernelProvisioner(KernelOptions, KernelProvisionerBase):  # type: ig
 
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
         km = self.parent
+        adopt = kwargs.get("adopt")
+        if adopt is not None:   # the kernel runs with its key: the connection file must carry it
+            km.session.signature_scheme = adopt.signature_scheme
+            km.session.key = adopt.key.encode()
         if self._login_dir is None:
             self._login_dir = tempfile.mkdtemp(prefix="rk-")   # 0700
             background.remove_at_exit(self._login_dir)
@@ -125,9 +133,16 @@ class RemoteKernelProvisioner(KernelOptions, KernelProvisionerBase):  # type: ig
         hosted = self.hosted
         hosted.info = dict(self.connection_info)
         hosted.relay_path = os.path.join(self._login_dir, "shell-relay")
+        adopt = kwargs.get("adopt")
+        launch_args = getattr(self.parent, "_launch_args", None)
+        if isinstance(launch_args, dict):
+            launch_args.pop("adopt", None)   # a restart starts a kernel in the adopted job
         try:
-            await background.run(hosted.launch(env, kwargs.get("cwd"), on_status,
-                                               kwargs.get("queue_timeout") or 0, self._defer_start()))
+            if adopt is not None:
+                await background.run(hosted.adopt(adopt))
+            else:
+                await background.run(hosted.launch(env, kwargs.get("cwd"), on_status,
+                                                   kwargs.get("queue_timeout") or 0, self._defer_start()))
         except background.Cancelled:
             await self._end_all()
             raise KernelStartError("the start was cancelled: the kernel was shut down meanwhile") from None
@@ -145,6 +160,15 @@ class RemoteKernelProvisioner(KernelOptions, KernelProvisionerBase):  # type: ig
         jupyter_client users (nbclient, console, scripts) wait for the kernel itself."""
         multi = getattr(self.parent, "parent", None)
         return type(multi).__module__.startswith("jupyter_server.")
+
+    async def detach(self) -> bool:
+        """Let the running kernel outlive this server (option ``persist``); True if it did.
+        Afterwards the kernel reads as ended here: a shutdown request that follows reaches
+        nothing, and cleanup() releases only the login side."""
+        detached = await background.run(self.hosted.detach(), cancellable=False)
+        if detached:
+            await self._end_all()
+        return detached
 
     async def cleanup(self, restart: bool = False) -> None:
         if not restart:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from jupyter_core.paths import jupyter_runtime_dir
 
-from .paths import private_dir
+from .paths import private_dir, write_private_json
 
 
 def registry_dir() -> Path:
@@ -42,11 +42,7 @@ class Entry:
         return registry_dir() / f"{self.session_id}.json"
 
     def save(self) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(asdict(self), f)
-        tmp.replace(self.path)
+        write_private_json(self.path, asdict(self))
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)

@@ -14,6 +14,8 @@ provisioner's background loop, or argv mode's own) and is used only from it:
     await s.stop_kernel()            # kernel gone, job kept (restart)
     await s.shut_down()              # kernel and launcher gone; job, forwards, link end in the background
     await s.close()                  # kernel, launcher and job gone, forwards closed
+    await s.adopt(job_id, node)      # instead of start_job(): a kernel that outlived its server (persist)
+    await s.detach()                 # link closed; kernel, launcher and job run on (persist)
 
 With ``allocation: shared`` the session first looks for this user's live allocation of
 the same spec (allocations.py) and joins it (state JOINING, then READY: no job submitted);
@@ -68,11 +70,11 @@ class State(enum.Enum):
 
 S = State
 TRANSITIONS: dict[State, frozenset[State]] = {
-    S.NEW: frozenset({S.SUBMITTING, S.JOINING, S.CLOSING}),
+    S.NEW: frozenset({S.SUBMITTING, S.JOINING, S.CONNECTING, S.CLOSING}),   # CONNECTING: adopt()
     S.JOINING: frozenset({S.READY, S.SUBMITTING, S.CLOSING}),
     S.SUBMITTING: frozenset({S.QUEUED, S.CLOSING}),
     S.QUEUED: frozenset({S.CONNECTING, S.CLOSING}),
-    S.CONNECTING: frozenset({S.READY, S.CLOSING}),
+    S.CONNECTING: frozenset({S.READY, S.RUNNING, S.CLOSING}),   # RUNNING: adopt()
     S.READY: frozenset({S.STARTING, S.RECONNECTING, S.CLOSING}),
     S.STARTING: frozenset({S.RUNNING, S.READY, S.RECONNECTING, S.CLOSING}),
     S.RUNNING: frozenset({S.READY, S.STARTING, S.RECONNECTING, S.CLOSING}),
@@ -115,13 +117,15 @@ class HeldExit:
 
 class RemoteKernelSession:
     def __init__(self, options: KernelOptions, *, name: str = "remote-kernel", kernel_id: str = "",
-                 log: logging.Logger | None = None, job: Job | None = None, link_factory=NodeLink):
-        """``job`` and ``link_factory`` (called as NodeLink is) replace the parts, for tests."""
+                 log: logging.Logger | None = None, job: Job | None = None, link_factory=NodeLink,
+                 session_id: str = ""):
+        """``job`` and ``link_factory`` (called as NodeLink is) replace the parts, for tests.
+        ``session_id``: the launcher's, for adopt() (default: a new one)."""
         self.opts, self.name = options, name
         self.log = log or logging.getLogger(__name__)
         self.runner = runner_for(options.login_host, options.command_timeout)
         self.scheduler = get_scheduler(options.scheduler, self.runner)
-        self.session_id = secrets.token_hex(8)   # names the node dir (or the slot); not a secret
+        self.session_id = session_id or secrets.token_hex(8)   # names the node dir (or the slot); not a secret
         self.shared = options.shared
         self.allocation_id = self.session_id     # shared: the launcher's session id (another's once joined)
         self.joined = False                      # shared: started in an allocation another kernel made
@@ -141,6 +145,7 @@ class RemoteKernelSession:
         self._stopped = asyncio.Event()   # set on ENDING: the kernel is stopped
         self._held_exit = HeldExit()
         self._spec_lock: allocations.SpecLock | None = None   # shared: held from joining until published
+        self._detach = False   # close() leaves kernel, launcher and job running (detach(), a failed adopt())
 
     # --- what it is ---------------------------------------------------------------------------
     def _to(self, new: State) -> None:
@@ -260,6 +265,45 @@ class RemoteKernelSession:
             return True
         self.allocation_id = self.session_id
         return False
+
+    async def adopt(self, job_id: str, node: str) -> None:
+        """Instead of start_job(): reach the launcher of a kernel that outlived its server
+        (option ``persist``) in job ``job_id`` on ``node``, this session's id naming its node
+        dir; nothing is submitted.  State RUNNING on return (then forward()).  KernelStartError
+        when it cannot be reached (the session ends, the job left to its dead-man switch) or
+        no kernel runs there any more (the session ends with its job)."""
+        self._start_task = asyncio.current_task()
+        self._to(S.CONNECTING)
+        self.job.adopt(job_id, node, "")
+        self.link = self._make_link(node=node, job_id=job_id)
+        try:
+            try:
+                hello = await self.link.join()
+            except BaseException:
+                self._detach = True
+                raise
+            if hello.get("kernel") is None:
+                raise KernelStartError(f"no kernel runs in job {job_id} on {node} any more")
+        except BaseException as e:
+            if isinstance(e, KernelStartError):
+                self.ended_reason, self.exit_code = str(e), 1
+            self._start_task = None
+            await self.close()
+            raise
+        self._start_task = None
+        self.kernel_pid = hello["kernel"]
+        self.job.timings.update(ssh=0.0, launcher=0.0)
+        self.job.quiet()
+        self._to(S.RUNNING)
+        self.log.info("remote kernel %s: adopted the kernel of job %s on %s", self.name, job_id, node)
+        self._supervisor = asyncio.get_running_loop().create_task(self._supervise())
+
+    async def detach(self) -> None:
+        """Let the kernel run on for a next server (option ``persist``): forwards, control
+        channel and connection are closed, the kernel, its launcher and job are not, and the
+        job's registry entry stays.  Then state ENDED, ended_reason says so."""
+        self._detach = True
+        await self.close()
 
     async def reach_launcher(self) -> None:
         """After submit_job(): wait until the job runs, connect to its node, reach the launcher."""
@@ -466,6 +510,9 @@ class RemoteKernelSession:
             if task is not None and task is not spare and not task.done():
                 task.cancel()
                 await asyncio.wait({task})
+        if self._detach:
+            await self._let_go()
+            return
         bye: dict = {}
         if self.link is not None and self.link.usable:
             try:
@@ -483,6 +530,20 @@ class RemoteKernelSession:
         self._stopped.set()
         if said_bye:
             await self._release(said_bye, bye.get("kernels", 0))
+        self._to(S.ENDED)
+
+    async def _let_go(self) -> None:
+        """close() of a detached session: only the link is closed; CLOSING -> ENDING -> ENDED."""
+        if self.link is not None:
+            await self.link.close()
+        self.job.quiet()
+        self.ended_reason = self.ended_reason or (f"detached: the kernel runs on in job {self.job.id} for "
+                                                  f"{self.opts.persist:g}s unless a server adopts it")
+        if self.exit_code is None:
+            self.exit_code = 0
+        self.kernel_pid = None
+        self._to(S.ENDING)
+        self._stopped.set()
         self._to(S.ENDED)
 
     async def _release(self, said_bye: bool, others: int = 0) -> None:

@@ -16,8 +16,8 @@ from jupyter_client.asynchronous import AsyncKernelClient
 from jupyter_client.connect import write_connection_file
 
 from conftest import SERVER_MARKER
-from kernel_helpers import (job_in_queue, kernel_environ, processes_mentioning, see_it_end_unclaimed, start_sleeping_cell,
-                            until, value_of, wait_for_kernel_info)
+from kernel_helpers import (job_in_queue, kernel_environ, processes_mentioning, run_cell, see_it_end_unclaimed,
+                            start_sleeping_cell, until, value_of, wait_for_kernel_info)
 
 
 def _job_of(proc_log: list[str]) -> str | None:
@@ -28,11 +28,13 @@ def _job_of(proc_log: list[str]) -> str | None:
 
 
 @contextlib.asynccontextmanager
-async def vscode_kernel(spec_dir: Path, tmp_path: Path, env: dict | None = None, transport: str = "tcp"):
+async def vscode_kernel(spec_dir: Path, tmp_path: Path, env: dict | None = None, transport: str = "tcp",
+                        key: str | None = None):
     """Run a kernelspec's argv exactly as VS Code does (its connection file written first,
-    ``env``: the frontend's environment for the process); yield (process, client, stderr
-    lines) once the kernel answers.  The process is shut down with SIGTERM afterwards."""
-    key = uuid.uuid4().hex
+    with ``key`` if given; ``env``: the frontend's environment for the process); yield
+    (process, client, stderr lines) once the kernel answers.  The process is shut down with
+    SIGTERM afterwards."""
+    key = key or uuid.uuid4().hex
     ip = "127.0.0.1" if transport == "tcp" else str(tmp_path / "kernel-ipc")
     conn_file, _ = write_connection_file(str(tmp_path / "kernel-vscode.json"), ip=ip, key=key.encode(),
                                          transport=transport)
@@ -155,3 +157,47 @@ def test_argv_mode_unreadable_connection_file(kernelspecs, tmp_path):
     assert res.returncode != 0
     assert "cannot read connection file" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+async def test_argv_mode_with_persist_re_attaches_to_its_kernel_for_the_same_connection_file(make_spec, kernelspecs,
+                                                                                              tmp_path):
+    """SIGKILL of the argv process, or SIGTERM while the kernel runs: a next run for the same
+    connection file (same key) finds the kernel, its state and job; a run with another key
+    (another frontend's file at the same path) starts a kernel of its own."""
+    make_spec("rk-persist-argv", persist=120, time="00:10:00")
+    spec_dir = kernelspecs / "rk-persist-argv"
+    env = dict(os.environ, JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"))
+    key = uuid.uuid4().hex
+    async with vscode_kernel(spec_dir, tmp_path, env=env, key=key) as (proc, kc, log):
+        assert (await run_cell(kc, "x = 42"))[0]["status"] == "ok"
+        job = _job_of(log)
+        proc.kill()
+        await proc.wait()
+    other = None
+    try:
+        assert job_in_queue(job)
+        async with vscode_kernel(spec_dir, tmp_path, env=env, key=key) as (proc, kc, log):
+            assert await value_of(kc, "x") == "42"
+            assert _job_of(log) is None and any(f"re-attached to the kernel of job {job}" in l for l in log), log
+            proc.send_signal(signal.SIGTERM)   # the frontend went away: the kernel waits again
+            await asyncio.wait_for(proc.wait(), 20)
+        assert any("kernel detached" in l for l in log), log
+        assert job_in_queue(job)
+        async with vscode_kernel(spec_dir, tmp_path, env=env, key=key) as (proc, kc, log):
+            assert await value_of(kc, "x") == "42"
+            assert _job_of(log) is None
+            # The frontend shuts the kernel down: the job ends and no record is left.
+            kc.shutdown()
+            await asyncio.wait_for(proc.wait(), 30)
+        await until(f"job {job} to leave the queue", lambda: not job_in_queue(job), timeout=20)
+        assert not list((tmp_path / "runtime" / "remote-kernels" / "persist").glob("*.json"))
+        async with vscode_kernel(spec_dir, tmp_path, env=env) as (proc, kc, log):   # another key
+            other = _job_of(log)
+            assert other and other != job
+            kc.shutdown()   # a SIGTERM would detach it
+            await asyncio.wait_for(proc.wait(), 30)
+        await until(f"job {other} to leave the queue", lambda: not job_in_queue(other), timeout=20)
+    finally:
+        for left in (job, other):
+            if left and job_in_queue(left):
+                subprocess.run(["scancel", left], capture_output=True)

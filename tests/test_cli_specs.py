@@ -73,6 +73,9 @@ def test_install_from_a_shipped_example_by_name(cli):
     (["--grace", "0"], "grace 0 is out of range; use a positive number of seconds"),
     (["--queue-timeout", "-5"], "queue_timeout -5 is out of range"),
     (["--cpus", "-1"], "cpus -1 is negative"),
+    (["--persist", "-1"], "persist -1 is negative; use seconds (0: off)"),
+    (["--persist", "60", "--dispatch", "interactive"], "a kernel that persists is submitted as a batch job"),
+    (["--persist", "60", "--allocation", "shared"], "persist applies to per-kernel allocations"),
     (["--from", str(EXAMPLES)], "cannot read"),
     (["--from", str(EXAMPLES / "slurm-gpu"), "--time", "soon"], "time 'soon' is not a wall-time"),
 ])
@@ -82,6 +85,12 @@ def test_install_rejects_bad_input_without_writing(cli, args, message):
     assert res.stderr.startswith("remote-kernels install: ") and message in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
     assert not (cli.prefix / "share" / "jupyter" / "kernels" / "bad").exists()
+
+
+def test_install_persist_writes_the_option(cli):
+    res = cli("install", "keep", "--no-check", "--persist", "3600", "--prefix", str(cli.prefix))
+    assert res.returncode == 0, res.stderr
+    assert spec(cli, "keep")["metadata"]["kernel_provisioner"]["config"]["persist"] == 3600.0
 
 
 def test_install_ignores_rk_variables(cli):

@@ -278,6 +278,36 @@ async def test_once_contacted_the_launcher_allows_grace_of_silence_not_the_windo
     assert (await client.request({"op": "ping"}, DEADLINE))["event"] == "pong"
 
 
+async def test_a_hello_with_persist_keeps_the_kernel_for_a_next_server_then_ends_it(launch):
+    """The server that said hello with persist is gone (its connection closed): the launcher and
+    kernel outlive grace, a new connection finds the kernel running, and once that one is gone
+    too the job ends after persist."""
+    launcher = await launch(grace=0.5)
+    first = await launcher.client(heartbeat=0)
+    assert (await first.request({"op": "hello", "persist": 3}, DEADLINE))["event"] == "hello"
+    started = await first.request(start_request("fast"), DEADLINE)
+    assert started["event"] == "started"
+    first.close()
+    t0 = time.monotonic()
+    # Outliving grace cannot be shown by a condition: stay away for several graces.
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(asyncio.shield(launcher.proc.wait()), 4 * 0.5)
+    second = await launcher.client(heartbeat=0)
+    hello = await second.request({"op": "hello", "persist": 3}, DEADLINE)
+    assert hello["kernel"] == started["pid"]
+    second.close()
+    assert await launcher.exit_code() == EXIT_ABANDONED
+    assert time.monotonic() - t0 >= 3
+    assert "no contact from the login side for 3s; ending" in await launcher.stderr()
+
+
+async def test_a_bad_persist_is_refused(launch):
+    launcher = await launch()
+    client = await launcher.client()
+    reply = await client.request({"op": "hello", "persist": "long"}, DEADLINE)
+    assert reply == {"event": "error", "message": "hello: persist must be a number of seconds", "id": reply["id"]}
+
+
 async def test_shutdown_says_bye_and_ends_the_launcher(launch):
     launcher = await launch()
     client = await launcher.client()

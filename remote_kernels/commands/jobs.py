@@ -4,7 +4,10 @@ Kernels in a shared allocation are one entry each with the same job: ``ps`` says
 share it, ``cancel JOB`` ends all of them (and says which), ``cancel --orphans`` cancels a
 shared job only when no live server holds any of its kernels.  A shared allocation that
 lingers with no kernel is listed too (an entry without an owner, ``owner_pid`` 0), so it can
-be cancelled.
+be cancelled.  A kernel that outlived its server (option ``persist``: a record in
+persisted.py, its owner gone) is listed as detached, with the time it has left to be
+re-adopted when its server said when it let go; ``cancel`` ends it (and removes its record),
+``cancel --orphans`` leaves it to wait.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import sys
 import time
 from dataclasses import asdict
 
-from .. import allocations
+from .. import allocations, persisted
 from ..registry import Entry, entries, sharing
 from ..runner import CommandError
 from ..schedulers import JobState, JobStatus, get_scheduler
@@ -29,6 +32,21 @@ def owner_state(entry: Entry) -> str:
     if entry.owner_host != socket.gethostname():
         return "unknown"
     return "alive" if entry.owner_alive() else "dead"
+
+
+def detached(entry: Entry, kept: dict[str, persisted.Record]) -> str:
+    """'' unless entry's kernel waits to be re-adopted (its record kept, its owner gone, or its
+    server let it go): then 'detached', with the time it has left where known."""
+    record = kept.get(entry.session_id)
+    if record is None or (not record.detached and owner_state(entry) in ("alive", "unknown")):
+        return ""
+    left = record.time_left()
+    return f"detached, {duration(left)} left" if left is not None else f"detached, at most {duration(record.persist)} left"
+
+
+def kept_records() -> dict[str, persisted.Record]:
+    """Session id -> the record of a kernel that may outlive its server."""
+    return {r.session_id: r for r in persisted.records()}
 
 
 def label(entry: Entry) -> str:
@@ -79,9 +97,12 @@ async def ps(as_json: bool = False) -> int:
     for e in [e for e in found if not e.owner_pid and states[e.session_id].state.finished]:
         allocations.withdraw(e.allocation)   # its linger is over: the job has ended
         found.remove(e)
-    now = time.time()
+    now, kept = time.time(), kept_records()
+    for e in found:
+        if e.session_id in kept and states[e.session_id].state.finished:   # its persist is over
+            kept.pop(e.session_id).remove()
     rows = [dict(asdict(e), state=states[e.session_id].state.value, time_left=states[e.session_id].time_left,
-                 age=round(now - e.started), owner=owner_state(e),
+                 age=round(now - e.started), owner=detached(e, kept) or owner_state(e),
                  shared_with=[label(o) for o in sharing(e, found)]) for e in found]
     if as_json:
         print(json.dumps(rows, indent=1))
@@ -136,6 +157,8 @@ async def end(entry: Entry) -> str:
     others = sharing(entry)
     for e in [entry, *others]:
         e.remove()
+        if (record := kept_records().get(e.session_id)) is not None:
+            record.remove()
     for alloc in allocations.for_job(entry.scheduler, entry.job_id):
         allocations.withdraw(alloc.allocation)
     also = (f"; it ended the {len(others)} other kernel(s) sharing it: {', '.join(label(e) for e in others)}"
@@ -153,7 +176,8 @@ async def cancel(ident: str) -> int:
 
 async def cancel_orphans() -> int:
     """Cancel the jobs of kernels whose owning process is gone."""
-    orphans = [e for e in entries() if owner_state(e) == "dead"]
+    kept = kept_records()
+    orphans = [e for e in entries() if owner_state(e) == "dead" and not detached(e, kept)]
     if not orphans:
         print("No orphaned remote kernels: every registered kernel's owning process is alive.")
         return 0
