@@ -52,7 +52,7 @@ $(LABEXT_OUT): $(LABEXT_SRC) $(LABEXT_DEPS)
 # The venv: Python packages only (pip, from the registry), so the checkout's owner can make it
 # without root.  Debian's python3.11 (with python3.11-venv, which `deps` installs) is readable
 # by all; root's own Python may not be.
-$(STAMP): pyproject.toml $(LABEXT_OUT)
+$(STAMP): pyproject.toml $(LABEXT_OUT) jupyter-config/jupyter_server_config.d/remote_kernels.json
 	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || { echo "$(PYTHON) cannot make a venv: install python3.11-venv" \
 	    "(as root: make deps), or set PYTHON= to a Python 3.9+ that can" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)

@@ -1,7 +1,7 @@
 """jupyter_server extension: kernels outlive their server (option ``persist``) and are re-adopted.
 
-Enable it with ``jupyter server --ServerApp.jpserver_extensions=remote_kernels.adopt=True``
-(or the same in a jupyter_server_config file).  It does two things:
+Enabled with the package (jupyter-config/jupyter_server_config.d/remote_kernels.json, installed
+with the wheel).  Kernels without ``persist`` are left alone.  It does two things:
 
 - at the server's start, it registers this user's kernels whose server is gone (their
   records, persisted.py) under their old kernel ids: ``MappingKernelManager.start_kernel``

@@ -68,7 +68,7 @@ def test_wheel_carries_what_runs(user_venv):
 def test_wheel_carries_the_prebuilt_jupyterlab_extension(user_venv):
     """The standard layout: the built labextension under share/jupyter/labextensions/NAME (its
     package.json names the entry point the build made, install.json says who installed it) and
-    the server extension enabled through etc/jupyter/jupyter_server_config.d; no Node needed."""
+    both server extensions (serverext, adopt) enabled through etc/jupyter/jupyter_server_config.d; no Node needed."""
     wheel = zipfile.ZipFile(user_venv["wheel"])
     names = set(wheel.namelist())
     data = next(n.split("/")[0] for n in names if ".data/" in n)
@@ -77,7 +77,8 @@ def test_wheel_carries_the_prebuilt_jupyterlab_extension(user_venv):
     assert f"{ext}/{meta['jupyterlab']['_build']['load']}" in names
     assert json.loads(wheel.read(f"{ext}/install.json"))["packageName"] == "remote-kernels"
     config = json.loads(wheel.read(f"{data}/data/etc/jupyter/jupyter_server_config.d/remote_kernels.json"))
-    assert config == {"ServerApp": {"jpserver_extensions": {"remote_kernels.serverext": True}}}
+    assert config == {"ServerApp": {"jpserver_extensions": {"remote_kernels.serverext": True,
+                                                            "remote_kernels.adopt": True}}}
     assert {"remote_kernels/serverext/__init__.py", "remote_kernels/serverext/handlers.py"} <= names
     # Installed where Jupyter looks, in the user's venv.
     installed = user_venv["venv"] / "share" / "jupyter" / "labextensions" / "remote-kernels-jupyterlab"

@@ -1,6 +1,7 @@
 """Kernels that outlive their Jupyter server (option ``persist``) and are re-adopted (#20).
 
-A real jupyter_server subprocess with the ``remote_kernels.adopt`` extension starts a
+A real jupyter_server subprocess (the ``remote_kernels.adopt`` extension enabled by the
+package's own server config, as installed) starts a
 compute-node kernel, sets ``x = 42`` and goes away (SIGKILL, or SIGTERM with persist); a
 new server with the same Jupyter runtime directory lists the same kernel id and its
 websocket answers ``x`` with 42, in the same job.  A kernel nobody adopts ends its job
@@ -23,15 +24,12 @@ from kernel_helpers import job_in_queue
 from site_helpers import VENV_BIN, as_user
 from slurm_helpers import wait_until
 
-EXTENSION = "--ServerApp.jpserver_extensions=remote_kernels.adopt=True"
-
-
 class LaptopServer(JupyterServer):
     """A server in the laptop's namespace (off the cluster), listening on its end of the link
     to the login host, where this test reaches it."""
 
     def __init__(self, home: Path, laptop: dict):
-        super().__init__(home, app="server", extra_args=(EXTENSION,))
+        super().__init__(home, app="server")
         self.addr = laptop["addr"]
         argv = [f"--ServerApp.ip={self.addr}" if a == "--ServerApp.ip=127.0.0.1" else a for a in self.argv]
         self.argv = ["nsenter", f"--net=/run/netns/{laptop['netns']}", *argv]   # nsenter execs: same pid
@@ -47,7 +45,7 @@ class LaptopServer(JupyterServer):
 def server(home: Path, like: JupyterServer | None = None, laptop: dict | None = None) -> JupyterServer:
     """A server with the extension; ``like``: the next server of the same user as that one
     (its runtime directory and root directory)."""
-    srv = LaptopServer(home, laptop) if laptop else JupyterServer(home, app="server", extra_args=(EXTENSION,))
+    srv = LaptopServer(home, laptop) if laptop else JupyterServer(home, app="server")
     if like is not None:
         srv.env["JUPYTER_RUNTIME_DIR"] = like.env["JUPYTER_RUNTIME_DIR"]
         srv.root = like.root
