@@ -47,8 +47,11 @@ CGROUP_CONF = Path("/etc/slurm/cgroup.conf")
 PAM_SLURM_ADOPT = Path("/lib/security/pam_slurm_adopt.so")
 MUNGE_RUN = Path("/run/munge")
 # Ordinary users, as on a site: the tests start kernels as them (root acts only as the admin).
-USERS = {"rkuser": "/bin/bash", "rkcsh": "/usr/bin/tcsh"}
+USERS = {"rkuser": "/bin/bash", "rkcsh": "/usr/bin/tcsh", "rknossh": "/bin/bash"}
 TEST_USER = "rkuser"
+# A user whom every compute node's sshd refuses (DenyUsers), job or not, as sites that forbid SSH
+# to compute nodes do: transport "direct" kernels run for them, SSH ones cannot.
+NO_SSH_USER = "rknossh"
 HOSTS_MARK = "# remote-kernels test cluster"
 SSH_INCLUDE_MARK = "# remote-kernels test cluster (managed)"
 # Host keys are published as sites publish them: in the system-wide known_hosts (c1, login by
@@ -66,7 +69,8 @@ QOS = {"normal": "", "short": "00:30:00"}    # name: MaxWall per job ("" none); 
 # account: the QOS its jobs may use ("root" is SLURM's own account, made with the cluster)
 ACCOUNTS = {"root": ("normal", "short"), "physics": ("normal", "short"), "chemistry": ("normal",)}
 # user: their accounts, the first being their default; root and every user of USERS
-USER_ACCOUNTS = {"root": ("root",), "rkuser": ("physics", "chemistry"), "rkcsh": ("chemistry",)}
+USER_ACCOUNTS = {"root": ("root",), "rkuser": ("physics", "chemistry"), "rkcsh": ("chemistry",),
+                 NO_SSH_USER: ("physics",)}
 
 
 def log(msg: str) -> None:
@@ -246,7 +250,7 @@ PubkeyAuthentication yes
 AuthorizedKeysFile .ssh/authorized_keys
 AllowTcpForwarding yes
 AllowStreamLocalForwarding yes
-PermitTTY yes
+{"" if node == "login" else f"DenyUsers {NO_SSH_USER}" + chr(10)}PermitTTY yes
 X11Forwarding no
 PrintMotd no
 LogLevel INFO
@@ -820,6 +824,7 @@ def write_cluster_json() -> None:
         "host_ca": str(STATE / "ca" / "host_ca.pub"),
         "cert_nodes": list(CERT_NODES),
         "test_user": TEST_USER,
+        "no_ssh_user": NO_SSH_USER,
         "users": USERS,
         "state": str(STATE),
         "laptop": {"netns": LAPTOP, "addr": LAPTOP_LINK[1], "login_host": "login", "login_addr": LAPTOP_LINK[0]},
