@@ -12,7 +12,7 @@ APT_PKGS := slurm-wlm slurmdbd mariadb-server munge openssh-server tcsh libpam-s
 CLUSTER := /usr/bin/python3 tests/cluster/cluster.py
 SGE := /usr/bin/python3 tests/cluster/sge.py
 
-.PHONY: help deps venv labext cluster cluster-down cluster-status demo unit test docs bench dist
+.PHONY: help deps venv labext hub-proxy cluster cluster-down cluster-status demo unit test docs bench dist
 
 help:
 	@echo "make demo            set up everything, run a cell on a compute node"
@@ -48,6 +48,15 @@ $(LABEXT_DEPS): labextension/package.json labextension/package-lock.json
 $(LABEXT_OUT): $(LABEXT_SRC) $(LABEXT_DEPS)
 	cd labextension && npm run --silent build
 	touch $(LABEXT_OUT)
+
+# The test bed's JupyterHub proxy (tests/test_hub_browser.py): configurable-http-proxy from npm,
+# from tests/hub/package-lock.json; `npm ci` runs only when the lock changes.
+HUB_PROXY := tests/hub/node_modules/.package-lock.json
+hub-proxy: $(HUB_PROXY)
+$(HUB_PROXY): tests/hub/package.json tests/hub/package-lock.json
+	@command -v npm >/dev/null || { echo "the test hub's proxy needs Node.js 20+ and npm" >&2; exit 1; }
+	cd tests/hub && npm ci --no-audit --no-fund --loglevel=error
+	touch $(HUB_PROXY)
 
 # The venv: Python packages only (pip, from the registry), so the checkout's owner can make it
 # without root.  Debian's python3.11 (with python3.11-venv, which `deps` installs) is readable
@@ -98,7 +107,7 @@ unit: $(STAMP)
 	$(VPY) -m pytest -m "not cluster" tests
 
 # The unit tier first (fast feedback), then the cluster suite.
-test: venv unit cluster docs
+test: venv hub-proxy unit cluster docs
 	$(VPY) -m pytest -m cluster tests
 
 # The benchmark's kernelspec lives in the venv; --replace keeps it current.

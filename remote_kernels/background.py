@@ -9,6 +9,8 @@ thread's loop, and callers on any loop or thread await them with ``run()``.
 At interpreter exit, sessions still registered with ``track()`` are closed, all at once
 (their jobs cancelled), so a frontend that exits while a job waits in the queue leaves
 nothing behind; so are those whose kernel was shut down but whose job is still ending.
+A session tracked with its own ``at_exit`` gets that instead of its close() (a running kernel
+with option persist is detached: hosted.py).
 Then paths given to ``remove_at_exit()`` are removed.  A process that has no SIGTERM
 handler of its own when the loop starts gets one that exits the interpreter normally
 (SystemExit), so that a plain script ended by SIGTERM runs these hooks too.
@@ -36,7 +38,7 @@ EXIT_CLOSE_TIMEOUT = 30.0
 
 _loop: asyncio.AbstractEventLoop | None = None
 _lock = threading.Lock()
-_live: set = set()   # objects with an async close(), closed at exit
+_live: dict = {}   # object -> the coroutine function run for it at exit (its async close() unless told otherwise)
 _remove: set[str] = set()   # paths removed at exit, after the sessions are closed
 
 
@@ -138,25 +140,26 @@ def call_in(target: asyncio.AbstractEventLoop, fn: Callable[..., Any]) -> Callab
     return call
 
 
-def track(obj: Any) -> None:
-    """Close obj (``await obj.close()``) at interpreter exit unless untracked before."""
-    _live.add(obj)
+def track(obj: Any, at_exit: Callable[[], Awaitable[None]] | None = None) -> None:
+    """At interpreter exit, unless untracked before, ``await at_exit()`` (default: obj.close).
+    Tracking obj again replaces its at_exit."""
+    _live[obj] = at_exit or obj.close
 
 
 def untrack(obj: Any) -> None:
-    _live.discard(obj)
+    _live.pop(obj, None)
 
 
 def _close_all() -> None:
     if not _live or _loop is None or not _loop.is_running():
         return
-    left = list(_live)
-    still_open = sum(not getattr(obj, "stopped", False) for obj in left)   # the others are ending already
+    left = list(_live.items())
+    still_open = sum(not getattr(obj, "stopped", False) for obj, _ in left)   # the others are ending already
     if still_open:
         log.warning("remote kernels: closing %d kernel session(s) left open at exit", still_open)
 
     async def close_all() -> None:
-        await asyncio.gather(*(_close(obj) for obj in left))
+        await asyncio.gather(*(_close(obj, at_exit) for obj, at_exit in left))
 
     try:
         asyncio.run_coroutine_threadsafe(close_all(), _loop).result(EXIT_CLOSE_TIMEOUT)
@@ -164,10 +167,9 @@ def _close_all() -> None:
         log.warning("remote kernels: closing sessions at exit failed: %s", e)
 
 
-async def _close(obj: Any) -> None:
-    close: Callable[[], Awaitable[None]] = obj.close
+async def _close(obj: Any, at_exit: Callable[[], Awaitable[None]]) -> None:
     try:
-        await close()
+        await at_exit()
     except Exception as e:  # noqa: BLE001
         log.warning("remote kernels: closing %s at exit failed: %s", obj, e)
 

@@ -15,7 +15,8 @@ live kernel and never resubmits.
 
 With option ``persist`` a running kernel has a record (persisted.py, holding its key) from
 its start until it ends for good; detach() lets it run on for a next server, which adopt()s
-it from that record (no job submitted, the same key, fresh login-side endpoints).
+it from that record (no job submitted, the same key, fresh login-side endpoints).  A
+process that exits with such a kernel still here detaches it too (at interpreter exit).
 """
 
 from __future__ import annotations
@@ -148,6 +149,18 @@ class HostedKernel:
         self.record = record_of(session, self.info, kernel_id=self.kernel_id or session.session_id,
                                 notebook=self.notebook)
         self.record.save()
+        background.track(session, at_exit=lambda: self._detach_at_exit(session))
+
+    async def _detach_at_exit(self, session: RemoteKernelSession) -> None:
+        """At interpreter exit with this kernel still here, its server ended without detaching
+        it (jupyter_server stopped by SIGINT with no terminal, as JupyterHub's spawners first
+        stop it, runs no shutdown_all): detach it as that would have.  A session that is no
+        longer this running kernel's is closed as any."""
+        if session is self.session and await self.detach():
+            self.log.info("remote kernel %s: detached at exit; it waits %gs for the next server", self.name,
+                          self.options.persist)
+        else:
+            await session.close()
 
     async def adopt(self, record: Record) -> None:
         """Instead of launch(): take over the kernel ``record`` describes (its server is gone),
@@ -225,6 +238,7 @@ class HostedKernel:
         session, self.session = self.session, None
         if session is None:
             return
+        background.track(session)   # at exit closed, not detached: the kernel ends for good
 
         def ended() -> None:
             background.untrack(session)

@@ -88,7 +88,7 @@ class JupyterServer:
     def start(self, timeout: float = 60) -> "JupyterServer":
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(self.argv, cwd=self.root, env=self.env, stdout=self._log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+                                     stderr=subprocess.STDOUT, start_new_session=True, stdin=subprocess.DEVNULL)
 
         def up():
             if self.proc.poll() is not None:

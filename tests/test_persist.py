@@ -91,9 +91,11 @@ def cleanup_jobs():
         subprocess.run(["scancel", *left], capture_output=True)
 
 
-@pytest.mark.parametrize("how, where", [(signal.SIGKILL, "here"), (signal.SIGTERM, "here"),
+# SIGINT with no terminal (as JupyterHub's spawners first stop a server): jupyter_server exits
+# without its shutdown_all; the kernel is detached at interpreter exit.
+@pytest.mark.parametrize("how, where", [(signal.SIGKILL, "here"), (signal.SIGTERM, "here"), (signal.SIGINT, "here"),
                                         (signal.SIGKILL, "laptop"), (signal.SIGTERM, "laptop")],
-                         ids=["sigkill", "sigterm", "laptop-sigkill", "laptop-sigterm"])
+                         ids=["sigkill", "sigterm", "sigint", "laptop-sigkill", "laptop-sigterm"])
 def test_a_new_server_re_adopts_the_kernel_with_its_state(cluster, kernelspecs, make_spec, tmp_path, cleanup_jobs,
                                                          how, where):
     """On the cluster, and from the laptop in login-host mode (both servers there)."""
@@ -113,6 +115,8 @@ def test_a_new_server_re_adopts_the_kernel_with_its_state(cluster, kernelspecs, 
     end_server(first, how)
     if how == signal.SIGTERM:
         assert "detached; it waits 120s for the next server" in first.log(), first.log()[-3000:]
+    if how == signal.SIGINT:
+        assert "detached at exit; it waits 120s for the next server" in first.log(), first.log()[-3000:]
     assert job_in_queue(job), f"the job ended with its server:\n{first.log()[-3000:]}"
 
     second = server(tmp_path / "second", first, laptop=laptop)
