@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 import secrets
 import signal
 import socket
 import subprocess
-import urllib.error
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
+from jupyter_helpers import rest
+from proc_helpers import running, stat
 from site_helpers import USER_ENV, VENV_BIN
 from slurm_helpers import wait_until
 
@@ -53,12 +52,19 @@ def user_password(user: str):
         subprocess.run(["usermod", "-p", previous, user], check=True)
 
 
-def alive(pid: int) -> bool:
+def process(pid: int) -> tuple[int, str] | None:
+    """The live process pid as (pid, start time) (proc_helpers), None if there is none."""
+    st = stat(pid) if pid else None
+    return (pid, st[2]) if st is not None and st[1] != "Z" else None
+
+
+def gone(proc: tuple[int, str] | None, timeout: float = 15) -> bool:
+    """Whether the process ends (or is a zombie) within timeout."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        wait_until(f"process {proc} to end", lambda: proc is None or not running(proc), timeout=timeout)
+    except AssertionError:
         return False
-    return not Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    return True
 
 
 class TestHub:
@@ -136,8 +142,8 @@ class TestHub:
         proxy or a user's server is still running after that."""
         if self.proc is None:
             return
-        server_pid = self.server_pid()
-        proxy_pid = int(self.proxy_pid_file.read_text()) if self.proxy_pid_file.exists() else 0
+        server = process(self.server_pid())
+        proxy = process(int(self.proxy_pid_file.read_text()) if self.proxy_pid_file.exists() else 0)
         left = []
         try:
             if self.proc.poll() is None:
@@ -148,10 +154,10 @@ class TestHub:
                     os.killpg(self.proc.pid, signal.SIGKILL)
                     self.proc.wait(10)
                     left.append("jupyterhub (ignored SIGTERM for 60s)")
-            for what, pid in (("the user's server", server_pid), ("configurable-http-proxy", proxy_pid)):
-                if pid and not _gone(pid):
-                    os.kill(pid, signal.SIGKILL)
-                    left.append(f"{what} (pid {pid})")
+            for what, proc in (("the user's server", server), ("configurable-http-proxy", proxy)):
+                if not gone(proc):
+                    os.kill(proc[0], signal.SIGKILL)
+                    left.append(f"{what} (pid {proc[0]})")
         finally:
             self._log.close()
             self.proc = None
@@ -168,21 +174,7 @@ class TestHub:
     # --- the hub's REST API, as the admin ------------------------------------------------
     def request(self, method: str, path: str, body=None, timeout: float = 60):
         """(status, decoded JSON body or text) of a request through the proxy, with the admin's token."""
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.url + path, data=data, method=method,
-                                     headers={"Authorization": f"token {self.admin_token}",
-                                              "Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as r:
-                raw = r.read()
-        except urllib.error.HTTPError as e:
-            status, raw = e.code, e.read()
-        else:
-            status = r.status
-        try:
-            return status, json.loads(raw) if raw else None
-        except ValueError:
-            return status, raw.decode(errors="replace")
+        return rest(method, self.url + path, self.admin_token, body, timeout)
 
     def api(self, method: str, path: str, body=None, timeout: float = 60):
         return self.request(method, f"/hub/api{path}", body, timeout)
@@ -203,11 +195,11 @@ class TestHub:
 
     def stop_server(self, timeout: float = 60) -> None:
         """Stop the user's server as the admin does (DELETE .../server), until it is gone."""
-        pid = self.server_pid()
+        server = process(self.server_pid())
         status, body = self.api("DELETE", f"/users/{self.user}/server")
         assert status in (202, 204), body
         wait_until(f"{self.user}'s server to stop", lambda: not self.server(), timeout=timeout)
-        assert not pid or _gone(pid), f"{self.user}'s server (pid {pid}) still runs after the hub stopped it"
+        assert gone(server), f"{self.user}'s server {server} still runs after the hub stopped it"
 
     def start_server(self, timeout: float = 90) -> int:
         """Start the user's server as the admin does (POST .../server); its pid once ready."""
@@ -222,16 +214,3 @@ class TestHub:
 
     def user_api(self, method: str, path: str, body=None, timeout: float = 60):
         return self.request(method, f"/user/{self.user}{path}", body, timeout)
-
-
-def _gone(pid: int, timeout: float = 15) -> bool:
-    """Whether pid ends (or is a zombie) within timeout."""
-    try:
-        wait_until(f"process {pid} to end", lambda: not alive(pid), timeout=timeout)
-    except AssertionError:
-        return False
-    return True
-
-
-def user_uid(user: str) -> int:
-    return pwd.getpwnam(user).pw_uid

@@ -62,6 +62,23 @@ def ensure_jobs_gone(jobs, what: str, timeout: float = 20) -> None:
         raise AssertionError(f"{what} left SLURM jobs {left} in the queue (now cancelled)") from None
 
 
+def rest(method: str, url: str, token: str, body=None, timeout: float = 60):
+    """A JSON request with ``Authorization: token TOKEN``: (status, decoded JSON body, None
+    when empty, or the text of a body that is not JSON).  OSError when nothing answers."""
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method,
+                                 headers={"Authorization": f"token {token}", "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            status, raw = r.status, r.read()
+    except urllib.error.HTTPError as e:
+        status, raw = e.code, e.read()
+    try:
+        return status, json.loads(raw) if raw else None
+    except ValueError:
+        return status, raw.decode(errors="replace")
+
+
 class JupyterServer:
     """A real `jupyter server` / `jupyter lab` process.  Use as a context manager."""
 
@@ -166,20 +183,7 @@ class JupyterServer:
     # --- REST ------------------------------------------------------------------------
     def request(self, method: str, path: str, body=None, timeout: float = 60):
         """(status, decoded JSON body or None)."""
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.url + path, data=data, method=method,
-                                     headers={"Authorization": f"token {self.token}",
-                                              "Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as r:
-                raw = r.read()
-                return r.status, (json.loads(raw) if raw else None)
-        except urllib.error.HTTPError as e:
-            raw = e.read()
-            try:
-                return e.code, json.loads(raw) if raw else None
-            except ValueError:
-                return e.code, raw.decode(errors="replace")
+        return rest(method, self.url + path, self.token, body, timeout)
 
     def kernels(self) -> list[dict]:
         status, body = self.request("GET", "/api/kernels")

@@ -82,13 +82,23 @@ async def test_tracked_objects_are_closed_at_exit():
             await asyncio.sleep(0.05)
             self.closed = True
 
-    kept, released = Session(), Session()
+    kept, released, detached, closed_again = Session(), Session(), Session(), Session()
     background.track(kept)
     background.track(released)
     background.untrack(released)
+    done = []
+
+    async def detach(session) -> None:
+        done.append(session)
+
+    background.track(detached, at_exit=lambda: detach(detached))   # instead of its close()
+    background.track(closed_again, at_exit=lambda: detach(closed_again))
+    background.track(closed_again)   # tracked again: its close() once more
     await asyncio.get_running_loop().run_in_executor(None, background._close_all)   # what atexit calls
     assert kept.closed and not released.closed
-    background.untrack(kept)
+    assert done == [detached] and not detached.closed and closed_again.closed
+    for session in (kept, detached, closed_again):
+        background.untrack(session)
 
 
 # A plain script: paths to remove at exit, the background loop started, then it waits.

@@ -20,10 +20,12 @@ from jupyter_helpers import KernelWebsocket
 from site_helpers import UserSpecs, as_user, home, unique
 from slurm_helpers import wait_until
 from test_job_env import proc_environ, slurm_records
-from test_jupyterlab_browser import browser, click, current_notebook, indicator, kernels_of, poll, screenshot  # noqa: F401
+from test_jupyterlab_browser import (browser, click, current_notebook, indicator, kernels_of, poll, screenshot,  # noqa: F401
+                                     type_and_run)
 
-# In the kernel: its pid, its launcher's (JPY_PARENT_PID) and its whole environment.
-PROBE = "import json, os; print(json.dumps({'pid': os.getpid(), 'env': dict(os.environ)}))"
+# In the kernel: its node, pid and whole environment (its launcher's pid: JPY_PARENT_PID), and x.
+PROBE = ("import json, os, socket; print(json.dumps({'node': socket.gethostname(), 'pid': os.getpid(), "
+         "'env': dict(os.environ), 'x': globals().get('x')}))")
 
 
 def user_job(user: str, job: str) -> bool:
@@ -51,15 +53,22 @@ def hub_variables(env: dict[str, str]) -> list[str]:
 
 
 def log_in(driver, hub: TestHub, password: str) -> None:
-    """The hub's login page, as a user fills it in (the hub then starts their server: it has no
-    options form)."""
+    """The hub's login page, as a user fills it in: a mistyped password first (PAM refuses it),
+    then theirs (the hub then starts their server: it has no options form)."""
     from selenium.webdriver.common.by import By
 
-    driver.get(f"{hub.url}/hub/login")
-    poll("the hub's login form", lambda: driver.find_element(By.ID, "username_input"))
-    driver.find_element(By.ID, "username_input").send_keys(hub.user)
-    driver.find_element(By.ID, "password_input").send_keys(password)
-    driver.find_element(By.ID, "login_submit").click()
+    def submit(with_password: str) -> None:
+        driver.get(f"{hub.url}/hub/login")
+        poll("the hub's login form", lambda: driver.find_element(By.ID, "username_input"))
+        driver.find_element(By.ID, "username_input").send_keys(hub.user)
+        driver.find_element(By.ID, "password_input").send_keys(with_password)
+        driver.find_element(By.ID, "login_submit").click()
+
+    submit(password[::-1] + "x")
+    poll("the hub to refuse the wrong password",
+         lambda: "Invalid username or password" in driver.find_element(By.TAG_NAME, "body").text, timeout=30)
+    assert not hub.server()
+    submit(password)
     poll("the login to take the user past the login page",
          lambda: "/hub/login" not in driver.current_url and driver.current_url, timeout=30)
 
@@ -72,21 +81,8 @@ def cells(panel):
 
 def run_in_last_cell(driver, panel, code: str) -> int:
     """Type code into the notebook's last cell (empty, as Shift+Enter leaves it) and run it; its index."""
-    from selenium.webdriver.common.action_chains import ActionChains
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.common.keys import Keys
-
-    def typed():
-        last = cells(panel)[-1]
-        editor = last.find_element(By.CSS_SELECTOR, ".cm-content[contenteditable='true']")
-        if not editor.text:
-            editor.click()
-            editor.send_keys(code)
-        return editor.text == code
-
-    poll(f"the last cell to read {code!r}", typed, timeout=15)
     index = len(cells(panel)) - 1
-    ActionChains(driver).key_down(Keys.SHIFT).send_keys(Keys.ENTER).key_up(Keys.SHIFT).perform()
+    type_and_run(driver, panel, code, cell=-1)
     return index
 
 
@@ -147,15 +143,15 @@ def assert_no_secret_in_the_job(job: str, kernel: dict, secrets: dict[str, str])
 
 def test_a_hub_users_notebook_finds_its_kernel_again_after_the_hub_restarts_their_server(cluster, browser,
                                                                                           screenshot, tmp_path):
-    user, specs = cluster["test_user"], UserSpecs()
-    spec = specs.install(user, "rk-hub-persist", "--persist", "120", "--time", "00:10:00")
+    user, specs, job = cluster["test_user"], UserSpecs(), ""
     notebooks = home(user) / unique("rk-hub-notebooks")
-    res = as_user(user, "mkdir", "-m", "0700", str(notebooks))
-    assert res.returncode == 0, res.stderr
     lab_dirs = {"JUPYTERLAB_WORKSPACES_DIR": str(notebooks / ".lab-workspaces"),
                 "JUPYTERLAB_SETTINGS_DIR": str(notebooks / ".lab-settings")}
-    hub, job, kernel_id = TestHub(tmp_path / "hub", user, notebooks, lab_dirs), "", ""
+    hub = TestHub(tmp_path / "hub", user, notebooks, lab_dirs)
     try:
+        spec = specs.install(user, "rk-hub-persist", "--persist", "120", "--time", "00:10:00")
+        res = as_user(user, "mkdir", "-m", "0700", str(notebooks))
+        assert res.returncode == 0, res.stderr
         with user_password(user) as password:
             hub.start()
             log_in(browser, hub, password)
@@ -171,12 +167,14 @@ def test_a_hub_users_notebook_finds_its_kernel_again_after_the_hub_restarts_thei
             poll("`x = 42` to run", lambda: len(cells(panel)) > set_x + 1 and indicator(panel) == "idle", timeout=60)
             kernel = probe(hub, kernel_id)
             job = kernel["env"]["SLURM_JOB_ID"]
+            assert kernel["x"] == 42 and kernel["node"] in cluster["nodes"], {k: kernel[k] for k in ("x", "node")}
             assert user_job(user, job)
             assert_no_secret_in_the_job(job, kernel, secrets)
             screenshot("hub-notebook-before-restart")
 
-            hub.stop_server()
+            hub.stop_server()   # LocalProcessSpawner: SIGINT, which the server exits on
             assert user_job(user, job), f"job {job} ended with the user's server:\n{hub.log()[-3000:]}"
+            assert "detached at exit; it waits 120s for the next server" in hub.log(), hub.log()[-3000:]
             second_pid = hub.start_server()
             assert second_pid != first_pid
             wait_until("the new server to re-adopt the kernel",
@@ -193,8 +191,10 @@ def test_a_hub_users_notebook_finds_its_kernel_again_after_the_hub_restarts_thei
             status, sessions = hub.user_api("GET", "/api/sessions")
             assert status == 200 and [s["kernel"]["id"] for s in sessions] == [kernel_id], sessions
             screenshot("hub-notebook-after-restart")
-            # The second server's secrets did not reach the job either.
-            assert_no_secret_in_the_job(job, probe(hub, kernel_id), server_secrets(second_pid))
+            # The same job; the second server's secrets did not reach it either.
+            kernel = probe(hub, kernel_id)
+            assert kernel["env"]["SLURM_JOB_ID"] == job
+            assert_no_secret_in_the_job(job, kernel, server_secrets(second_pid))
 
             status, body = hub.user_api("DELETE", f"/api/kernels/{kernel_id}")
             assert status == 204, body

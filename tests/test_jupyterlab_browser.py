@@ -152,14 +152,18 @@ def indicator(panel) -> str | None:
     return found[0].get_attribute("data-status") if found else None
 
 
-def type_and_run(driver, panel, code: str) -> None:
-    """Type code into the notebook's first cell and press Shift+Enter."""
+def type_and_run(driver, panel, code: str, cell: int = 0) -> None:
+    """Type code into the notebook's first cell (``cell``: another, by index; -1 the last), which
+    is empty, and press Shift+Enter."""
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
     def typed():
-        editor = panel.find_element(By.CSS_SELECTOR, ".jp-Cell .cm-content[contenteditable='true']")
+        editors = panel.find_elements(By.CSS_SELECTOR, ".jp-Cell .cm-content[contenteditable='true']")
+        if not editors:
+            return False
+        editor = editors[cell]
         if not editor.text:
             editor.click()
             editor.send_keys(code)
