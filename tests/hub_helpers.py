@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import secrets
 import signal
 import socket
@@ -112,6 +113,7 @@ class TestHub:
         self.config.write_text(json.dumps(config, indent=1))
         self.config.chmod(0o600)
         self.proc: subprocess.Popen | None = None
+        self.server_pids: set[int] = set()   # of every server of the user's that was ready
 
     # --- life cycle ------------------------------------------------------------------
     def start(self, timeout: float = 60) -> "TestHub":
@@ -161,9 +163,19 @@ class TestHub:
         finally:
             self._log.close()
             self.proc = None
+            self._remove_server_files()
         if left:
             raise AssertionError(f"left running after the hub stopped: {', '.join(left)} (now killed)\n"
                                  f"{self.log()[-3000:]}")
+
+    def _remove_server_files(self) -> None:
+        """The user's servers' info files (jpserver-PID.json, -open.html in their Jupyter
+        runtime dir): jupyter_server leaves them when SIGINT ends it (that path skips its
+        clean-up), as the spawner stops it."""
+        runtime = Path(pwd.getpwnam(self.user).pw_dir) / ".local/share/jupyter/runtime"
+        for pid in self.server_pids:
+            for name in (f"jpserver-{pid}.json", f"jpserver-{pid}-open.html"):
+                (runtime / name).unlink(missing_ok=True)
 
     def log(self) -> str:
         try:
@@ -191,7 +203,9 @@ class TestHub:
     def wait_ready(self, timeout: float = 90) -> int:
         """Until the user's server is ready; its pid."""
         wait_until(f"{self.user}'s server to be ready", lambda: self.server().get("ready"), timeout=timeout)
-        return self.server_pid()
+        pid = self.server_pid()
+        self.server_pids.add(pid)
+        return pid
 
     def stop_server(self, timeout: float = 60) -> None:
         """Stop the user's server as the admin does (DELETE .../server), until it is gone."""
