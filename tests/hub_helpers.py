@@ -119,7 +119,7 @@ class TestHub:
     def start(self, timeout: float = 60) -> "TestHub":
         """Run the hub (root, a service's clean environment: the venv's bin first on PATH)."""
         env = {**USER_ENV, "PATH": f"{VENV_BIN}:{USER_ENV['PATH']}", "HOME": "/root"}
-        self._log = open(self.log_path, "w")
+        self._log = open(self.log_path, "a")   # a restarted hub's log follows the first one's
         self.proc = subprocess.Popen([str(VENV_BIN / "jupyterhub"), "-f", str(self.config)], cwd=self.state, env=env,
                                      stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
                                      stdin=subprocess.DEVNULL)

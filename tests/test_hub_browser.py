@@ -4,7 +4,8 @@ A real JupyterHub runs as root on the login side (PAMAuthenticator, LocalProcess
 user's server runs as the user; configurable-http-proxy from npm), tests/hub_helpers.py.  The
 user logs in through the browser (headless Chromium), starts their server, opens a notebook
 on a compute-node spec with ``persist`` (installed for themselves) and runs ``x = 42``; the
-admin stops the user's server through the hub's REST API and starts it again; the reopened
+admin stops the user's server through the hub's REST API and starts it again (or the hub
+itself restarts, stopping the servers, and the user launches theirs again); the reopened
 notebook finds the same kernel, in the same job, and ``x`` is 42.  The hub's token
 (JUPYTERHUB_API_TOKEN) and the other secrets of the user's server are in no part of the job.
 """
@@ -14,6 +15,8 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+
+import pytest
 
 from hub_helpers import TestHub, user_password
 from jupyter_helpers import KernelWebsocket
@@ -141,8 +144,25 @@ def assert_no_secret_in_the_job(job: str, kernel: dict, secrets: dict[str, str])
         assert "JUPYTERHUB_" not in text, where
 
 
-def test_a_hub_users_notebook_finds_its_kernel_again_after_the_hub_restarts_their_server(cluster, browser,
-                                                                                          screenshot, tmp_path):
+def restart(hub: TestHub, how: str, driver, notebook_url: str) -> int:
+    """Stop the user's server and start it again; the new server's pid.  ``server``: the admin
+    stops and starts it through the REST API (LocalProcessSpawner: SIGINT, which the server
+    exits on).  ``hub``: the hub itself restarts (SIGTERM; it stops the servers as it exits,
+    `cleanup_servers`), and the user, opening their notebook, gets the hub's "not running"
+    page and launches their server, which then opens the notebook."""
+    if how == "server":
+        hub.stop_server()
+        return hub.start_server()
+    hub.stop()
+    hub.start()
+    driver.get(notebook_url)
+    click("the hub's Launch Server button", lambda: driver.find_element("id", "start"))
+    return hub.wait_ready()
+
+
+@pytest.mark.parametrize("how", ["server", "hub"], ids=["server-restarted", "hub-restarted"])
+def test_a_hub_users_notebook_finds_its_kernel_again_after_their_server_restarts(cluster, browser, screenshot,
+                                                                                 tmp_path, how):
     user, specs, job = cluster["test_user"], UserSpecs(), ""
     notebooks = home(user) / unique("rk-hub-notebooks")
     lab_dirs = {"JUPYTERLAB_WORKSPACES_DIR": str(notebooks / ".lab-workspaces"),
@@ -170,19 +190,19 @@ def test_a_hub_users_notebook_finds_its_kernel_again_after_the_hub_restarts_thei
             assert kernel["x"] == 42 and kernel["node"] in cluster["nodes"], {k: kernel[k] for k in ("x", "node")}
             assert user_job(user, job)
             assert_no_secret_in_the_job(job, kernel, secrets)
-            screenshot("hub-notebook-before-restart")
+            screenshot(f"hub-notebook-before-{how}-restart")
 
-            hub.stop_server()   # LocalProcessSpawner: SIGINT, which the server exits on
+            notebook_url = f"{hub.user_url}/lab/workspaces/{workspace}/tree/{path}"
+            second_pid = restart(hub, how, browser, notebook_url)
+            assert second_pid != first_pid
             assert user_job(user, job), f"job {job} ended with the user's server:\n{hub.log()[-3000:]}"
             assert "detached at exit; it waits 120s for the next server" in hub.log(), hub.log()[-3000:]
-            second_pid = hub.start_server()
-            assert second_pid != first_pid
             wait_until("the new server to re-adopt the kernel",
                        lambda: kernel_id in [k["id"] for k in hub.user_api("GET", "/api/kernels")[1] or []],
                        timeout=60)
 
             # The user opens the notebook again: it finds its kernel, whose state is kept.
-            browser.get(f"{hub.user_url}/lab/workspaces/{workspace}/tree/{path}")
+            browser.get(notebook_url)
             found, panel = connected(browser, hub, spec, kernel_id)
             assert found == kernel_id
             shown = run_in_last_cell(browser, panel, "x")
@@ -190,7 +210,9 @@ def test_a_hub_users_notebook_finds_its_kernel_again_after_the_hub_restarts_thei
             assert user_job(user, job)
             status, sessions = hub.user_api("GET", "/api/sessions")
             assert status == 200 and [s["kernel"]["id"] for s in sessions] == [kernel_id], sessions
-            screenshot("hub-notebook-after-restart")
+            poll("the file browser to list the notebook",
+                 lambda: path in [e.text for e in browser.find_elements("css selector", ".jp-DirListing-itemText")])
+            screenshot(f"hub-notebook-after-{how}-restart")
             # The same job; the second server's secrets did not reach it either.
             kernel = probe(hub, kernel_id)
             assert kernel["env"]["SLURM_JOB_ID"] == job
@@ -200,7 +222,7 @@ def test_a_hub_users_notebook_finds_its_kernel_again_after_the_hub_restarts_thei
             assert status == 204, body
             wait_until(f"job {job} to end with its kernel", lambda: not user_job(user, job), timeout=30)
     except BaseException:
-        screenshot("hub-notebook-failed")   # before the hub goes
+        screenshot(f"hub-notebook-{how}-restart-failed")   # before the hub goes
         print(f"browser at {browser.current_url}\n--- end of the hub's log:\n{hub.log()[-6000:]}")
         raise
     finally:
