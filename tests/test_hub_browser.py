@@ -47,8 +47,8 @@ def server_secrets(pid: int) -> dict[str, str]:
     (also as JPY_API_TOKEN) and any other JUPYTERHUB_* value that looks like a token."""
     env = environ_of(pid)
     assert env.get("JUPYTERHUB_API_TOKEN"), f"the hub gave the user's server no JUPYTERHUB_API_TOKEN: {sorted(env)}"
-    return {k: v for k, v in env.items()
-            if k == "JPY_API_TOKEN" or (k.startswith("JUPYTERHUB_") and len(v) >= 32 and v.isalnum())}
+    return {k: v for k, v in env.items() if k in ("JUPYTERHUB_API_TOKEN", "JPY_API_TOKEN")
+            or (k.startswith("JUPYTERHUB_") and len(v) >= 32 and v.isalnum())}
 
 
 def hub_variables(env: dict[str, str]) -> list[str]:
