@@ -421,6 +421,26 @@ def ensure_users() -> None:
         run(["usermod", "-p", "*", user])
 
 
+def ensure_quick_login_environments() -> None:
+    """Jobs submitted with --export=NONE get the user's login environment (slurmd runs
+    `su - USER -c env` first), so a slow login shell delays every job of that user.  This
+    machine's root runs `pyenv init` in its .bashrc; a rehash killed midway (slurmd kills a
+    get-user-env that overruns) leaves pyenv's shim lock behind, and every later root login
+    then waits 60 s for it.  Remove such a stale lock; warn about any other slow login."""
+    lock = Path(os.path.expanduser("~root")) / ".pyenv" / "shims" / ".pyenv-shim"
+    if lock.exists() and time.time() - lock.stat().st_mtime > 120 and not pids_named("pyenv-rehash"):
+        log(f"removing a stale pyenv rehash lock ({lock}): root's login shell would wait 60 s on it")
+        lock.unlink(missing_ok=True)
+    for user in ("root", *USERS):
+        t0 = time.monotonic()
+        try:
+            subprocess.run(["su", "-", user, "-c", "true"], capture_output=True, timeout=20)
+        except subprocess.TimeoutExpired:
+            pass
+        if time.monotonic() - t0 > 5:
+            log(f"warning: {user}'s login shell took {time.monotonic() - t0:.0f}s; each of their jobs waits as long")
+
+
 def ensure_user_ssh(user: str) -> None:
     """user's login key, authorized on every host (shared homes); no known_hosts of their own."""
     pw = pwd.getpwnam(user)
@@ -854,6 +874,7 @@ def up() -> None:
     # every user who has jobs, when it starts.
     ensure_slurmdbd(db_restarted=ensure_mariadb())
     ensure_associations()
+    ensure_quick_login_environments()
     ensure_slurmctld(changed)
     for node in NODES:
         ensure_slurmd(node, changed)
