@@ -69,6 +69,8 @@ def test_the_server_checks_a_choice_against_the_bounds(server, choosing_spec):
     assert status == 400 and "time 5:00:00 is above this spec's maximum 4:00:00" in body["message"], body
     status, body = server.request("POST", path, {"resources": {"mem": "4G"}})
     assert status == 400 and "mem cannot be chosen for this spec" in body["message"], body
+    status, body = server.request("POST", path, {"resources": {"time": "5%d %s"}})   # no format
+    assert (status, body) == (400, {"message": "time '5%d %s' is not a wall-time; use [D-]HH:MM:SS or minutes"})
 
 
 def test_a_notebooks_choice_applies_to_its_kernel_only(server, choosing_spec):

@@ -76,15 +76,19 @@ class ActionHandler(_Handler):
 
 
 class ChoicesHandler(_Handler):
+    """A spec's choosable resources (GET) and the check of a choice (POST).  Refusals are
+    replied as {"message"}, not raised as HTTPError: they quote the user's values, which
+    tornado would read as a format."""
+
     @web.authenticated
     @authorized
     async def get(self, spec: str) -> None:
         try:
             self._reply(await launch.choosable(self.kernel_spec_manager, spec))
         except NotFound as e:
-            raise web.HTTPError(404, str(e)) from None
+            return self._reply({"message": str(e)}, 404)
         except Refused as e:
-            raise web.HTTPError(409, str(e)) from None
+            return self._reply({"message": str(e)}, 409)
 
     @web.authenticated
     @authorized
@@ -97,9 +101,9 @@ class ChoicesHandler(_Handler):
             resources = await launch.check(self.kernel_spec_manager, spec, body.get("resources")
                                            if isinstance(body, dict) else body)
         except NotFound as e:
-            raise web.HTTPError(404, str(e)) from None
+            return self._reply({"message": str(e)}, 404)
         except Refused as e:
-            raise web.HTTPError(400, str(e)) from None
+            return self._reply({"message": str(e)}, 400)
         self._reply({"resources": resources})
 
 
