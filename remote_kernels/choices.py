@@ -140,3 +140,13 @@ def parse_flag(text: str) -> tuple[str, dict]:
     if field in ("cpus", "gpus") and low.isdigit() and high.isdigit():
         return field, {"min": int(low), "max": int(high)}
     return field, {"min": low, "max": high}
+
+
+def largest_choices(decl: Mapping) -> list[dict]:
+    """The largest requests users may choose: each declared maximum, in each offered partition
+    (install checks them against the site).  [] when the declaration offers nothing."""
+    top = {f: (int(b["max"]) if f in ("cpus", "gpus") else b["max"]) for f, b in decl.items() if f in RANGES}
+    partitions = decl.get("partition", {}).get("choices", [])
+    if partitions:
+        return [{"partition": p, **top} for p in partitions]
+    return [top] if top else []

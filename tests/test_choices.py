@@ -171,3 +171,12 @@ def test_install_refuses_a_bad_declaration_in_one_line(tmp_path, args, message):
     assert res.returncode != 0 and message in res.stderr.strip().splitlines()[-1], res.stderr
     assert "Traceback" not in res.stderr
     assert not (tmp_path / "share/jupyter/kernels/ch").exists()
+
+
+def test_the_largest_choices_are_each_maximum_in_each_partition():
+    from remote_kernels.choices import largest_choices
+
+    assert largest_choices(DECL) == [
+        {"partition": p, "time": "4:00:00", "cpus": 2, "mem": "4G", "gpus": 1} for p in ("debug", "long")]
+    assert largest_choices({"cpus": {"min": 1, "max": 4}}) == [{"cpus": 4}]
+    assert largest_choices({}) == []

@@ -15,7 +15,7 @@ from jupyter_helpers import JupyterServer, ensure_jobs_gone
 from site_helpers import unique
 from slurm_helpers import job_limits, wait_until
 
-BOUNDS = ("--user-choice", "time=0:10:00..4:00:00", "--user-choice", "cpus=1..2",
+BOUNDS = ("--user-choice", "time=0:10:00..1:00:00", "--user-choice", "cpus=1..2",
           "--user-choice", "partition=debug,urgent")
 
 
@@ -54,7 +54,7 @@ def open_session(server, path: str, spec: str):
 def test_the_dialog_gets_the_specs_bounds_and_defaults(server, choosing_spec):
     status, body = server.request("GET", f"/remote-kernels/specs/{choosing_spec}/choices")
     assert status == 200, body
-    assert body["choices"] == {"time": {"min": "0:10:00", "max": "4:00:00"}, "cpus": {"min": 1, "max": 2},
+    assert body["choices"] == {"time": {"min": "0:10:00", "max": "1:00:00"}, "cpus": {"min": 1, "max": 2},
                                "partition": {"choices": ["debug", "urgent"]}}
     assert body["defaults"]["time"] == "1:00:00" and body["defaults"]["cpus"] == 1
     assert server.request("GET", "/remote-kernels/specs/rk-test/choices")[1]["choices"] == {}
@@ -66,7 +66,7 @@ def test_the_server_checks_a_choice_against_the_bounds(server, choosing_spec):
     status, body = server.request("POST", path, {"resources": {"time": "0:20:00", "cpus": 2}})
     assert (status, body) == (200, {"resources": {"time": "00:20:00", "cpus": 2}})
     status, body = server.request("POST", path, {"resources": {"time": "5:00:00"}})
-    assert status == 400 and "time 5:00:00 is above this spec's maximum 4:00:00" in body["message"], body
+    assert status == 400 and "time 5:00:00 is above this spec's maximum 1:00:00" in body["message"], body
     status, body = server.request("POST", path, {"resources": {"mem": "4G"}})
     assert status == 400 and "mem cannot be chosen for this spec" in body["message"], body
     status, body = server.request("POST", path, {"resources": {"time": "5%d %s"}})   # no format
@@ -106,3 +106,22 @@ def test_a_choice_outside_the_bounds_fails_the_start_and_submits_nothing(server,
     assert [j for j in server.jobs() if j not in before] == []
     assert all(k["name"] != choosing_spec for k in server.kernels())
     assert "\n" not in message, message
+
+
+@pytest.mark.parametrize("bounds, line", [
+    (["--user-choice", "time=0:10:00..8:00:00"],
+     "slurm would never run the largest request users may choose (time 8:00:00): partition debug allows at most "
+     "4:00:00 (asked for 8:00:00)"),
+    (["--user-choice", "partition=debug,urgent", "--user-choice", "time=0:10:00..2:00:00"],
+     "slurm would never run the largest request users may choose (partition urgent, time 2:00:00): partition "
+     "urgent allows at most 1:00:00"),
+    (["--user-choice", "cpus=1..16"], "(cpus 16): no node of partition debug has 16 CPUs (the largest has 8)"),
+])
+def test_install_refuses_bounds_the_site_would_never_run(cluster, tmp_path, bounds, line):
+    """The admin's bounds are checked against the site as the spec's own request is."""
+    name = unique("rk-choose-big")
+    res = subprocess.run([sys.executable, "-m", "remote_kernels", "install", name, "--prefix", str(tmp_path),
+                          "--python", sys.executable, *bounds], capture_output=True, text=True)
+    assert res.returncode == 1 and line in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert not (tmp_path / "share" / "jupyter" / "kernels" / name).exists()

@@ -93,7 +93,7 @@ def test_the_launch_dialog_starts_a_kernel_with_the_chosen_limits_refuses_others
 
         form = open_dialog(browser, panel)
         assert field(form, "time").get_attribute("value") == "1:00:00"   # the spec's own value, prefilled
-        assert "0:10:00 to 4:00:00" in form.text and "1 to 2" in form.text
+        assert "0:10:00 to 1:00:00" in form.text and "1 to 2" in form.text
         fill(form, time="0:20:00", cpus=2)
         screenshot("launch-dialog-choice")
         press(form, "accept")
