@@ -19,6 +19,10 @@ from test_labext_browser import close_current_tab
 from test_launch_choices import choosing_spec, write_notebook  # noqa: F401
 
 
+# Seconds a kernel may take to be ready: the spec's launch_timeout (a loaded node starts Python slowly).
+READY = 120
+
+
 @pytest.fixture(scope="module")
 def choice_lab(kernelspecs, choosing_spec, tmp_path_factory):
     with JupyterServer(tmp_path_factory.mktemp("lab-choices"), app="lab") as srv:
@@ -78,6 +82,16 @@ def session_of(server, path: str) -> dict | None:
     return next((s for s in sessions if s["path"] == path), None)
 
 
+def end_sessions(server, name: str, before: set) -> None:
+    """Delete the sessions of notebook ``name`` (JupyterLab first opens one under a temporary
+    path of the same session name) and wait for their jobs to leave the queue."""
+    status, sessions = server.request("GET", "/api/sessions")
+    for session in sessions if status == 200 else []:
+        if name in (session["path"], session["name"]):
+            server.request("DELETE", f"/api/sessions/{session['id']}")
+    ensure_jobs_gone([j for j in server.jobs() if j not in before], f"notebook {name}")
+
+
 def test_the_launch_dialog_starts_a_kernel_with_the_chosen_limits_refuses_others_and_reuses_them(
         browser, choice_lab, choosing_spec, screenshot):
     from selenium.webdriver.common.by import By
@@ -89,7 +103,7 @@ def test_the_launch_dialog_starts_a_kernel_with_the_chosen_limits_refuses_others
         panel = open_notebook(browser, server, name)
         first = new_job(server, before)
         assert wait_until(f"job {first}", lambda: job_limits(first))["TimeLimit"] == "01:00:00"   # the spec's own
-        poll("the first kernel to be idle", lambda: indicator(panel) == "idle", timeout=60)
+        poll("the first kernel to be idle", lambda: indicator(panel) == "idle", timeout=READY)
 
         form = open_dialog(browser, panel)
         assert field(form, "time").get_attribute("value") == "1:00:00"   # the spec's own value, prefilled
@@ -103,7 +117,7 @@ def test_the_launch_dialog_starts_a_kernel_with_the_chosen_limits_refuses_others
         ensure_jobs_gone([first], "the kernel the choice replaced")
         saved = json.loads((server.root / name).read_text())["metadata"]["remote_kernels"]["resources"]
         assert saved == {spec: {"time": "00:20:00", "cpus": 2}}, saved
-        poll("the chosen kernel to be idle", lambda: indicator(panel) == "idle", timeout=60)
+        poll("the chosen kernel to be idle", lambda: indicator(panel) == "idle", timeout=READY)
         screenshot("launch-dialog-kernel-started")
 
         # Outside the bounds: the server's message in the dialog, and no new job.
@@ -129,11 +143,26 @@ def test_the_launch_dialog_starts_a_kernel_with_the_chosen_limits_refuses_others
         again = new_job(server, before | {first, chosen})
         limits = wait_until(f"job {again} in the queue", lambda: job_limits(again))
         assert (limits["TimeLimit"], limits["NumCPUs"]) == ("00:20:00", "2"), limits
-        poll("the reopened notebook's kernel to be idle", lambda: indicator(panel) == "idle", timeout=60)
+        poll("the reopened notebook's kernel to be idle", lambda: indicator(panel) == "idle", timeout=READY)
         screenshot("launch-dialog-reopened")
     finally:
         screenshot("launch-dialog-last")   # (a failure's state, before the page goes)
         browser.get("about:blank")
-        if (session := session_of(server, name)) is not None:
-            server.request("DELETE", f"/api/sessions/{session['id']}")
-        ensure_jobs_gone([j for j in server.jobs() if j not in before], "the dialog's notebook")
+        end_sessions(server, name, before)
+
+
+def test_a_spec_without_choices_has_no_resources_button(browser, choice_lab, screenshot):
+    from selenium.webdriver.common.by import By
+
+    name = write_notebook(choice_lab, "rk-test", None)
+    before = set(choice_lab.jobs())
+    try:
+        panel = open_notebook(browser, choice_lab, name)
+        new_job(choice_lab, before)
+        wait_until("the notebook's session", lambda: session_of(choice_lab, name), timeout=30)
+        poll("the kernel to be idle", lambda: indicator(panel) == "idle", timeout=READY)
+        buttons = panel.find_elements(By.CSS_SELECTOR, ".rk-ResourcesButton")
+        assert buttons and not any(b.is_displayed() for b in buttons)
+    finally:
+        browser.get("about:blank")
+        end_sessions(choice_lab, name, before)

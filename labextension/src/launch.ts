@@ -51,6 +51,12 @@ class ChoiceForm extends Widget {
   constructor(info: SpecChoices, values: Resources, error: string) {
     super();
     this.addClass('rk-ChoiceForm');
+    const note = document.createElement('p');
+    note.className = 'rk-ChoiceNote';
+    note.textContent =
+      'Saves the notebook and starts a new kernel in a new job with these resources; the current kernel ' +
+      '(and its variables) ends with its job. Empty: the spec\'s own value.';
+    this.node.append(note);
     for (const field of Object.keys(FIELDS)) {
       const bounds = info.choices[field];
       if (!bounds) {
