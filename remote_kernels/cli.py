@@ -33,7 +33,7 @@ RK_CONSTRAINT and RK_RESERVATION in the environment of the Jupyter server (or of
 # install's options that are kernel options (argparse dest == option name).
 INSTALL_FIELDS = ("scheduler", "partition", "account", "qos", "time", "cpus", "mem", "gpus", "constraint",
                   "reservation", "directives", "python", "setup", "env", "grace", "queue_timeout",
-                  "login_host", "dispatch", "allocation", "linger", "max_kernels", "persist")
+                  "login_host", "dispatch", "allocation", "linger", "max_kernels", "persist", "user_choices")
 
 
 def _env_pair(text: str) -> tuple[str, str]:
@@ -41,6 +41,14 @@ def _env_pair(text: str) -> tuple[str, str]:
     if not sep or not key.isidentifier():
         raise argparse.ArgumentTypeError(f"--env {text!r} is not KEY=VALUE")
     return key, value
+
+
+def _user_choice(text: str) -> tuple[str, dict]:
+    from .choices import parse_flag
+    try:
+        return parse_flag(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _add_install(sub) -> None:
@@ -77,6 +85,14 @@ def _add_install(sub) -> None:
     res.add_argument("--reservation", metavar="NAME", help="reservation to run in")
     res.add_argument("--directive", action="append", dest="directives", metavar="TEXT",
                      help="extra scheduler directive, e.g. --directive=--exclusive (repeatable)")
+    choose = p.add_argument_group(
+        "resources users choose (JupyterLab's launch dialog; each choice is checked on the server "
+        "against these bounds and applies to that notebook's kernel only)")
+    choose.add_argument("--user-choice", action="append", type=_user_choice, dest="user_choices",
+                        metavar="FIELD=MIN..MAX|partition=A,B", help=(
+                            "let users choose FIELD (time, cpus, mem, gpus) between MIN and MAX, or the "
+                            "partition among A,B...; the spec's own value is the dialog's default, e.g. "
+                            "--user-choice time=0:10:00..4:00:00 --user-choice cpus=1..4 (repeatable)"))
     env = p.add_argument_group("environment on the node")
     env.add_argument("--python", metavar="PATH", help=f"Python with ipykernel on the compute nodes "
                                       f"(default: --from's, or this Python, {sys.executable})")
@@ -192,8 +208,9 @@ def cmd_install(args) -> int:
     from .commands.install import install_spec
 
     given = {f: getattr(args, f) for f in INSTALL_FIELDS if getattr(args, f) is not None}
-    if "env" in given:
-        given["env"] = dict(given["env"])
+    for name in ("env", "user_choices"):
+        if name in given:
+            given[name] = dict(given[name])
     install_spec(args.name, given, from_dir=args.from_dir, display_name=args.display_name, user=args.user,
                  prefix=sys.prefix if args.sys_prefix else args.prefix, replace=args.replace, check=args.check)
     return 0

@@ -15,6 +15,7 @@ from typing import Mapping
 from traitlets import Bool, Dict, Float, Int, List, TraitError, Unicode, validate
 from traitlets.config import LoggingConfigurable
 
+from .choices import declaration
 from .schedulers import Resources
 
 TIME_RE = re.compile(r"^(?:(\d+)-)?(?:(\d+):)?(\d+)(?::(\d+))?$")
@@ -83,6 +84,10 @@ class KernelOptions(LoggingConfigurable):
     persist = Float(0, help=(
         "Seconds a kernel outlives its Jupyter server (killed, crashed, or stopped while the kernel "
         "runs), waiting to be re-adopted by the user's next server; 0: it ends after grace as usual.")).tag(config=True)
+    user_choices = Dict(help=(
+        "Resources users may choose per kernel in JupyterLab's launch dialog, and their bounds: "
+        '{"partition": {"choices": [...]}, "time"|"cpus"|"mem"|"gpus": {"min": LOW, "max": HIGH}}; '
+        "a choice is checked on the server and applies to that notebook's kernel only.")).tag(config=True)
 
     def __init__(self, *, environ: Mapping[str, str] | None = None, **kwargs):
         """Options from kwargs (the spec's config), then RK_* overrides from ``environ``
@@ -122,6 +127,13 @@ class KernelOptions(LoggingConfigurable):
         if value and not MEM_RE.match(value):
             raise TraitError(f"mem {value!r} is not a size; use a number with K, M, G or T, e.g. 4G")
         return value
+
+    @validate("user_choices")
+    def _valid_user_choices(self, proposal):
+        try:
+            return declaration(proposal["value"])
+        except ValueError as e:
+            raise TraitError(str(e)) from None
 
     @validate("dispatch", "allocation")
     def _valid_choice(self, proposal):

@@ -36,6 +36,7 @@ from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
 from traitlets import Enum
 
 from . import background
+from .chosen import apply_choice
 from .environment import kernel_env
 from .launcher import CHANNELS
 from .errors import KernelStartError
@@ -56,6 +57,7 @@ class RemoteKernelProvisioner(KernelOptions, KernelProvisionerBase):  # type: ig
     _alive = False   # launched and not yet waited for: jupyter_client's has_kernel
     _login_dir: str | None = None
     _connection_file: str | None = None   # written by pre_launch; removed when the kernel ends
+    _spec_values: dict | None = None   # the resources before the notebook's choice (chosen.py)
 
     @property
     def hosted(self) -> HostedKernel:
@@ -98,7 +100,9 @@ class RemoteKernelProvisioner(KernelOptions, KernelProvisionerBase):  # type: ig
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
         km = self.parent
         adopt = kwargs.get("adopt")
-        if adopt is not None:   # the kernel runs with its key: the connection file must carry it
+        if adopt is None:   # the notebook's launch-dialog choice, for this kernel only (chosen.py)
+            self._spec_values = apply_choice(self, km.kernel_name, kwargs.get("env") or {}, self._spec_values)
+        else:   # the kernel runs with its key: the connection file must carry it
             km.session.signature_scheme = adopt.signature_scheme
             km.session.key = adopt.key.encode()
         if self._login_dir is None:

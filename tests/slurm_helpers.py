@@ -34,3 +34,15 @@ def jobs_named(name: str, user: str | None = None, states: str = "all") -> set[s
     out = subprocess.run(["squeue", "-h", "-u", user or getpass.getuser(), "-t", states, "-n", name, "-o", "%i"],
                          capture_output=True, text=True, check=True).stdout
     return set(out.split())
+
+
+def job_limits(job_id: str, user: str | None = None) -> dict[str, str]:
+    """TimeLimit, NumCPUs and Partition of job ``job_id`` from ``scontrol show job``, once
+    ``squeue`` lists it as ``user``'s (default: this process's user's); {} when it does not."""
+    listed = subprocess.run(["squeue", "-h", "-t", "all", "-u", user or getpass.getuser(), "-j", job_id, "-o", "%i"],
+                            capture_output=True, text=True).stdout.split()
+    if job_id not in listed:
+        return {}
+    record = subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True).stdout
+    fields = dict(f.split("=", 1) for f in record.split() if "=" in f)
+    return {k: fields.get(k, "") for k in ("JobId", "TimeLimit", "NumCPUs", "Partition")}

@@ -51,3 +51,27 @@ export async function listKernels(): Promise<KernelView[]> {
 export async function act(ident: string, action: 'cancel' | 'shutdown' | 'warn'): Promise<string> {
   return (await request(`kernels/${encodeURIComponent(ident)}/${action}`, { method: 'POST' })).message as string;
 }
+
+/** A spec's choosable resources (remote_kernels/serverext/launch.py): bounds per field and the
+ * spec's own values ("" or 0: the scheduler's default). */
+export interface SpecChoices {
+  spec: string;
+  choices: { [field: string]: { min?: string | number; max?: string | number; choices?: string[] } };
+  defaults: { [field: string]: string | number };
+}
+
+/** A choice: field -> value. */
+export type Resources = { [field: string]: string | number };
+
+export async function specChoices(spec: string): Promise<SpecChoices> {
+  return (await request(`specs/${encodeURIComponent(spec)}/choices`)) as SpecChoices;
+}
+
+/** The server's check of a choice: the option values it gives, or an Error with the bound it breaks. */
+export async function checkChoice(spec: string, resources: Resources): Promise<Resources> {
+  const body = await request(`specs/${encodeURIComponent(spec)}/choices`, {
+    method: 'POST',
+    body: JSON.stringify({ resources })
+  });
+  return body.resources as Resources;
+}

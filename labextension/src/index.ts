@@ -6,7 +6,9 @@
  * - a side panel of the user's remote kernels (this server's and any other's, orphans too) with
  *   shut-down and cancel buttons;
  * - a warning notification once a kernel of this server has its spec's walltime_warning seconds
- *   left (the server says so: KernelView.warn), once per job.
+ *   left (the server says so: KernelView.warn), once per job;
+ * - the launch dialog (launch.ts): a Resources… toolbar button on notebooks whose spec lets users
+ *   choose resources.
  *
  * Everything comes from the server extension's REST API under /remote-kernels/ (remote_kernels/serverext).
  */
@@ -21,6 +23,7 @@ import { Signal } from '@lumino/signaling';
 import { Widget } from '@lumino/widgets';
 
 import { KernelView, listKernels, act } from './api';
+import { chooseResources, declaresChoices, ResourcesButton, specOf } from './launch';
 
 const STATUS_POLL_MS = 2000;
 const PANEL_POLL_MS = 5000;
@@ -263,6 +266,16 @@ const plugin: JupyterFrontEndPlugin<void> = {
     });
     app.shell.add(panel, 'left', { rank: 900 });
     palette?.addItem({ command, category: 'Remote Kernels' });
+
+    const specs = app.serviceManager.kernelspecs;
+    app.docRegistry.addWidgetExtension('Notebook', new ResourcesButton(specs));
+    const choose = 'remote-kernels:choose-resources';
+    app.commands.addCommand(choose, {
+      label: 'Remote Kernels: Choose Resources…',
+      isEnabled: () => !!tracker.currentWidget && declaresChoices(specs, specOf(tracker.currentWidget)),
+      execute: () => (tracker.currentWidget ? chooseResources(tracker.currentWidget) : undefined)
+    });
+    palette?.addItem({ command: choose, category: 'Remote Kernels' });
   }
 };
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from traitlets import TraitError
 
+from ..choices import default_outside, largest_choices
 from ..examples import shipped_examples
 from ..job import interactive
 from ..kernelspec import PROVISIONER, install, on_search_path
@@ -62,8 +63,10 @@ def install_spec(name: str, given: dict, *, from_dir: str | None = None, display
         interactive(opts, get_scheduler(config["scheduler"]))   # ValueError for a dispatch it cannot have
     except (TraitError, ValueError) as e:
         raise CommandFailed(str(e)) from None
+    if problem := default_outside(opts.user_choices, {f: getattr(opts, f) for f in opts.user_choices}):
+        raise CommandFailed(f"{problem}; widen the bounds (--user-choice) or change the spec's value")
     if check:
-        problem, note = asyncio.run(site_problem(opts))
+        problem, note = asyncio.run(site_problem(opts, largest_choices(opts.user_choices)))
         if problem:
             raise CommandFailed(f"{problem} (--no-check installs it anyway)")
         if note:

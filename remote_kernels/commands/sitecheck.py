@@ -3,13 +3,16 @@
 The scheduler's limits (adapters with ``checks_requests``: SLURM) through the adapter's
 ``site_facts`` and the same pure check and lines as a job that can never start
 (schedulers/limits.py); and the kernel's Python, where the login side can tell: an absolute
-path on a network filesystem, which the compute nodes see as the login node does.  Queries run
+path on a network filesystem, which the compute nodes see as the login node does.  With
+``user_choices``, also the largest request users may choose.  Queries run
 where the scheduler's commands run (on ``login_host`` over SSH for such a spec).
 """
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
+from typing import Sequence
 
 from ..options import KernelOptions
 from ..runner import CommandError, runner_for
@@ -57,8 +60,10 @@ async def _python(runner, python: str) -> str | None:
     return python_problem(python, code == 0, mounts, where) if mcode == 0 and code in (0, 1) else None
 
 
-async def site_problem(opts: KernelOptions) -> tuple[str | None, str | None]:
-    """(the one line for what this site would never run, a note on what was not checked)."""
+async def site_problem(opts: KernelOptions, also: Sequence[dict] = ()) -> tuple[str | None, str | None]:
+    """(the one line for what this site would never run, a note on what was not checked).
+    ``also``: further requests to check, each as resource values over the spec's (the largest
+    choices users may make, choices.largest_choices)."""
     runner = runner_for(opts.login_host, opts.command_timeout)
     scheduler = get_scheduler(opts.scheduler, runner)
     if not scheduler.checks_requests:
@@ -77,5 +82,9 @@ async def site_problem(opts: KernelOptions) -> tuple[str | None, str | None]:
         return None, f"the request was not checked ({skip}; checking the options alone would mislead)"
     if not facts.partitions:
         return None, f"not checked: {scheduler.name} listed no partitions (is `scontrol show partition` answering?)"
-    line = scheduler.check(res, facts)
-    return (f"{scheduler.name} would never run this request: {line}" if line else None), None
+    for values in ({}, *also):
+        if line := scheduler.check(replace(res, **values), facts):
+            what = ("the largest request users may choose (" + ", ".join(f"{k} {v}" for k, v in values.items())
+                    + ")") if values else "this request"
+            return f"{scheduler.name} would never run {what}: {line}", None
+    return None, None

@@ -5,6 +5,9 @@
     POST kernels/IDENT/cancel     -> {"message"}                 withdraw its job (kernel, session or job id)
     POST kernels/KERNEL_ID/shutdown -> {"message"}               shut down a kernel of this server (409 otherwise)
     POST kernels/KERNEL_ID/warn   -> {"message"}                 the pre-end signal to its batch job (Overview.warn)
+    GET  specs/SPEC/choices       -> {"spec", "choices", "defaults"}  the resources users may choose (launch.py)
+    POST specs/SPEC/choices       -> {"resources"}               a choice ({"resources": {...}}) checked; 400 with the
+                                                                 bound it breaks
 
 Every handler is jupyter_server's APIHandler (token/cookie authentication, XSRF for POST)
 with ``@authorized`` on the "kernels" resource: read for GET, execute for POST.
@@ -20,6 +23,7 @@ from jupyter_server.utils import url_path_join
 from tornado import web
 
 from ..commands import CommandFailed
+from . import launch
 from .overview import NotFound, Overview, Refused
 
 AUTH_RESOURCE = "kernels"
@@ -71,6 +75,38 @@ class ActionHandler(_Handler):
         self._reply({"message": message})
 
 
+class ChoicesHandler(_Handler):
+    """A spec's choosable resources (GET) and the check of a choice (POST).  Refusals are
+    replied as {"message"}, not raised as HTTPError: they quote the user's values, which
+    tornado would read as a format."""
+
+    @web.authenticated
+    @authorized
+    async def get(self, spec: str) -> None:
+        try:
+            self._reply(await launch.choosable(self.kernel_spec_manager, spec))
+        except NotFound as e:
+            return self._reply({"message": str(e)}, 404)
+        except Refused as e:
+            return self._reply({"message": str(e)}, 409)
+
+    @web.authenticated
+    @authorized
+    async def post(self, spec: str) -> None:
+        try:
+            body = json.loads(self.request.body or b"{}")
+        except ValueError:
+            raise web.HTTPError(400, 'the body must be JSON: {"resources": {...}}') from None
+        try:
+            resources = await launch.check(self.kernel_spec_manager, spec, body.get("resources")
+                                           if isinstance(body, dict) else body)
+        except NotFound as e:
+            return self._reply({"message": str(e)}, 404)
+        except Refused as e:
+            return self._reply({"message": str(e)}, 400)
+        self._reply({"resources": resources})
+
+
 def setup_handlers(web_app) -> None:
     """Register the handlers on the server's tornado application, with one Overview."""
     settings = web_app.settings
@@ -81,4 +117,5 @@ def setup_handlers(web_app) -> None:
         (url_path_join(base, "kernels"), KernelsHandler),
         (url_path_join(base, "kernels", ident), KernelHandler),
         (url_path_join(base, "kernels", r"(?P<ident>[^/]+)", r"(?P<action>cancel|shutdown|warn)"), ActionHandler),
+        (url_path_join(base, "specs", r"(?P<spec>[^/]+)", "choices"), ChoicesHandler),
     ])
