@@ -11,7 +11,8 @@ may carry an ``"id"``, which its reply repeats (replies may come out of order):
                                                   | {"event": "error", "full": true, "message"} (shared only)
     -> {"op": "ping"}                          <- {"event": "pong"}
     -> {"op": "signal", "signum"}              <- {"event": "ok"} | {"event": "error", "message"}
-    -> {"op": "start", "key", "signature_scheme"?, "kernel_name"?, "cwd"?, "env"?, "argv"?}
+    -> {"op": "start", "key", "signature_scheme"?, "kernel_name"?, "cwd"?, "env"?, "argv"?,
+        "curve_publickey"?, "curve_secretkey"?}
                                                <- {"event": "started", "pid", "tcp"} | {"event": "error", "code", "message"}
     -> {"op": "stop"}                          <- {"event": "stopped", "code"}
     -> {"op": "shutdown"}                      <- {"event": "bye"}; the launcher exits, ending the job
@@ -38,7 +39,10 @@ kernelspec's env stanza travels this way, never in the batch script); the launch
 the job's.  The kernel (ipykernel by default) binds ipc sockets ``BASE/rk-SESSION/k-1..5`` only,
 so nothing but the owner (and the SSH forward acting for them) can reach it.  The
 key arrives over the control socket and is written only to a 0600 connection file
-inside the 0700 directory.  Dead-man switch (liveness by traffic): when no line has
+inside the 0700 directory; so does a Curve keypair (the server's ``transport_encryption``),
+with which ipykernel makes every channel a CurveZMQ server.  A kernel started through
+KERNEL_BOOT whose pyzmq or ipykernel cannot do Curve exits at once with ERR_NO_CURVE_ZMQ or
+ERR_NO_CURVE_KERNEL, and the start's error says which and what to do.  Dead-man switch (liveness by traffic): when no line has
 arrived from any client for GRACE seconds (no client at all, or a half-open link that
 never delivers an EOF), the launcher stops the kernel and exits.  The login side pings
 well within GRACE.  Until the first line arrives, the limit is CONTACT seconds from the
@@ -75,6 +79,11 @@ import time
 
 CHANNELS = {"shell_port": 1, "iopub_port": 2, "stdin_port": 3, "control_port": 4, "hb_port": 5}
 ERR_NO_IPYKERNEL = 93
+# Exit codes of KERNEL_BOOT asked for Curve keys: pyzmq's libzmq lacks CurveZMQ; ipykernel predates it.
+ERR_NO_CURVE_ZMQ = 94
+ERR_NO_CURVE_KERNEL = 95
+SETUP_ERRORS = (ERR_NO_IPYKERNEL, ERR_NO_CURVE_ZMQ, ERR_NO_CURVE_KERNEL)   # the kernel never ran: no output to show
+CURVE_FIELDS = ("curve_publickey", "curve_secretkey")
 # The launcher's exit code when the dead-man switch ended it (0 otherwise): the job script of an
 # srun job then ends its allocation itself, since the srun that made it may be gone.
 EXIT_ABANDONED = 96
@@ -105,14 +114,22 @@ with one change.  While it sets itself up, ipykernel binds a ZMQ PULL socket to 
 127.0.0.1 for the output of the kernel's forked subprocesses (ipykernel/iostream.py, IOPubThread);
 any user on the node could connect to it.  Here every such bind made during
 IPKernelApp.initialize() becomes an ipc socket in this private directory (k-pipe-N), and a
-forked child's connect to the port it was given goes there instead.
+forked child's connect to the port it was given goes there instead.  A kernel asked for Curve
+keys (the connection file has them) that its pyzmq or ipykernel cannot serve exits at once
+with the launcher's code for that.
 """
 import os
 import signal
 import sys
 
 signal.signal(signal.SIGUSR1, signal.SIG_IGN)   # the launcher's wall-time warning: the magic handles it
+import json  # noqa: E402
 import zmq  # noqa: E402
+
+with open(sys.argv[sys.argv.index("-f") + 1]) as f:
+    curve = "curve_secretkey" in json.load(f)
+if curve and not zmq.has("curve"):
+    sys.exit(@NO_CURVE_ZMQ@)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 if sys.path and os.path.abspath(sys.path[0] or ".") == HERE:   # (not there under -P / PYTHONSAFEPATH)
@@ -143,6 +160,8 @@ zmq.Socket.bind_to_random_port = bind_to_random_port
 zmq.Socket.connect = connect_moved
 from ipykernel.kernelapp import IPKernelApp  # noqa: E402
 
+if curve and "curve_secretkey" not in IPKernelApp.class_own_traits():   # its own: not jupyter_client's mixin
+    sys.exit(@NO_CURVE_KERNEL@)
 app = IPKernelApp.instance()
 app.initialize()
 setting_up[0] = False
@@ -158,7 +177,7 @@ if os.path.exists(MAGIC):
     except Exception as e:   # the kernel works without it
         print("remote-kernels: the %%remote_kernel magic is not available: %s" % e, file=sys.stderr, flush=True)
 app.start()
-'''
+'''.replace("@NO_CURVE_ZMQ@", str(ERR_NO_CURVE_ZMQ)).replace("@NO_CURVE_KERNEL@", str(ERR_NO_CURVE_KERNEL))
 
 # The source of the %remote_kernel magic (remote_kernels/kernel_magic.py): script.launcher_source()
 # puts it here; None when this file runs by itself.  Written next to the boot file, loaded by it.
@@ -174,6 +193,17 @@ def install_advice():
     return ("its packages are the system's (PEP 668, pip refuses): make a venv on a filesystem the nodes share, "
             "`%s -m venv DIR && DIR/bin/python -m pip install ipykernel` (Debian needs python3-venv), "
             "and install the spec with --python DIR/bin/python" % sys.executable)
+
+def curve_refused(code):
+    """The one line for a kernel that exited because it cannot do Curve (ERR_NO_CURVE_*)."""
+    if code == ERR_NO_CURVE_ZMQ:
+        why, fix = ("the libzmq of its pyzmq was built without CurveZMQ",
+                    "`%s -m pip install --force-reinstall pyzmq` (PyPI's wheels have it)" % sys.executable)
+    else:
+        why, fix = ("its ipykernel predates CurveZMQ (7.4 has it)", "`%s -m pip install -U ipykernel`" % sys.executable)
+    return ("the server's transport_encryption asks for CurveZMQ-encrypted channels, but %s cannot: %s; run %s, "
+            "or set transport_encryption to disabled" % (socket.gethostname() + "'s " + sys.executable, why, fix))
+
 
 class Slot:
     """One kernel's place in a launcher: its directory, its kernel, the order of its requests."""
@@ -282,6 +312,7 @@ class Launcher:
         info = dict(CHANNELS, transport="ipc", ip=os.path.join(slot.dir, "k"), key=req["key"],
                     signature_scheme=req.get("signature_scheme", "hmac-sha256"),
                     kernel_name=req.get("kernel_name", ""))
+        info.update((name, req[name]) for name in CURVE_FIELDS if req.get(name))
         fd = os.open(conn_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             json.dump(info, f)
@@ -314,6 +345,8 @@ class Launcher:
         sockets = [os.path.join(slot.dir, "k-%d" % n) for n in CHANNELS.values()]
         deadline = time.monotonic() + 60
         while not all(os.path.exists(s) for s in sockets):
+            if booted and proc.returncode in (ERR_NO_CURVE_ZMQ, ERR_NO_CURVE_KERNEL):
+                return {"event": "error", "code": proc.returncode, "message": curve_refused(proc.returncode)}
             if proc.returncode is not None or time.monotonic() > deadline:
                 what = ("exited with code %s" % proc.returncode if proc.returncode is not None
                         else "did not open its sockets within 60s")
@@ -779,6 +812,9 @@ def check_start(req):
     if env is not None and not (isinstance(env, dict) and all(
             isinstance(k, str) and isinstance(v, str) for k, v in env.items())):
         return "start: env must map strings to strings"
+    curve = [req.get(name) for name in CURVE_FIELDS]
+    if any(curve) and not all(isinstance(k, str) and len(k) == 40 for k in curve):
+        return "start: curve_publickey and curve_secretkey must both be 40-character Z85 keys"
     argv = req.get("argv")
     if argv is not None and not (isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv)):
         return "start: argv must be a non-empty list of strings"

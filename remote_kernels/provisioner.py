@@ -35,7 +35,7 @@ from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
 from traitlets import Enum
 
-from . import background
+from . import background, curve
 from .environment import kernel_env
 from .launcher import CHANNELS
 from .errors import KernelStartError
@@ -101,6 +101,11 @@ class RemoteKernelProvisioner(KernelOptions, KernelProvisionerBase):  # type: ig
         if adopt is not None:   # the kernel runs with its key: the connection file must carry it
             km.session.signature_scheme = adopt.signature_scheme
             km.session.key = adopt.key.encode()
+            if adopt.curve_publickey:   # and its Curve keys
+                km.curve_publickey = adopt.curve_publickey.encode()
+                km.curve_secretkey = adopt.curve_secretkey.encode()
+        else:
+            curve.provision(km)
         if self._login_dir is None:
             self._login_dir = tempfile.mkdtemp(prefix="rk-")   # 0700
             background.remove_at_exit(self._login_dir)

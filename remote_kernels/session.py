@@ -8,7 +8,7 @@ provisioner's background loop, or argv mode's own) and is used only from it:
     s = RemoteKernelSession(options, log=...)
     await s.start_job()              # submit, wait in the queue, reach the launcher
     await s.forward(endpoints)       # login-side endpoints -> the kernel's node sockets
-    await s.start_kernel(key, scheme, cwd=..., env=...)   # (re)start ipykernel in the job
+    await s.start_kernel(key, scheme, cwd=..., env=..., curve=...)   # (re)start ipykernel in the job
     s.exit_code                      # None while the kernel lives
     await s.signal(signal.SIGINT)
     await s.stop_kernel()            # kernel gone, job kept (restart)
@@ -41,7 +41,7 @@ from typing import Awaitable, Callable
 from . import allocations, joblogs, registry
 from .errors import KernelStartError
 from .job import JOB_ENDED_CODES, Job   # noqa: F401 - JOB_ENDED_CODES: part of this module's interface
-from .launcher import ENDED_AT_START, ERR_NO_IPYKERNEL
+from .launcher import ENDED_AT_START, SETUP_ERRORS
 from .link import DROPPED, AllocationFull, NodeLink
 from .options import KernelOptions
 from .runner import SSHCommandRunner, runner_for
@@ -372,15 +372,17 @@ class RemoteKernelSession:
         await self.link.forward(endpoints)
 
     async def start_kernel(self, key: bytes | str, signature_scheme: str = "hmac-sha256", *,
-                           kernel_name: str = "", cwd: str | None = None, env: dict | None = None) -> None:
-        """Start (or restart) the kernel in the job; return once its sockets are bound."""
+                           kernel_name: str = "", cwd: str | None = None, env: dict | None = None,
+                           curve: dict | None = None) -> None:
+        """Start (or restart) the kernel in the job; return once its sockets are bound.
+        ``curve``: the kernel's Curve keypair (curve.keys()), sent the way the key is."""
         self._held_exit.drop()   # the previous kernel's
         self._to(S.STARTING)
         self.exit_code = None
         try:
             reply = await self.link.request({"op": "start", "key": key.decode() if isinstance(key, bytes) else key,
                                              "signature_scheme": signature_scheme, "kernel_name": kernel_name,
-                                             "cwd": cwd, "env": env or {}}, timeout=120)
+                                             "cwd": cwd, "env": env or {}, **(curve or {})}, timeout=120)
         except KernelStartError:
             self.exit_code = 1
             raise
@@ -388,7 +390,7 @@ class RemoteKernelSession:
             self.exit_code = 1
             self._to(S.READY)
             message = reply.get("message", f"launcher could not start the kernel: {reply}")
-            if "code" in reply and reply["code"] != ERR_NO_IPYKERNEL:   # the kernel ran: its output ends the line
+            if "code" in reply and reply["code"] not in SETUP_ERRORS:   # the kernel ran: its output ends the line
                 tail = await self._output_after_start_failed()
                 message += f" ({self.job.log_file}" + (f", last lines: {tail})" if tail else ")")
             raise KernelStartError(message)
