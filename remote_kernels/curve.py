@@ -56,8 +56,13 @@ def connect_to(sock, info: dict) -> None:
     the kernel's public key as the server key, a fresh keypair of its own."""
     found = keys(info)
     if found:
-        import zmq
+        client_of(sock, found["curve_publickey"])
 
-        public, secret = zmq.curve_keypair()
-        sock.curve_publickey, sock.curve_secretkey = public, secret
-        sock.curve_serverkey = found["curve_publickey"].encode()
+
+def client_of(sock, server_key: str) -> None:
+    """Make ``sock`` (not connected yet) a Curve client of the server whose public key this is."""
+    import zmq
+
+    public, secret = zmq.curve_keypair()
+    sock.curve_publickey, sock.curve_secretkey = public, secret
+    sock.curve_serverkey = server_key.encode()

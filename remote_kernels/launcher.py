@@ -1,6 +1,6 @@
 """The in-job launcher: stdlib only, run by the batch script with the user's Python (3.8+).
 
-Usage (the batch script feeds this file on stdin): ``PYTHON - SESSION GRACE BASE [CONTACT [LINGER MAX]]``
+Usage (the batch script feeds this file on stdin): ``PYTHON - SESSION GRACE BASE [CONTACT [LINGER MAX]] [--direct DIR]``
 
 It makes the private runtime directory ``BASE/rk-SESSION`` (0700), listens on the
 unix control socket ``ctl`` there and waits for the login side, which reaches the
@@ -52,6 +52,15 @@ exits EXIT_ABANDONED when the dead-man switch ended it, 0 otherwise.  A hello wi
 ``persist`` (seconds, per-kernel launchers only) raises the silence allowed after contact
 to that many seconds (when longer than GRACE): the kernel outlives its server, waiting for
 the next one to say hello again (re-adoption); the latest hello's value holds.
+
+Transport direct (``--direct DIR``; no SSH reaches the job): DIR is a 0700 directory of the
+user on the filesystem the login side shares, holding ``launcher.json`` (0600), the Curve
+keypair of the control channel, which the login side wrote.  The launcher then imports pyzmq
+(the kernel's Python has it), serves the same protocol as a CurveZMQ ROUTER on the node's
+cluster-network address (one JSON line per message; an empty message is a connection's end, both
+ways), and writes that endpoint to ``DIR/endpoint.json`` (0600).  Kernels then bind TCP on that
+address, CurveZMQ only (a start request must carry the Curve keys), on the same ports at each
+restart; the started reply adds ``ip`` and ``ports`` (channel -> port).
 
 Shared allocations (LINGER given: the spec's ``allocation: shared``): one launcher holds up to
 MAX kernels (0: no limit), each in a slot of its own.  A control connection joins a slot with
@@ -214,6 +223,7 @@ class Slot:
         self.booted = False         # the kernel runs from KERNEL_BOOT and listens (it handles WALLTIME_SIGNAL)
         self.serial = asyncio.Lock()   # its start, stop and shutdown run one at a time
         self.heard = time.monotonic()   # when one of its connections last sent a line
+        self.ports = None           # transport direct: the kernel's TCP ports, kept for its restarts
 
 
 class Launcher:
@@ -222,8 +232,10 @@ class Launcher:
     ``linger`` not None: a shared allocation (the module docstring), of at most ``max_kernels``
     kernels (0: no limit)."""
 
-    def __init__(self, session, grace, base, contact=None, linger=None, max_kernels=0):
+    def __init__(self, session, grace, base, contact=None, linger=None, max_kernels=0, direct=None):
         self.dir = os.path.join(base, "rk-" + session)
+        self.direct = direct        # transport direct: the key directory (DirectControl)
+        self.address = None         # transport direct: the node's cluster-network address
         self.grace = grace
         self.shared, self.linger, self.max_kernels = linger is not None, linger or 0.0, max_kernels
         self.solo = Slot("", self.dir)   # per-kernel mode's one slot
@@ -313,6 +325,10 @@ class Launcher:
                     signature_scheme=req.get("signature_scheme", "hmac-sha256"),
                     kernel_name=req.get("kernel_name", ""))
         info.update((name, req[name]) for name in CURVE_FIELDS if req.get(name))
+        if self.direct:
+            if not req.get("curve_secretkey"):
+                return {"event": "error", "message": "transport direct: a start needs the kernel's Curve keys"}
+            info.update(slot.ports or dict.fromkeys(CHANNELS, 0), transport="tcp", ip=self.address)
         fd = os.open(conn_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             json.dump(info, f)
@@ -344,7 +360,7 @@ class Launcher:
         asyncio.ensure_future(self.watch_kernel(slot, proc))
         sockets = [os.path.join(slot.dir, "k-%d" % n) for n in CHANNELS.values()]
         deadline = time.monotonic() + 60
-        while not all(os.path.exists(s) for s in sockets):
+        while not (self.tcp_ready(slot, conn_file, proc) if self.direct else all(os.path.exists(s) for s in sockets)):
             if booted and proc.returncode in (ERR_NO_CURVE_ZMQ, ERR_NO_CURVE_KERNEL):
                 return {"event": "error", "code": proc.returncode, "message": curve_refused(proc.returncode)}
             if proc.returncode is not None or time.monotonic() > deadline:
@@ -356,12 +372,28 @@ class Launcher:
                         % (" ".join(argv[:3]), what, socket.gethostname())}
             await asyncio.sleep(0.02)
         slot.booted = booted   # past the boot file's first lines: WALLTIME_SIGNAL no longer kills it
-        tcp = tcp_listeners(proc.pid)
+        tcp = [port for port in tcp_listeners(proc.pid) if port not in (slot.ports or {}).values()]
         if tcp:
             print("remote-kernels launcher: the kernel (pid %d) listens on TCP port(s) %s of %s, "
                   "which any user there can connect to" % (proc.pid, ", ".join(map(str, tcp)),
                                                            socket.gethostname()), file=sys.stderr, flush=True)
+        if self.direct:
+            return {"event": "started", "pid": proc.pid, "tcp": tcp, "ip": self.address, "ports": slot.ports}
         return {"event": "started", "pid": proc.pid, "tcp": tcp}
+
+    def tcp_ready(self, slot, conn_file, proc):
+        """Transport direct: True once the kernel listens on the ports of its connection file,
+        which ipykernel rewrites with those it bound (kept in slot.ports)."""
+        try:
+            with open(conn_file) as f:
+                written = json.load(f)
+            ports = {ch: int(written.get(ch) or 0) for ch in CHANNELS}
+        except (OSError, ValueError):   # being rewritten
+            return False
+        if not all(ports.values()) or not set(ports.values()) <= set(tcp_listeners(proc.pid)):
+            return False
+        slot.ports = ports
+        return True
 
     async def watch_kernel(self, slot, proc):
         code = await proc.wait()
@@ -481,8 +513,12 @@ class Launcher:
                       "detaches from itself may outlive it" % socket.gethostname(), file=sys.stderr, flush=True)
         old = os.umask(0o077)
         try:
-            server = await asyncio.start_unix_server(self.control.handle, os.path.join(self.dir, "ctl"),
-                                                     limit=LINE_LIMIT)
+            if self.direct:
+                server = DirectControl(self.control, self.direct)
+                self.address = server.start()
+            else:
+                server = await asyncio.start_unix_server(self.control.handle, os.path.join(self.dir, "ctl"),
+                                                         limit=LINE_LIMIT)
         finally:
             os.umask(old)
         print("remote-kernels launcher: ready on %s (pid %d, %s)"
@@ -659,6 +695,94 @@ class Control:
         task.add_done_callback(self.tasks.discard)
 
 
+class DirectControl:
+    """Transport direct: the control channel as a CurveZMQ ROUTER (module docstring).  Each
+    login-side peer is a ZmqPeer handed to Control.handle as its reader and writer."""
+
+    def __init__(self, control, key_dir):
+        self.control, self.key_dir = control, key_dir
+        self.peers = {}   # routing id -> ZmqPeer
+        self.sock = self.task = None
+
+    def start(self):
+        """Bind and publish the endpoint; the node's cluster-network address.  SystemExit (one
+        line) when the key directory is not private or pyzmq is missing."""
+        st = os.lstat(self.key_dir)
+        if st.st_uid != os.getuid() or st.st_mode & 0o077:
+            raise SystemExit("remote-kernels launcher: %s is not a private directory of this user" % self.key_dir)
+        try:
+            import zmq
+            import zmq.asyncio
+        except ImportError:
+            raise SystemExit("remote-kernels launcher: transport direct needs pyzmq for %s on %s"
+                             % (sys.executable, socket.gethostname()))
+        with open(os.path.join(self.key_dir, "launcher.json")) as f:
+            keys = json.load(f)
+        address = socket.gethostbyname(socket.gethostname())
+        if address.startswith("127."):
+            raise SystemExit("remote-kernels launcher: %s resolves to %s; transport direct needs the node's "
+                             "cluster-network address" % (socket.gethostname(), address))
+        sock = self.sock = zmq.asyncio.Context.instance().socket(zmq.ROUTER)
+        sock.linger, sock.maxmsgsize = 1000, LINE_LIMIT
+        sock.curve_secretkey, sock.curve_publickey = keys["secret"].encode(), keys["public"].encode()
+        sock.curve_server = True
+        port = sock.bind_to_random_port("tcp://" + address)
+        path = os.path.join(self.key_dir, "endpoint.json")
+        with os.fdopen(os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+            json.dump({"endpoint": "tcp://%s:%d" % (address, port), "host": socket.gethostname()}, f)
+        os.replace(path + ".tmp", path)
+        self.task = asyncio.ensure_future(self.serve())
+        return address
+
+    async def serve(self):
+        while True:
+            ident, payload = (await self.sock.recv_multipart())[:2]
+            peer = self.peers.get(ident)
+            if peer is None:
+                if not payload:
+                    continue
+                peer = self.peers[ident] = ZmqPeer(self, ident)
+                asyncio.ensure_future(self.control.handle(peer, peer))
+            if not payload:
+                self.peers.pop(ident, None)
+            peer.lines.put_nowait(payload)
+
+    def close(self):
+        """Stop serving (the peers' writers say their end to the login side)."""
+        if self.task is not None:
+            self.task.cancel()
+
+
+class ZmqPeer:
+    """One login-side peer of DirectControl, as a StreamReader and StreamWriter."""
+
+    def __init__(self, server, ident):
+        self.server, self.ident = server, ident
+        self.lines = asyncio.Queue()
+        self.closed = False
+
+    async def readline(self):
+        return await self.lines.get()   # b"": the peer's end
+
+    def write(self, data):
+        if self.closed:
+            raise OSError("closed")
+        self.server.sock.send_multipart([self.ident, data])
+
+    def close(self):
+        if not self.closed:
+            self.closed = True
+            self.server.peers.pop(self.ident, None)
+            try:
+                self.server.sock.send_multipart([self.ident, b""])
+            except Exception:   # the socket is gone: the login side notices the silence
+                pass
+            self.lines.put_nowait(b"")
+
+    async def wait_closed(self):
+        await asyncio.sleep(0.05)   # queued frames leave (the socket lingers at exit too)
+
+
 def become_subreaper():
     """Have orphaned descendants reparented to this process instead of init (Linux 3.4+); True if so."""
     try:
@@ -821,19 +945,24 @@ def check_start(req):
     return None
 
 
-async def run(session, grace, base, contact=None, linger=None, max_kernels=0):
+async def run(session, grace, base, contact=None, linger=None, max_kernels=0, direct=None):
     """Run a launcher to its end; the process's exit code (EXIT_ABANDONED or 0)."""
-    launcher = Launcher(session, grace, base, contact, linger, max_kernels)
+    launcher = Launcher(session, grace, base, contact, linger, max_kernels, direct)
     await launcher.main()
     return EXIT_ABANDONED if launcher.abandoned else 0
 
 
 def main(argv):
+    argv, direct = list(argv), None
+    if "--direct" in argv:
+        at = argv.index("--direct")
+        direct = argv[at + 1]
+        del argv[at:at + 2]
     session, grace, base = argv[1], float(argv[2]), argv[3]
     contact = float(argv[4]) if len(argv) > 4 else None
     linger = float(argv[5]) if len(argv) > 5 else None
     max_kernels = int(argv[6]) if len(argv) > 6 else 0
-    return asyncio.run(run(session, grace, base, contact, linger, max_kernels))
+    return asyncio.run(run(session, grace, base, contact, linger, max_kernels, direct))
 
 
 if __name__ == "__main__":

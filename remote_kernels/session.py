@@ -43,6 +43,7 @@ from .errors import KernelStartError
 from .job import JOB_ENDED_CODES, Job   # noqa: F401 - JOB_ENDED_CODES: part of this module's interface
 from .launcher import ENDED_AT_START, SETUP_ERRORS
 from .link import DROPPED, AllocationFull, NodeLink
+from . import direct
 from .options import KernelOptions
 from .runner import SSHCommandRunner, runner_for
 from .schedulers import JobStatus, get_scheduler
@@ -117,10 +118,13 @@ class HeldExit:
 
 class RemoteKernelSession:
     def __init__(self, options: KernelOptions, *, name: str = "remote-kernel", kernel_id: str = "",
-                 log: logging.Logger | None = None, job: Job | None = None, link_factory=NodeLink,
+                 log: logging.Logger | None = None, job: Job | None = None, link_factory=None,
                  session_id: str = ""):
         """``job`` and ``link_factory`` (called as NodeLink is) replace the parts, for tests.
-        ``session_id``: the launcher's, for adopt() (default: a new one)."""
+        ``session_id``: the launcher's, for adopt() (default: a new one).  KernelStartError
+        for options that cannot go together (KernelOptions.unsupported)."""
+        if options.unsupported():
+            raise KernelStartError(options.unsupported())
         self.opts, self.name = options, name
         self.log = log or logging.getLogger(__name__)
         self.runner = runner_for(options.login_host, options.command_timeout)
@@ -131,7 +135,7 @@ class RemoteKernelSession:
         self.joined = False                      # shared: started in an allocation another kernel made
         self.job = job or Job(options, self.scheduler, self.runner, name=name, session_id=self.session_id,
                               kernel_id=kernel_id, log=self.log)
-        self._link_factory = link_factory
+        self._link_factory = link_factory or (direct.DirectLink if options.direct else NodeLink)
         self.link: NodeLink | None = None
         self.state = S.NEW
         self.exit_code: int | None = None
@@ -227,6 +231,8 @@ class RemoteKernelSession:
 
     async def _submit(self) -> None:
         self._to(S.SUBMITTING)
+        if self.opts.direct:   # the batch script names it; the keys stay in its 0600 files
+            direct.prepare(self.session_id)
         await self._or_close(self.job.submit())
         joblogs.prune_soon(self.runner, self.scheduler, remote=bool(self.opts.login_host))
         self._to(S.QUEUED)
@@ -380,9 +386,13 @@ class RemoteKernelSession:
         self._to(S.STARTING)
         self.exit_code = None
         try:
+            if self.opts.direct:
+                curve = self.link.node_keys(curve)
             reply = await self.link.request({"op": "start", "key": key.decode() if isinstance(key, bytes) else key,
                                              "signature_scheme": signature_scheme, "kernel_name": kernel_name,
                                              "cwd": cwd, "env": env or {}, **(curve or {})}, timeout=120)
+            if self.opts.direct and reply.get("event") == "started":
+                await self.link.started(reply)
         except KernelStartError:
             self.exit_code = 1
             raise
@@ -556,6 +566,8 @@ class RemoteKernelSession:
         switch ends this one's kernel)."""
         if self.link is not None:
             await self.link.close()
+        if self.opts.direct:
+            direct.remove(self.session_id)
         if not self.shared:
             await self.job.end(said_bye)
             return

@@ -62,6 +62,8 @@ def install_spec(name: str, given: dict, *, from_dir: str | None = None, display
         interactive(opts, get_scheduler(config["scheduler"]))   # ValueError for a dispatch it cannot have
     except (TraitError, ValueError) as e:
         raise CommandFailed(str(e)) from None
+    if opts.unsupported():
+        raise CommandFailed(opts.unsupported())
     if check:
         problem, note = asyncio.run(site_problem(opts))
         if problem:
