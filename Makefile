@@ -7,7 +7,7 @@ PYTHON ?= /usr/bin/python3.11
 VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-APT_PKGS := slurm-wlm slurmdbd mariadb-server munge openssh-server tcsh libpam-slurm-adopt python3.11-venv iproute2 util-linux passwd chromium chromium-driver \
+APT_PKGS := slurm-wlm slurmdbd mariadb-server munge openssh-server tcsh libpam-slurm-adopt python3.11-venv iproute2 util-linux passwd chromium chromium-driver tcpdump \
 	gridengine-master gridengine-exec gridengine-client
 CLUSTER := /usr/bin/python3 tests/cluster/cluster.py
 SGE := /usr/bin/python3 tests/cluster/sge.py

@@ -32,9 +32,9 @@ from pathlib import Path
 from typing import Callable
 
 from . import background, curve
-from .control import LauncherClient, LauncherLost
+from .control import LauncherClient
 from .errors import KernelStartError
-from .launcher import CHANNELS
+from .link import DROPPED, LAUNCHER, LauncherLink, heartbeat
 from .options import KernelOptions
 
 # Seconds between looks for the launcher's endpoint file while the job starts.
@@ -105,7 +105,7 @@ class ZmqStream:
             self.sock.close(linger=100)
 
 
-class DirectLink:
+class DirectLink(LauncherLink):
     """NodeLink's interface (link.py) for transport direct.  ``node_keys`` and ``started`` are
     the session's hooks around a kernel's start."""
 
@@ -127,14 +127,6 @@ class DirectLink:
         self._node_keys: dict = {}   # the kernel's keypair
         self._relay: ChannelRelay | None = None
         self._closed = False
-
-    @property
-    def what(self) -> str:
-        return f"the launcher of job {self.job_id} on {self.node}"
-
-    @property
-    def usable(self) -> bool:
-        return not self._closed and self.ctl is not None and self.ctl.open
 
     async def connect(self) -> None:
         """Nothing to connect before the launcher listens (no SSH)."""
@@ -161,8 +153,6 @@ class DirectLink:
                 raise KernelStartError(f"{self.what} did not answer within {timeout:g}s; see {log_file}")
             await asyncio.sleep(ENDPOINT_POLL)
         stream = ZmqStream(self._ctx, endpoint, keys["public"])
-        from .link import heartbeat
-
         self.ctl = LauncherClient(stream, stream, on_event=self.on_event, heartbeat=heartbeat(self.opts.grace),
                                   what=self.what)
         self.ctl.start()
@@ -172,14 +162,6 @@ class DirectLink:
             raise KernelStartError(f"{self.what}: {hello.get('message', hello)}")
         self.hello = hello
         return hello
-
-    async def request(self, msg: dict, timeout: float = 30.0) -> dict:
-        if not self.usable:
-            raise KernelStartError(f"no connection to {self.what}")
-        try:
-            return await self.ctl.request(msg, timeout)
-        except LauncherLost as e:
-            raise KernelStartError(str(e)) from None
 
     # --- the kernel's channels -------------------------------------------------------------
     def node_keys(self, keys: dict | None) -> dict:
@@ -229,8 +211,6 @@ class DirectLink:
 
     # --- failure and recovery ---------------------------------------------------------------
     async def broken(self) -> str:
-        from .link import DROPPED, LAUNCHER
-
         await self.ctl.wait_closed()
         return DROPPED if self.ctl.silent else LAUNCHER
 
@@ -244,17 +224,17 @@ class DirectLink:
                 self.ctl.close()
             try:
                 await self._open_control(RECONNECT_ATTEMPT, job_finished, "the job's log")
-            except KernelStartError:
+            except KernelStartError as e:
+                self.log.info("remote kernel: reaching the launcher on %s failed (%s); retrying", self.node, e)
                 continue
             self.reconnects += 1
+            self.log.warning("remote kernel: the control channel to %s is back", self.node)
             return True
         return False
 
     async def close(self) -> None:
         """End the link: control channel, relay, context.  Idempotent."""
-        self._closed = True
-        if self.ctl is not None:
-            self.ctl.close()
+        self._end_control()
         self._close_relay()
         if self._ctx is not None:
             self._ctx.destroy(linger=0)

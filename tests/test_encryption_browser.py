@@ -1,5 +1,5 @@
 """JupyterLab in a real browser with ``ServerKernelManager.transport_encryption = "required"``: cells
-run on a compute node, and the connection file the server holds for the kernel carries Curve keys
+run on a compute node over either transport, and the connection file the server holds for the kernel carries Curve keys
 (every channel between the server's jupyter_client and the kernel is CurveZMQ-encrypted).
 """
 
@@ -26,17 +26,20 @@ def encrypted_lab(kernelspecs, tmp_path_factory):
         yield srv
 
 
-def test_jupyterlab_runs_cells_on_a_compute_node_over_curve_encrypted_channels(browser, encrypted_lab, screenshot):
+@pytest.mark.parametrize("spec, display", [("rk-test", TEST_KERNEL), ("rk-direct", "Python 3 (rk-direct)")],
+                         ids=["ssh", "direct"])
+def test_jupyterlab_runs_cells_on_a_compute_node_over_curve_encrypted_channels(browser, encrypted_lab, screenshot,
+                                                                              spec, display):
     lab = encrypted_lab
     jobs_before = set(lab.jobs())
     open_lab(browser, lab)
-    panel = new_notebook(browser, TEST_KERNEL)
-    run_first_cell(browser, lab, "rk-test", panel, CELL)
+    panel = new_notebook(browser, display)
+    run_first_cell(browser, lab, spec, panel, CELL)
     node = poll("the cell's output to name a compute node", lambda: first_output(panel) in NODES and first_output(panel),
                 timeout=60)
-    screenshot("jupyterlab-curve-compute-node")
+    screenshot(f"jupyterlab-curve-{spec}")
     assert node in NODES
-    [kernel] = kernels_of(lab, "rk-test")
+    [kernel] = kernels_of(lab, spec)
     info = json.loads((Path(lab.env["JUPYTER_RUNTIME_DIR"]) / f"kernel-{kernel['id']}.json").read_text())
     assert len(info["curve_publickey"]) == len(info["curve_secretkey"]) == 40
     [job] = [j for j in lab.jobs() if j not in jobs_before]
