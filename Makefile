@@ -107,4 +107,6 @@ bench: venv cluster
 	$(VPY) -m remote_kernels install rk-bench --display-name "Python 3 (compute node, bench)" --sys-prefix --replace >/dev/null
 	$(VPY) -m remote_kernels install rk-bench-shared --display-name "Python 3 (compute node, bench, shared)" \
 	    --allocation shared --sys-prefix --replace >/dev/null
+	$(VPY) -m remote_kernels install rk-bench-direct --display-name "Python 3 (compute node, bench, direct)" \
+	    --transport direct --sys-prefix --replace >/dev/null
 	$(VPY) benchmarks/bench.py $(BENCH_ARGS)

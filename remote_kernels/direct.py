@@ -11,7 +11,8 @@ the server key, and speaks the launcher's JSON-line protocol through ``LauncherC
 encrypted channel as in SSH mode.
 
 The frontends keep their login-side endpoints (the connection file's ipc paths or 127.0.0.1
-ports): ``ChannelRelay`` binds them and carries each channel to the kernel's TCP port on the
+ports), which stay the same over restarts, a stand-in's hand-over and a new job on another
+node: ``ChannelRelay`` binds them and carries each channel to the kernel's TCP port on the
 node inside libzmq (``zmq.proxy_steerable`` in a thread per channel: no Python per message),
 CurveZMQ on the node side always, and on the frontend side with the connection info's Curve
 keys when it has them (transport_encryption).  Without them, the node hop uses a keypair of the

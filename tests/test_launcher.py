@@ -271,6 +271,19 @@ def test_the_window_comes_from_contact_timeout_which_must_be_positive():
         KernelOptions(contact_timeout=0, environ={})
 
 
+def test_a_direct_job_script_names_the_key_directory_and_holds_no_key():
+    from remote_kernels.direct import key_dir
+    from remote_kernels.options import KernelOptions
+    from remote_kernels.schedulers.slurm import Slurm
+    from remote_kernels.script import render
+
+    opts = KernelOptions(transport="direct", environ={})
+    text = render(Slurm(), opts, opts.resources("rk-t", "/tmp/%j.log"), session="abc")
+    assert f" - abc 300 /tmp 60 --direct {key_dir('abc')} <<'RK_LAUNCHER_EOF'\n" in text
+    assert "--direct" not in render(Slurm(), KernelOptions(environ={}), opts.resources("rk-t", "/tmp/%j.log"),
+                                    session="abc").split("<<'RK_LAUNCHER_EOF'")[0]
+
+
 async def test_once_contacted_the_launcher_allows_grace_of_silence_not_the_window(launch):
     launcher = await launch(grace=300, contact=0.5)
     client = await launcher.client(heartbeat=0)
