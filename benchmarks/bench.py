@@ -389,7 +389,7 @@ def report(res: dict) -> str:
                  f"{res['overhead_s']:.3f} s")
     if "direct" in res:
         lines += ["", "Transport direct (CurveZMQ over the cluster network, no SSH) against SSH mode and local, "
-                  "same run:", "", direct_report(loc, rem, res["direct"])]
+                  "same run:", "", direct_report(loc, rem, res["direct"]), ""]
     sc = load["running_n"]
     lines.append(f"Scale: {sc['kernels']} kernels all ready in {sc['all_ready_s']:.2f} s; idle: "
                  f"{sc['queries_per_min']:.1f} scheduler queries/min, server CPU {sc['server_cpu_idle_percent']:.2f} %")

@@ -203,15 +203,20 @@ def install_advice():
             "`%s -m venv DIR && DIR/bin/python -m pip install ipykernel` (Debian needs python3-venv), "
             "and install the spec with --python DIR/bin/python" % sys.executable)
 
-def curve_refused(code):
-    """The one line for a kernel that exited because it cannot do Curve (ERR_NO_CURVE_*)."""
+def curve_refused(code, direct=False):
+    """The one line for a kernel that exited because it cannot do Curve (ERR_NO_CURVE_*);
+    ``direct``: transport direct, which needs Curve whatever the server's policy."""
     if code == ERR_NO_CURVE_ZMQ:
         why, fix = ("the libzmq of its pyzmq was built without CurveZMQ",
                     "`%s -m pip install --force-reinstall pyzmq` (PyPI's wheels have it)" % sys.executable)
     else:
         why, fix = ("its ipykernel predates CurveZMQ (7.4 has it)", "`%s -m pip install -U ipykernel`" % sys.executable)
-    return ("the server's transport_encryption asks for CurveZMQ-encrypted channels, but %s cannot: %s; run %s, "
-            "or set transport_encryption to disabled" % (socket.gethostname() + "'s " + sys.executable, why, fix))
+    if direct:
+        ask, other = "transport direct needs", "or use transport ssh"
+    else:
+        ask, other = "the server's transport_encryption asks for", "or set transport_encryption to disabled"
+    return ("%s CurveZMQ-encrypted channels, but %s cannot: %s; run %s, %s"
+            % (ask, socket.gethostname() + "'s " + sys.executable, why, fix, other))
 
 
 class Slot:
@@ -362,7 +367,8 @@ class Launcher:
         deadline = time.monotonic() + 60
         while not (self.tcp_ready(slot, conn_file, proc) if self.direct else all(os.path.exists(s) for s in sockets)):
             if booted and proc.returncode in (ERR_NO_CURVE_ZMQ, ERR_NO_CURVE_KERNEL):
-                return {"event": "error", "code": proc.returncode, "message": curve_refused(proc.returncode)}
+                return {"event": "error", "code": proc.returncode,
+                        "message": curve_refused(proc.returncode, bool(self.direct))}
             if proc.returncode is not None or time.monotonic() > deadline:
                 what = ("exited with code %s" % proc.returncode if proc.returncode is not None
                         else "did not open its sockets within 60s")
@@ -540,6 +546,8 @@ class Launcher:
                 w.close()   # flushes what is queued (a bye) before closing
             if writers:
                 await asyncio.wait([asyncio.ensure_future(w.wait_closed()) for w in writers], timeout=2)
+            if self.direct:
+                server.finish()
             shutil.rmtree(self.dir, ignore_errors=True)
         return code
 
@@ -752,6 +760,11 @@ class DirectControl:
         if self.task is not None:
             self.task.cancel()
 
+    def finish(self):
+        """After the peers' ends: close the socket, sending what is queued (1 s at most)."""
+        self.sock.close(linger=1000)
+        self.sock.context.term()
+
 
 class ZmqPeer:
     """One login-side peer of DirectControl, as a StreamReader and StreamWriter."""
@@ -780,7 +793,7 @@ class ZmqPeer:
             self.lines.put_nowait(b"")
 
     async def wait_closed(self):
-        await asyncio.sleep(0.05)   # queued frames leave (the socket lingers at exit too)
+        pass   # DirectControl.finish() sends what is queued
 
 
 def become_subreaper():

@@ -71,17 +71,22 @@ def old_ipykernel(tmp_path_factory) -> str:
     shutil.rmtree(venv.parent, ignore_errors=True)
 
 
-@pytest.mark.parametrize("policy", ["required", "auto"])
-async def test_a_node_whose_ipykernel_cannot_do_curve_fails_the_start_with_one_line(make_spec, old_ipykernel, policy):
-    """Our specs declare curve, so ``auto`` asks for it as ``required`` does; nothing is left running."""
-    name = make_spec("rk-old-ipykernel", python=old_ipykernel)
+@pytest.mark.parametrize("policy, transport, asks, other", [
+    ("required", "ssh", "the server's transport_encryption asks for", "set transport_encryption to disabled"),
+    ("auto", "ssh", "the server's transport_encryption asks for", "set transport_encryption to disabled"),
+    ("disabled", "direct", "transport direct needs", "use transport ssh")])
+async def test_a_node_whose_ipykernel_cannot_do_curve_fails_the_start_with_one_line(make_spec, old_ipykernel, policy,
+                                                                                    transport, asks, other):
+    """Our specs declare curve, so ``auto`` asks for it as ``required`` does; transport direct
+    needs it whatever the policy.  Nothing is left running."""
+    name = make_spec(f"rk-old-ipykernel-{transport}", python=old_ipykernel, transport=transport)
     before = jobs_named(f"rk-{name}", states=LIVE)
     km = AsyncKernelManager(kernel_name=name)
     with pytest.raises(KernelStartError) as err:
         await km.start_kernel(transport_encryption=policy)
     message = str(err.value)
     assert "\n" not in message
-    assert "transport_encryption asks for CurveZMQ" in message and "predates CurveZMQ" in message
-    assert f"{old_ipykernel} -m pip install -U ipykernel" in message and "set transport_encryption to disabled" in message
+    assert f"{asks} CurveZMQ-encrypted channels" in message and "predates CurveZMQ" in message
+    assert f"{old_ipykernel} -m pip install -U ipykernel" in message and message.endswith(other)
     await km.provisioner.cleanup()
     await until("no job left", lambda: jobs_named(f"rk-{name}", states=LIVE) <= before, timeout=20)
