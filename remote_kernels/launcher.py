@@ -58,7 +58,7 @@ user on the filesystem the login side shares, holding ``launcher.json`` (0600), 
 keypair of the control channel, which the login side wrote.  The launcher then imports pyzmq
 (the kernel's Python has it), serves the same protocol as a CurveZMQ ROUTER on the node's
 cluster-network address (one JSON line per message; an empty message is a connection's end, both
-ways), and writes that endpoint to ``DIR/endpoint.json`` (0600).  Kernels then bind TCP on that
+ways), and writes that endpoint to ``DIR/endpoint.json`` (0600); it removes DIR when it ends.  Kernels then bind TCP on that
 address, CurveZMQ only (a start request must carry the Curve keys), on the same ports at each
 restart; the started reply adds ``ip`` and ``ports`` (channel -> port).
 
@@ -548,6 +548,7 @@ class Launcher:
                 await asyncio.wait([asyncio.ensure_future(w.wait_closed()) for w in writers], timeout=2)
             if self.direct:
                 server.finish()
+                shutil.rmtree(self.direct, ignore_errors=True)   # also when its server was killed
             shutil.rmtree(self.dir, ignore_errors=True)
         return code
 

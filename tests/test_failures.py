@@ -71,7 +71,12 @@ SERVER = textwrap.dedent("""
 
 @DISPATCHES
 def test_dead_man_switch_ends_the_job_of_a_killed_server(make_spec, dispatch, transport):
+    """Nothing is left: with transport direct, the launcher removes the key directory too."""
+    from remote_kernels.direct import key_dir
+
     name = make_spec(f"rk-short-grace-{dispatch}-{transport}", grace=3, dispatch=dispatch, transport=transport)
+    keys = key_dir("x").parent
+    keys_before = set(keys.iterdir()) if keys.exists() else set()
     server = subprocess.Popen([sys.executable, "-c", SERVER, name],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
@@ -81,6 +86,7 @@ def test_dead_man_switch_ends_the_job_of_a_killed_server(make_spec, dispatch, tr
         server.wait(timeout=10)
         # grace (3 s) + the launcher's check interval + SLURM noticing the batch step ended
         wait_until(f"job {job} to end by itself", lambda: not job_in_queue(job), timeout=20)
+        assert (set(keys.iterdir()) if keys.exists() else set()) <= keys_before
     finally:
         if server.poll() is None:
             server.kill()
