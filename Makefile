@@ -7,7 +7,7 @@ PYTHON ?= /usr/bin/python3.11
 VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-APT_PKGS := slurm-wlm slurmdbd mariadb-server munge openssh-server tcsh libpam-slurm-adopt python3.11-venv iproute2 util-linux passwd chromium chromium-driver \
+APT_PKGS := slurm-wlm slurmdbd mariadb-server munge openssh-server tcsh libpam-slurm-adopt python3.11-venv iproute2 util-linux passwd chromium chromium-driver tcpdump \
 	gridengine-master gridengine-exec gridengine-client
 CLUSTER := /usr/bin/python3 tests/cluster/cluster.py
 SGE := /usr/bin/python3 tests/cluster/sge.py
@@ -116,4 +116,6 @@ bench: venv cluster
 	$(VPY) -m remote_kernels install rk-bench --display-name "Python 3 (compute node, bench)" --sys-prefix --replace >/dev/null
 	$(VPY) -m remote_kernels install rk-bench-shared --display-name "Python 3 (compute node, bench, shared)" \
 	    --allocation shared --sys-prefix --replace >/dev/null
+	$(VPY) -m remote_kernels install rk-bench-direct --display-name "Python 3 (compute node, bench, direct)" \
+	    --transport direct --sys-prefix --replace >/dev/null
 	$(VPY) benchmarks/bench.py $(BENCH_ARGS)

@@ -112,9 +112,12 @@ async def measure_kernel(name: str, runs: int, round_trips: int, stream_mb: int)
                 received += len(msg["content"]["text"])
             code = (f"import sys\nline = 'x' * 999_999 + '\\n'\nfor _ in range({stream_mb}):\n"
                     "    sys.stdout.write(line)\n    sys.stdout.flush()")
+            cpu0 = _cpu_seconds()
             secs = await until_idle(kc, code, on_stream=count)
             out["throughput_mb_s"] = received / secs / 1e6
             out["stream_mb_received"] = received / 1e6
+            # This process is the login side: the client, and the SSH forwards or direct relay (all its threads).
+            out["cpu_s_per_gb"] = (_cpu_seconds() - cpu0) / (received / 1e9)
         await stop(km, kc)
     return out
 
@@ -329,6 +332,23 @@ def _load(label: str, load: dict) -> str:
     return f"| {label} | {rpcs} ({load['queries_per_min']:.3g} queries/min) | | |"
 
 
+def direct_report(loc: dict, ssh: dict, direct: dict) -> str:
+    """Transport direct against SSH mode and a local kernel, measured in the same run."""
+    lines = ["| measure | direct (median, min–max) | ssh (median, min–max) | local (median, min–max) | "
+             "direct/local | direct/ssh |", "| --- | --- | --- | --- | --- | --- |"]
+    for label, key, unit, scale in (("start → kernel_info", "start", "s", 1), ("restart", "restart", "s", 1),
+                                    ("round trip to idle (median)", "round_trip", "ms", 1000),
+                                    ("interrupt → reply", "interrupt", "ms", 1000)):
+        d, s, l_ = (statistics.median(side[key]) for side in (direct, ssh, loc))
+        lines.append(f"| {label} | {_span(direct[key], unit, scale)} | {_span(ssh[key], unit, scale)} | "
+                     f"{_span(loc[key], unit, scale)} | {d / l_:.2f}× | {d / s:.2f}× |")
+    for label, key, unit in (("iopub throughput", "throughput_mb_s", "MB/s"),
+                             ("login-side process CPU per GB streamed", "cpu_s_per_gb", "s/GB")):
+        d, s, l_ = direct[key], ssh[key], loc[key]
+        lines.append(f"| {label} | {d:.3g} {unit} | {s:.3g} {unit} | {l_:.3g} {unit} | {d / l_:.2f}× | {d / s:.2f}× |")
+    return "\n".join(lines)
+
+
 def report(res: dict) -> str:
     loc, rem = res["local"], res["remote"]
 
@@ -367,6 +387,9 @@ def report(res: dict) -> str:
         lines.append(f"Start phases (remote, {label}, medians): " + ", ".join(f"{k} {v:.3f} s" for k, v in phases.items()))
     lines.append(f"Provisioner overhead = total − scheduler dispatch − local ipykernel start: "
                  f"{res['overhead_s']:.3f} s")
+    if "direct" in res:
+        lines += ["", "Transport direct (CurveZMQ over the cluster network, no SSH) against SSH mode and local, "
+                  "same run:", "", direct_report(loc, rem, res["direct"]), ""]
     sc = load["running_n"]
     lines.append(f"Scale: {sc['kernels']} kernels all ready in {sc['all_ready_s']:.2f} s; idle: "
                  f"{sc['queries_per_min']:.1f} scheduler queries/min, server CPU {sc['server_cpu_idle_percent']:.2f} %")
@@ -403,11 +426,17 @@ async def main(args) -> int:
         print("| measure | remote (median, min–max) | local (median, min–max) | ratio |\n| --- | --- | --- | --- |")
         print(second_row(await measure_second_in_allocation(args.shared, args.local, args.runs)))
         return 0
+    if args.only_direct:   # local, ssh and direct kernels only, printed; the saved results stay as they are
+        sides = [await measure_kernel(name, args.runs, args.round_trips, args.stream_mb)
+                 for name in (args.local, args.remote, args.direct)]
+        print(direct_report(*sides))
+        return 0
     RESULTS.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         meter = LoadMeter(Path(tmp))
         local = await measure_kernel(args.local, args.runs, args.round_trips, args.stream_mb)
         remote = await measure_kernel(args.remote, args.runs, args.round_trips, args.stream_mb)
+        direct = await measure_kernel(args.direct, args.runs, args.round_trips, args.stream_mb)
         nopty = await measure_round_trips_without_pty(min(args.round_trips, 200))
         detection = await measure_detection(args.remote, args.runs)
         kept_open = {side: await measure_kept_open(name, args.kept)
@@ -422,7 +451,7 @@ async def main(args) -> int:
     dispatch = phases.get("submit", 0) + phases.get("queued", 0)
     overhead = phases["total"] - dispatch - statistics.median(local["start"])
     res = {"when": time.strftime("%Y-%m-%d %H:%M"), "host": platform.node(), "args": vars(args),
-           "local": local, "remote": remote, "round_trip_no_pty": nopty, "detection": detection,
+           "local": local, "remote": remote, "direct": direct, "round_trip_no_pty": nopty, "detection": detection,
            "kept_open": kept_open, "at_once": at_once, "second_in_allocation": second, "load": load, "scale": load["running_n"],
            "phases": phases, "overhead_s": overhead}
     (RESULTS / "latest.json").write_text(json.dumps(res, indent=1))
@@ -443,6 +472,10 @@ if __name__ == "__main__":
     p.add_argument("--local", default="python3", help="local kernelspec (default: python3)")
     p.add_argument("--shared", default="rk-bench-shared",
                    help="compute-node kernelspec with allocation: shared (default: rk-bench-shared)")
+    p.add_argument("--direct", default="rk-bench-direct",
+                   help="compute-node kernelspec with transport: direct (default: rk-bench-direct)")
+    p.add_argument("--only-direct", action="store_true",
+                   help="measure only local, ssh and direct kernels side by side (prints it; saves nothing)")
     p.add_argument("--only-second", action="store_true",
                    help="measure only the start of a second kernel in a shared allocation (prints it; saves nothing)")
     p.add_argument("--runs", type=int, default=5)

@@ -25,7 +25,7 @@ import signal
 import stat
 import time
 
-from . import persisted
+from . import curve, persisted
 from .environment import kernel_env
 from .errors import KernelStartError
 from .launcher import CHANNELS
@@ -53,11 +53,13 @@ def read_connection_file(path: str) -> dict:
 
 def reattachable(options: KernelOptions, info: dict, connection_file: str) -> persisted.Record | None:
     """The record of a detached kernel this run may re-attach to: persist is on, and the record
-    for this connection file carries the same key (the same frontend's kernel)."""
+    for this connection file carries the same key and Curve keys (the same frontend's kernel)."""
     if not options.persist or not connection_file:
         return None
     record = persisted.load(persisted.for_connection_file(connection_file))
     if record is None or record.key != info["key"] or record.connection_file != os.path.abspath(connection_file):
+        return None
+    if curve.keys(info).get("curve_secretkey", "") != record.curve_secretkey:
         return None
     return record
 
@@ -163,4 +165,4 @@ async def _start(session: RemoteKernelSession, info: dict, env: dict) -> None:
     await session.start_job()
     await session.forward(endpoints(info))
     await session.start_kernel(info["key"], info.get("signature_scheme", "hmac-sha256"),
-                               kernel_name=info.get("kernel_name", ""), cwd=os.getcwd(), env=env)
+                               kernel_name=info.get("kernel_name", ""), cwd=os.getcwd(), env=env, curve=curve.keys(info))

@@ -12,7 +12,7 @@ from traitlets import TraitError
 from . import __version__
 from .commands import CHECK_QUEUE_TIMEOUT
 from .examples import shipped_examples
-from .options import ALLOCATION, DISPATCH
+from .options import ALLOCATION, DISPATCH, TRANSPORT
 
 EXAMPLES = """\
 examples:
@@ -33,7 +33,8 @@ RK_CONSTRAINT and RK_RESERVATION in the environment of the Jupyter server (or of
 # install's options that are kernel options (argparse dest == option name).
 INSTALL_FIELDS = ("scheduler", "partition", "account", "qos", "time", "cpus", "mem", "gpus", "constraint",
                   "reservation", "directives", "python", "setup", "env", "grace", "queue_timeout",
-                  "login_host", "dispatch", "allocation", "linger", "max_kernels", "persist", "user_choices")
+                  "login_host", "dispatch", "allocation", "linger", "max_kernels", "persist", "user_choices",
+                  "transport")
 
 
 def _env_pair(text: str) -> tuple[str, str]:
@@ -110,6 +111,9 @@ def _add_install(sub) -> None:
     life.add_argument("--persist", type=float, metavar="SECONDS", help=(
         "the kernel outlives its Jupyter server for SECONDS (killed, or stopped while the kernel "
         "runs), waiting to be re-adopted by your next server (default: 0, off)"))
+    life.add_argument("--transport", choices=TRANSPORT, help=(
+        "ssh (default): the kernel's channels through SSH to the node; direct: CurveZMQ over the "
+        "cluster network, no SSH to the nodes (keys through a 0700 directory in your home, shared with the nodes)"))
     share = p.add_argument_group("sharing an allocation")
     share.add_argument("--allocation", choices=ALLOCATION, help=(
         "per-kernel (default): each kernel is a job of its own; shared: a kernel starts inside your "

@@ -28,7 +28,7 @@ import os
 import time
 from typing import Callable
 
-from . import background
+from . import background, curve
 from .link import endpoints
 from .errors import KernelStartError
 from .options import KernelOptions
@@ -135,13 +135,15 @@ class HostedKernel:
             self._close_standin()
         await session.forward(ends)
         await session.start_kernel(info["key"], info.get("signature_scheme", "hmac-sha256"),
-                                   kernel_name=info.get("kernel_name", ""), cwd=cwd, env=env)
+                                   kernel_name=info.get("kernel_name", ""), cwd=cwd, env=env,
+                                   curve=curve.keys(info))
         if self.options.persist:
             self._keep_record(session)
         if self._handing_over is not None:
             ctx, shell, held = self._handing_over
             self._handing_over = None
-            self.relay = ShellRelay(ctx, shell, held, self.relay_path, zmq_url(info, "iopub_port"), signer(info))
+            self.relay = ShellRelay(ctx, shell, held, self.relay_path, zmq_url(info, "iopub_port"), signer(info),
+                                    curve.keys(info))
             self.relay.start()
 
     def _keep_record(self, session: RemoteKernelSession) -> None:

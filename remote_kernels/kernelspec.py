@@ -26,6 +26,8 @@ def kernel_json(name: str, display_name: str, config: dict, env: dict | None = N
         "interrupt_mode": "message",
         "metadata": {
             "debugger": False,
+            # The kernel serves the Curve keys jupyter_client provisions (transport_encryption).
+            "supported_encryption": ["curve"],
             "kernel_provisioner": {"provisioner_name": PROVISIONER, "config": config},
         },
     }

@@ -1,6 +1,6 @@
 """The in-job launcher: stdlib only, run by the batch script with the user's Python (3.8+).
 
-Usage (the batch script feeds this file on stdin): ``PYTHON - SESSION GRACE BASE [CONTACT [LINGER MAX]]``
+Usage (the batch script feeds this file on stdin): ``PYTHON - SESSION GRACE BASE [CONTACT [LINGER MAX]] [--direct DIR]``
 
 It makes the private runtime directory ``BASE/rk-SESSION`` (0700), listens on the
 unix control socket ``ctl`` there and waits for the login side, which reaches the
@@ -11,7 +11,8 @@ may carry an ``"id"``, which its reply repeats (replies may come out of order):
                                                   | {"event": "error", "full": true, "message"} (shared only)
     -> {"op": "ping"}                          <- {"event": "pong"}
     -> {"op": "signal", "signum"}              <- {"event": "ok"} | {"event": "error", "message"}
-    -> {"op": "start", "key", "signature_scheme"?, "kernel_name"?, "cwd"?, "env"?, "argv"?}
+    -> {"op": "start", "key", "signature_scheme"?, "kernel_name"?, "cwd"?, "env"?, "argv"?,
+        "curve_publickey"?, "curve_secretkey"?}
                                                <- {"event": "started", "pid", "tcp"} | {"event": "error", "code", "message"}
     -> {"op": "stop"}                          <- {"event": "stopped", "code"}
     -> {"op": "shutdown"}                      <- {"event": "bye"}; the launcher exits, ending the job
@@ -38,7 +39,10 @@ kernelspec's env stanza travels this way, never in the batch script); the launch
 the job's.  The kernel (ipykernel by default) binds ipc sockets ``BASE/rk-SESSION/k-1..5`` only,
 so nothing but the owner (and the SSH forward acting for them) can reach it.  The
 key arrives over the control socket and is written only to a 0600 connection file
-inside the 0700 directory.  Dead-man switch (liveness by traffic): when no line has
+inside the 0700 directory; so does a Curve keypair (the server's ``transport_encryption``),
+with which ipykernel makes every channel a CurveZMQ server.  A kernel started through
+KERNEL_BOOT whose pyzmq or ipykernel cannot do Curve exits at once with ERR_NO_CURVE_ZMQ or
+ERR_NO_CURVE_KERNEL, and the start's error says which and what to do.  Dead-man switch (liveness by traffic): when no line has
 arrived from any client for GRACE seconds (no client at all, or a half-open link that
 never delivers an EOF), the launcher stops the kernel and exits.  The login side pings
 well within GRACE.  Until the first line arrives, the limit is CONTACT seconds from the
@@ -48,6 +52,15 @@ exits EXIT_ABANDONED when the dead-man switch ended it, 0 otherwise.  A hello wi
 ``persist`` (seconds, per-kernel launchers only) raises the silence allowed after contact
 to that many seconds (when longer than GRACE): the kernel outlives its server, waiting for
 the next one to say hello again (re-adoption); the latest hello's value holds.
+
+Transport direct (``--direct DIR``; no SSH reaches the job): DIR is a 0700 directory of the
+user on the filesystem the login side shares, holding ``launcher.json`` (0600), the Curve
+keypair of the control channel, which the login side wrote.  The launcher then imports pyzmq
+(the kernel's Python has it), serves the same protocol as a CurveZMQ ROUTER on the node's
+cluster-network address (one JSON line per message; an empty message is a connection's end, both
+ways), and writes that endpoint to ``DIR/endpoint.json`` (0600); it removes DIR when it ends.  Kernels then bind TCP on that
+address, CurveZMQ only (a start request must carry the Curve keys), on the same ports at each
+restart; the started reply adds ``ip`` and ``ports`` (channel -> port).
 
 Shared allocations (LINGER given: the spec's ``allocation: shared``): one launcher holds up to
 MAX kernels (0: no limit), each in a slot of its own.  A control connection joins a slot with
@@ -75,6 +88,11 @@ import time
 
 CHANNELS = {"shell_port": 1, "iopub_port": 2, "stdin_port": 3, "control_port": 4, "hb_port": 5}
 ERR_NO_IPYKERNEL = 93
+# Exit codes of KERNEL_BOOT asked for Curve keys: pyzmq's libzmq lacks CurveZMQ; ipykernel predates it.
+ERR_NO_CURVE_ZMQ = 94
+ERR_NO_CURVE_KERNEL = 95
+SETUP_ERRORS = (ERR_NO_IPYKERNEL, ERR_NO_CURVE_ZMQ, ERR_NO_CURVE_KERNEL)   # the kernel never ran: no output to show
+CURVE_FIELDS = ("curve_publickey", "curve_secretkey")
 # The launcher's exit code when the dead-man switch ended it (0 otherwise): the job script of an
 # srun job then ends its allocation itself, since the srun that made it may be gone.
 EXIT_ABANDONED = 96
@@ -105,14 +123,22 @@ with one change.  While it sets itself up, ipykernel binds a ZMQ PULL socket to 
 127.0.0.1 for the output of the kernel's forked subprocesses (ipykernel/iostream.py, IOPubThread);
 any user on the node could connect to it.  Here every such bind made during
 IPKernelApp.initialize() becomes an ipc socket in this private directory (k-pipe-N), and a
-forked child's connect to the port it was given goes there instead.
+forked child's connect to the port it was given goes there instead.  A kernel asked for Curve
+keys (the connection file has them) that its pyzmq or ipykernel cannot serve exits at once
+with the launcher's code for that.
 """
 import os
 import signal
 import sys
 
 signal.signal(signal.SIGUSR1, signal.SIG_IGN)   # the launcher's wall-time warning: the magic handles it
+import json  # noqa: E402
 import zmq  # noqa: E402
+
+with open(sys.argv[sys.argv.index("-f") + 1]) as f:
+    curve = "curve_secretkey" in json.load(f)
+if curve and not zmq.has("curve"):
+    sys.exit(@NO_CURVE_ZMQ@)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 if sys.path and os.path.abspath(sys.path[0] or ".") == HERE:   # (not there under -P / PYTHONSAFEPATH)
@@ -143,6 +169,8 @@ zmq.Socket.bind_to_random_port = bind_to_random_port
 zmq.Socket.connect = connect_moved
 from ipykernel.kernelapp import IPKernelApp  # noqa: E402
 
+if curve and "curve_secretkey" not in IPKernelApp.class_own_traits():   # its own: not jupyter_client's mixin
+    sys.exit(@NO_CURVE_KERNEL@)
 app = IPKernelApp.instance()
 app.initialize()
 setting_up[0] = False
@@ -158,7 +186,7 @@ if os.path.exists(MAGIC):
     except Exception as e:   # the kernel works without it
         print("remote-kernels: the %%remote_kernel magic is not available: %s" % e, file=sys.stderr, flush=True)
 app.start()
-'''
+'''.replace("@NO_CURVE_ZMQ@", str(ERR_NO_CURVE_ZMQ)).replace("@NO_CURVE_KERNEL@", str(ERR_NO_CURVE_KERNEL))
 
 # The source of the %remote_kernel magic (remote_kernels/kernel_magic.py): script.launcher_source()
 # puts it here; None when this file runs by itself.  Written next to the boot file, loaded by it.
@@ -175,6 +203,22 @@ def install_advice():
             "`%s -m venv DIR && DIR/bin/python -m pip install ipykernel` (Debian needs python3-venv), "
             "and install the spec with --python DIR/bin/python" % sys.executable)
 
+def curve_refused(code, direct=False):
+    """The one line for a kernel that exited because it cannot do Curve (ERR_NO_CURVE_*);
+    ``direct``: transport direct, which needs Curve whatever the server's policy."""
+    if code == ERR_NO_CURVE_ZMQ:
+        why, fix = ("the libzmq of its pyzmq was built without CurveZMQ",
+                    "`%s -m pip install --force-reinstall pyzmq` (PyPI's wheels have it)" % sys.executable)
+    else:
+        why, fix = ("its ipykernel predates CurveZMQ (7.4 has it)", "`%s -m pip install -U ipykernel`" % sys.executable)
+    if direct:
+        ask, other = "transport direct needs", "or use transport ssh"
+    else:
+        ask, other = "the server's transport_encryption asks for", "or set transport_encryption to disabled"
+    return ("%s CurveZMQ-encrypted channels, but %s cannot: %s; run %s, %s"
+            % (ask, socket.gethostname() + "'s " + sys.executable, why, fix, other))
+
+
 class Slot:
     """One kernel's place in a launcher: its directory, its kernel, the order of its requests."""
 
@@ -184,6 +228,7 @@ class Slot:
         self.booted = False         # the kernel runs from KERNEL_BOOT and listens (it handles WALLTIME_SIGNAL)
         self.serial = asyncio.Lock()   # its start, stop and shutdown run one at a time
         self.heard = time.monotonic()   # when one of its connections last sent a line
+        self.ports = None           # transport direct: the kernel's TCP ports, kept for its restarts
 
 
 class Launcher:
@@ -192,8 +237,10 @@ class Launcher:
     ``linger`` not None: a shared allocation (the module docstring), of at most ``max_kernels``
     kernels (0: no limit)."""
 
-    def __init__(self, session, grace, base, contact=None, linger=None, max_kernels=0):
+    def __init__(self, session, grace, base, contact=None, linger=None, max_kernels=0, direct=None):
         self.dir = os.path.join(base, "rk-" + session)
+        self.direct = direct        # transport direct: the key directory (DirectControl)
+        self.address = None         # transport direct: the node's cluster-network address
         self.grace = grace
         self.shared, self.linger, self.max_kernels = linger is not None, linger or 0.0, max_kernels
         self.solo = Slot("", self.dir)   # per-kernel mode's one slot
@@ -282,6 +329,11 @@ class Launcher:
         info = dict(CHANNELS, transport="ipc", ip=os.path.join(slot.dir, "k"), key=req["key"],
                     signature_scheme=req.get("signature_scheme", "hmac-sha256"),
                     kernel_name=req.get("kernel_name", ""))
+        info.update((name, req[name]) for name in CURVE_FIELDS if req.get(name))
+        if self.direct:
+            if not req.get("curve_secretkey"):
+                return {"event": "error", "message": "transport direct: a start needs the kernel's Curve keys"}
+            info.update(slot.ports or dict.fromkeys(CHANNELS, 0), transport="tcp", ip=self.address)
         fd = os.open(conn_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             json.dump(info, f)
@@ -313,7 +365,10 @@ class Launcher:
         asyncio.ensure_future(self.watch_kernel(slot, proc))
         sockets = [os.path.join(slot.dir, "k-%d" % n) for n in CHANNELS.values()]
         deadline = time.monotonic() + 60
-        while not all(os.path.exists(s) for s in sockets):
+        while not (self.tcp_ready(slot, conn_file, proc) if self.direct else all(os.path.exists(s) for s in sockets)):
+            if booted and proc.returncode in (ERR_NO_CURVE_ZMQ, ERR_NO_CURVE_KERNEL):
+                return {"event": "error", "code": proc.returncode,
+                        "message": curve_refused(proc.returncode, bool(self.direct))}
             if proc.returncode is not None or time.monotonic() > deadline:
                 what = ("exited with code %s" % proc.returncode if proc.returncode is not None
                         else "did not open its sockets within 60s")
@@ -323,12 +378,28 @@ class Launcher:
                         % (" ".join(argv[:3]), what, socket.gethostname())}
             await asyncio.sleep(0.02)
         slot.booted = booted   # past the boot file's first lines: WALLTIME_SIGNAL no longer kills it
-        tcp = tcp_listeners(proc.pid)
+        tcp = [port for port in tcp_listeners(proc.pid) if port not in (slot.ports or {}).values()]
         if tcp:
             print("remote-kernels launcher: the kernel (pid %d) listens on TCP port(s) %s of %s, "
                   "which any user there can connect to" % (proc.pid, ", ".join(map(str, tcp)),
                                                            socket.gethostname()), file=sys.stderr, flush=True)
+        if self.direct:
+            return {"event": "started", "pid": proc.pid, "tcp": tcp, "ip": self.address, "ports": slot.ports}
         return {"event": "started", "pid": proc.pid, "tcp": tcp}
+
+    def tcp_ready(self, slot, conn_file, proc):
+        """Transport direct: True once the kernel listens on the ports of its connection file,
+        which ipykernel rewrites with those it bound (kept in slot.ports)."""
+        try:
+            with open(conn_file) as f:
+                written = json.load(f)
+            ports = {ch: int(written.get(ch) or 0) for ch in CHANNELS}
+        except (OSError, ValueError):   # being rewritten
+            return False
+        if not all(ports.values()) or not set(ports.values()) <= set(tcp_listeners(proc.pid)):
+            return False
+        slot.ports = ports
+        return True
 
     async def watch_kernel(self, slot, proc):
         code = await proc.wait()
@@ -448,8 +519,12 @@ class Launcher:
                       "detaches from itself may outlive it" % socket.gethostname(), file=sys.stderr, flush=True)
         old = os.umask(0o077)
         try:
-            server = await asyncio.start_unix_server(self.control.handle, os.path.join(self.dir, "ctl"),
-                                                     limit=LINE_LIMIT)
+            if self.direct:
+                server = DirectControl(self.control, self.direct)
+                self.address = server.start()
+            else:
+                server = await asyncio.start_unix_server(self.control.handle, os.path.join(self.dir, "ctl"),
+                                                         limit=LINE_LIMIT)
         finally:
             os.umask(old)
         print("remote-kernels launcher: ready on %s (pid %d, %s)"
@@ -471,6 +546,9 @@ class Launcher:
                 w.close()   # flushes what is queued (a bye) before closing
             if writers:
                 await asyncio.wait([asyncio.ensure_future(w.wait_closed()) for w in writers], timeout=2)
+            if self.direct:
+                server.finish()
+                shutil.rmtree(self.direct, ignore_errors=True)   # also when its server was killed
             shutil.rmtree(self.dir, ignore_errors=True)
         return code
 
@@ -626,6 +704,99 @@ class Control:
         task.add_done_callback(self.tasks.discard)
 
 
+class DirectControl:
+    """Transport direct: the control channel as a CurveZMQ ROUTER (module docstring).  Each
+    login-side peer is a ZmqPeer handed to Control.handle as its reader and writer."""
+
+    def __init__(self, control, key_dir):
+        self.control, self.key_dir = control, key_dir
+        self.peers = {}   # routing id -> ZmqPeer
+        self.sock = self.task = None
+
+    def start(self):
+        """Bind and publish the endpoint; the node's cluster-network address.  SystemExit (one
+        line) when the key directory is not private or pyzmq is missing."""
+        st = os.lstat(self.key_dir)
+        if st.st_uid != os.getuid() or st.st_mode & 0o077:
+            raise SystemExit("remote-kernels launcher: %s is not a private directory of this user" % self.key_dir)
+        try:
+            import zmq
+            import zmq.asyncio
+        except ImportError:
+            raise SystemExit("remote-kernels launcher: transport direct needs pyzmq for %s on %s"
+                             % (sys.executable, socket.gethostname()))
+        with open(os.path.join(self.key_dir, "launcher.json")) as f:
+            keys = json.load(f)
+        address = socket.gethostbyname(socket.gethostname())
+        if address.startswith("127."):
+            raise SystemExit("remote-kernels launcher: %s resolves to %s; transport direct needs the node's "
+                             "cluster-network address" % (socket.gethostname(), address))
+        sock = self.sock = zmq.asyncio.Context.instance().socket(zmq.ROUTER)
+        sock.linger, sock.maxmsgsize = 1000, LINE_LIMIT
+        sock.curve_secretkey, sock.curve_publickey = keys["secret"].encode(), keys["public"].encode()
+        sock.curve_server = True
+        port = sock.bind_to_random_port("tcp://" + address)
+        path = os.path.join(self.key_dir, "endpoint.json")
+        with os.fdopen(os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+            json.dump({"endpoint": "tcp://%s:%d" % (address, port), "host": socket.gethostname()}, f)
+        os.replace(path + ".tmp", path)
+        self.task = asyncio.ensure_future(self.serve())
+        return address
+
+    async def serve(self):
+        while True:
+            ident, payload = (await self.sock.recv_multipart())[:2]
+            peer = self.peers.get(ident)
+            if peer is None:
+                if not payload:
+                    continue
+                peer = self.peers[ident] = ZmqPeer(self, ident)
+                asyncio.ensure_future(self.control.handle(peer, peer))
+            if not payload:
+                self.peers.pop(ident, None)
+            peer.lines.put_nowait(payload)
+
+    def close(self):
+        """Stop serving (the peers' writers say their end to the login side)."""
+        if self.task is not None:
+            self.task.cancel()
+
+    def finish(self):
+        """After the peers' ends: close the socket, sending what is queued (1 s at most)."""
+        self.sock.close(linger=1000)
+        self.sock.context.term()
+
+
+class ZmqPeer:
+    """One login-side peer of DirectControl, as a StreamReader and StreamWriter."""
+
+    def __init__(self, server, ident):
+        self.server, self.ident = server, ident
+        self.lines = asyncio.Queue()
+        self.closed = False
+
+    async def readline(self):
+        return await self.lines.get()   # b"": the peer's end
+
+    def write(self, data):
+        if self.closed:
+            raise OSError("closed")
+        self.server.sock.send_multipart([self.ident, data])
+
+    def close(self):
+        if not self.closed:
+            self.closed = True
+            self.server.peers.pop(self.ident, None)
+            try:
+                self.server.sock.send_multipart([self.ident, b""])
+            except Exception:   # the socket is gone: the login side notices the silence
+                pass
+            self.lines.put_nowait(b"")
+
+    async def wait_closed(self):
+        pass   # DirectControl.finish() sends what is queued
+
+
 def become_subreaper():
     """Have orphaned descendants reparented to this process instead of init (Linux 3.4+); True if so."""
     try:
@@ -779,25 +950,33 @@ def check_start(req):
     if env is not None and not (isinstance(env, dict) and all(
             isinstance(k, str) and isinstance(v, str) for k, v in env.items())):
         return "start: env must map strings to strings"
+    curve = [req.get(name) for name in CURVE_FIELDS]
+    if any(curve) and not all(isinstance(k, str) and len(k) == 40 for k in curve):
+        return "start: curve_publickey and curve_secretkey must both be 40-character Z85 keys"
     argv = req.get("argv")
     if argv is not None and not (isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv)):
         return "start: argv must be a non-empty list of strings"
     return None
 
 
-async def run(session, grace, base, contact=None, linger=None, max_kernels=0):
+async def run(session, grace, base, contact=None, linger=None, max_kernels=0, direct=None):
     """Run a launcher to its end; the process's exit code (EXIT_ABANDONED or 0)."""
-    launcher = Launcher(session, grace, base, contact, linger, max_kernels)
+    launcher = Launcher(session, grace, base, contact, linger, max_kernels, direct)
     await launcher.main()
     return EXIT_ABANDONED if launcher.abandoned else 0
 
 
 def main(argv):
+    argv, direct = list(argv), None
+    if "--direct" in argv:
+        at = argv.index("--direct")
+        direct = argv[at + 1]
+        del argv[at:at + 2]
     session, grace, base = argv[1], float(argv[2]), argv[3]
     contact = float(argv[4]) if len(argv) > 4 else None
     linger = float(argv[5]) if len(argv) > 5 else None
     max_kernels = int(argv[6]) if len(argv) > 6 else 0
-    return asyncio.run(run(session, grace, base, contact, linger, max_kernels))
+    return asyncio.run(run(session, grace, base, contact, linger, max_kernels, direct))
 
 
 if __name__ == "__main__":

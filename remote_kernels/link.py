@@ -73,7 +73,40 @@ class AllocationFull(KernelStartError):
 JOIN_TIMEOUT = 2.0
 
 
-class NodeLink:
+class LauncherLink:
+    """What every link to a launcher has: its name, whether its control channel is open, and
+    requests on it (``ctl``: the LauncherClient, once opened)."""
+
+    job_id: str
+    node: str
+    ctl: LauncherClient | None
+    _closed: bool
+
+    @property
+    def what(self) -> str:
+        return f"the launcher of job {self.job_id} on {self.node}"
+
+    @property
+    def usable(self) -> bool:
+        return not self._closed and self.ctl is not None and self.ctl.open
+
+    async def request(self, msg: dict, timeout: float = 30.0) -> dict:
+        """One control request's reply.  KernelStartError if the channel fails or is silent."""
+        if not self.usable:
+            raise KernelStartError(f"no connection to {self.what}")
+        try:
+            return await self.ctl.request(msg, timeout)
+        except LauncherLost as e:
+            raise KernelStartError(str(e)) from None
+
+    def _end_control(self) -> None:
+        """Mark the link closed for good and close its control channel (close()'s first step)."""
+        self._closed = True
+        if self.ctl is not None:
+            self.ctl.close()
+
+
+class NodeLink(LauncherLink):
     def __init__(self, opts: KernelOptions, *, node: str, job_id: str, node_dir: str,
                  via: SSHCommandRunner | None, on_event: Callable[[dict], None], log: logging.Logger,
                  slot: str = ""):
@@ -90,17 +123,9 @@ class NodeLink:
         self._connect_took = 0.0   # seconds the first connection took to open
 
     @property
-    def what(self) -> str:
-        return f"the launcher of job {self.job_id} on {self.node}"
-
-    @property
     def kernel_dir(self) -> str:
         """The node directory of this link's kernel: the launcher's, or its slot's."""
         return f"{self.node_dir}/s-{self.slot}" if self.slot else self.node_dir
-
-    @property
-    def usable(self) -> bool:
-        return not self._closed and self.ctl is not None and self.ctl.open
 
     # --- open -----------------------------------------------------------------------------
     async def connect(self) -> None:
@@ -168,15 +193,6 @@ class NodeLink:
         return self.hello
 
     # --- use ------------------------------------------------------------------------------
-    async def request(self, msg: dict, timeout: float = 30.0) -> dict:
-        """One control request's reply.  KernelStartError if the channel fails or is silent."""
-        if not self.usable:
-            raise KernelStartError(f"no connection to {self.what}")
-        try:
-            return await self.ctl.request(msg, timeout)
-        except LauncherLost as e:
-            raise KernelStartError(str(e)) from None
-
     async def forward(self, endpoints: dict[str, str | int]) -> None:
         """Forward login-side endpoints (channel -> unix path, or TCP port on 127.0.0.1) to the
         kernel's node sockets, replacing earlier forwards (jupyter_client deletes ipc files on restart)."""
@@ -250,9 +266,7 @@ class NodeLink:
 
     async def close(self) -> None:
         """End the link: control channel, forwards, connection.  Idempotent; nothing reopens after."""
-        self._closed = True
-        if self.ctl is not None:
-            self.ctl.close()
+        self._end_control()
         self._close_forwards()
         if self.conn is not None:
             conn, self.conn = self.conn, None

@@ -24,7 +24,8 @@ ENV_PREFIX = "RK_"
 # Options a launch may override from the environment (RK_ + the upper-case name).
 DISPATCH = ("auto", "batch", "interactive")
 ALLOCATION = ("per-kernel", "shared")
-CHOICES = {"dispatch": DISPATCH, "allocation": ALLOCATION}   # options with a fixed set of values
+TRANSPORT = ("ssh", "direct")
+CHOICES = {"dispatch": DISPATCH, "allocation": ALLOCATION, "transport": TRANSPORT}   # options with a fixed set of values
 ENV_OPTIONS = ("partition", "account", "qos", "time", "cpus", "mem", "gpus", "constraint", "reservation")
 
 
@@ -81,6 +82,11 @@ class KernelOptions(LoggingConfigurable):
         "Shared allocations: seconds an allocation whose last kernel ended waits for a next "
         "kernel before it ends.")).tag(config=True)
     max_kernels = Int(0, help="Shared allocations: most kernels in one allocation; 0: no limit.").tag(config=True)
+    transport = Unicode("ssh", help=(
+        "How the login side reaches the kernel: 'ssh' (the launcher's control channel and the kernel's "
+        "channels through one SSH connection per node) or 'direct' (CurveZMQ over the cluster network: "
+        "no SSH to the nodes at all; keys reach the job through a 0700 directory in your home, which "
+        "the nodes must share).")).tag(config=True)
     persist = Float(0, help=(
         "Seconds a kernel outlives its Jupyter server (killed, crashed, or stopped while the kernel "
         "runs), waiting to be re-adopted by the user's next server; 0: it ends after grace as usual.")).tag(config=True)
@@ -135,7 +141,7 @@ class KernelOptions(LoggingConfigurable):
         except ValueError as e:
             raise TraitError(str(e)) from None
 
-    @validate("dispatch", "allocation")
+    @validate("dispatch", "allocation", "transport")
     def _valid_choice(self, proposal):
         name, value = proposal["trait"].name, proposal["value"]
         if value not in CHOICES[name]:
@@ -149,6 +155,22 @@ class KernelOptions(LoggingConfigurable):
             meaning = "the allocation ends with its last kernel" if name == "linger" else "off"
             raise TraitError(f"{name} {value:g} is negative; use seconds (0: {meaning})")
         return value
+
+    @property
+    def direct(self) -> bool:
+        """True for option ``transport: direct``."""
+        return self.transport == "direct"
+
+    def unsupported(self) -> str:
+        """One line naming a combination of options remote-kernels cannot run ("" if none)."""
+        if not self.direct:
+            return ""
+        for name, value, meaning in (("allocation", self.shared, "shared"), ("persist", self.persist, "on"),
+                                     ("login_host", self.login_host, "set")):
+            if value:
+                return (f"transport 'direct' does not support {name} {meaning} yet; use transport 'ssh' "
+                        f"or drop {name}")
+        return ""
 
     @property
     def shared(self) -> bool:

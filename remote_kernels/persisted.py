@@ -23,6 +23,7 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from . import curve
 from .paths import private_dir, write_private_json
 from .registry import registry_dir
 
@@ -51,6 +52,8 @@ class Record:
     notebook: str = ""          # the notebook's path (JPY_SESSION_NAME) under jupyter_server, if known
     saved: float = field(default_factory=time.time)
     detached: float = 0.0
+    curve_publickey: str = ""   # the kernel's Curve keypair (transport encryption), if it has one
+    curve_secretkey: str = ""
 
     @property
     def path(self) -> Path:
@@ -81,7 +84,8 @@ def record_of(session, info: dict, *, kernel_id: str, connection_file: str = "",
                   key=key.decode() if isinstance(key, bytes) else key, persist=opts.persist,
                   signature_scheme=info.get("signature_scheme", "hmac-sha256"),
                   kernel_name=info.get("kernel_name", ""), runtime_base=opts.runtime_base,
-                  login_host=opts.login_host, connection_file=connection_file, notebook=notebook)
+                  login_host=opts.login_host, connection_file=connection_file, notebook=notebook,
+                  **curve.keys(info))
 
 
 def for_connection_file(path: str) -> str:

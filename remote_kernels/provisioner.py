@@ -35,7 +35,7 @@ from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
 from traitlets import Enum
 
-from . import background
+from . import background, curve
 from .chosen import apply_choice
 from .environment import kernel_env
 from .launcher import CHANNELS
@@ -102,9 +102,13 @@ class RemoteKernelProvisioner(KernelOptions, KernelProvisionerBase):  # type: ig
         adopt = kwargs.get("adopt")
         if adopt is None:   # the notebook's launch-dialog choice, for this kernel only (chosen.py)
             self._spec_values = apply_choice(self, km.kernel_name, kwargs.get("env") or {}, self._spec_values)
+            curve.provision(km)
         else:   # the kernel runs with its key: the connection file must carry it
             km.session.signature_scheme = adopt.signature_scheme
             km.session.key = adopt.key.encode()
+            if adopt.curve_publickey:   # and its Curve keys
+                km.curve_publickey = adopt.curve_publickey.encode()
+                km.curve_secretkey = adopt.curve_secretkey.encode()
         if self._login_dir is None:
             self._login_dir = tempfile.mkdtemp(prefix="rk-")   # 0700
             background.remove_at_exit(self._login_dir)

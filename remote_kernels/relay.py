@@ -32,6 +32,7 @@ import zmq
 import zmq.asyncio
 from jupyter_client.session import DELIM, Session
 
+from . import curve
 from .standin import ANNOUNCE_AT, at_times
 
 log = logging.getLogger(__name__)
@@ -49,13 +50,16 @@ NUDGE = {"code": "", "silent": True, "store_history": False, "user_expressions":
 class ShellRelay:
     """Carries one kernel's shell channel from ``frontend`` (a bound ROUTER) to ``kernel``
     (an ipc path forwarded to the kernel's shell socket), replaying ``held`` first once
-    ``iopub`` (the kernel's login-side iopub endpoint, a ZMQ URL) carries its output."""
+    ``iopub`` (the kernel's login-side iopub endpoint, a ZMQ URL) carries its output.
+    ``keys``: the kernel's Curve keys (curve.keys()) when its channels are encrypted."""
 
     def __init__(self, ctx: zmq.asyncio.Context, frontend: zmq.asyncio.Socket, held: list[list[bytes]],
-                 kernel: str, iopub: str, session: Session):
+                 kernel: str, iopub: str, session: Session, keys: dict | None = None):
         self._ctx, self._frontend, self._held, self._session, self._iopub = ctx, frontend, held, session, iopub
+        self._keys = keys or {}
         self._kernel = ctx.socket(zmq.DEALER)
         self._kernel.linger = 0
+        curve.connect_to(self._kernel, self._keys)
         self._kernel.connect(f"ipc://{kernel}")
         self._tasks: list[asyncio.Task] = []
 
@@ -94,6 +98,7 @@ class ShellRelay:
         sub = self._ctx.socket(zmq.SUB)
         sub.linger = 0
         sub.subscribe(b"")
+        curve.connect_to(sub, self._keys)
         sub.connect(self._iopub)
         loop = asyncio.get_running_loop()
         deadline, sent = loop.time() + IOPUB_WAIT, set()

@@ -63,6 +63,9 @@ def render(scheduler: Scheduler, opts: KernelOptions, res: Resources, *, session
         f"$(hostname); set the kernel's python to a path that exists on the compute nodes\" >&2; "
         f"exit {EXIT_NO_PYTHON}; }}")
     shared = f" {opts.linger:g} {opts.max_kernels}" if opts.shared else ""   # the launcher's LINGER MAX
+    if opts.direct:   # the key directory: its name only, the keys stay in the 0600 files in it
+        from .direct import key_dir
+        shared += f" --direct {q(str(key_dir(session)))}"
     lines.append(f"{'' if interactive else 'exec '}{py} - {q(session)} {opts.grace:g} {q(opts.runtime_base)} {opts.contact_timeout:g}"
                  f"{shared} <<'{LAUNCHER_EOF}'")
     src = launcher_source()

@@ -8,7 +8,7 @@ provisioner's background loop, or argv mode's own) and is used only from it:
     s = RemoteKernelSession(options, log=...)
     await s.start_job()              # submit, wait in the queue, reach the launcher
     await s.forward(endpoints)       # login-side endpoints -> the kernel's node sockets
-    await s.start_kernel(key, scheme, cwd=..., env=...)   # (re)start ipykernel in the job
+    await s.start_kernel(key, scheme, cwd=..., env=..., curve=...)   # (re)start ipykernel in the job
     s.exit_code                      # None while the kernel lives
     await s.signal(signal.SIGINT)
     await s.stop_kernel()            # kernel gone, job kept (restart)
@@ -41,8 +41,9 @@ from typing import Awaitable, Callable
 from . import allocations, joblogs, registry
 from .errors import KernelStartError
 from .job import JOB_ENDED_CODES, Job   # noqa: F401 - JOB_ENDED_CODES: part of this module's interface
-from .launcher import ENDED_AT_START, ERR_NO_IPYKERNEL
+from .launcher import ENDED_AT_START, SETUP_ERRORS
 from .link import DROPPED, AllocationFull, NodeLink
+from . import direct
 from .options import KernelOptions
 from .runner import SSHCommandRunner, runner_for
 from .schedulers import JobStatus, get_scheduler
@@ -117,10 +118,13 @@ class HeldExit:
 
 class RemoteKernelSession:
     def __init__(self, options: KernelOptions, *, name: str = "remote-kernel", kernel_id: str = "",
-                 log: logging.Logger | None = None, job: Job | None = None, link_factory=NodeLink,
+                 log: logging.Logger | None = None, job: Job | None = None, link_factory=None,
                  session_id: str = ""):
         """``job`` and ``link_factory`` (called as NodeLink is) replace the parts, for tests.
-        ``session_id``: the launcher's, for adopt() (default: a new one)."""
+        ``session_id``: the launcher's, for adopt() (default: a new one).  KernelStartError
+        for options that cannot go together (KernelOptions.unsupported)."""
+        if options.unsupported():
+            raise KernelStartError(options.unsupported())
         self.opts, self.name = options, name
         self.log = log or logging.getLogger(__name__)
         self.runner = runner_for(options.login_host, options.command_timeout)
@@ -131,7 +135,7 @@ class RemoteKernelSession:
         self.joined = False                      # shared: started in an allocation another kernel made
         self.job = job or Job(options, self.scheduler, self.runner, name=name, session_id=self.session_id,
                               kernel_id=kernel_id, log=self.log)
-        self._link_factory = link_factory
+        self._link_factory = link_factory or (direct.DirectLink if options.direct else NodeLink)
         self.link: NodeLink | None = None
         self.state = S.NEW
         self.exit_code: int | None = None
@@ -227,6 +231,8 @@ class RemoteKernelSession:
 
     async def _submit(self) -> None:
         self._to(S.SUBMITTING)
+        if self.opts.direct:   # the batch script names it; the keys stay in its 0600 files
+            direct.prepare(self.session_id)
         await self._or_close(self.job.submit())
         joblogs.prune_soon(self.runner, self.scheduler, remote=bool(self.opts.login_host))
         self._to(S.QUEUED)
@@ -372,15 +378,21 @@ class RemoteKernelSession:
         await self.link.forward(endpoints)
 
     async def start_kernel(self, key: bytes | str, signature_scheme: str = "hmac-sha256", *,
-                           kernel_name: str = "", cwd: str | None = None, env: dict | None = None) -> None:
-        """Start (or restart) the kernel in the job; return once its sockets are bound."""
+                           kernel_name: str = "", cwd: str | None = None, env: dict | None = None,
+                           curve: dict | None = None) -> None:
+        """Start (or restart) the kernel in the job; return once its sockets are bound.
+        ``curve``: the kernel's Curve keypair (curve.keys()), sent the way the key is."""
         self._held_exit.drop()   # the previous kernel's
         self._to(S.STARTING)
         self.exit_code = None
         try:
+            if self.opts.direct:
+                curve = self.link.node_keys(curve)
             reply = await self.link.request({"op": "start", "key": key.decode() if isinstance(key, bytes) else key,
                                              "signature_scheme": signature_scheme, "kernel_name": kernel_name,
-                                             "cwd": cwd, "env": env or {}}, timeout=120)
+                                             "cwd": cwd, "env": env or {}, **(curve or {})}, timeout=120)
+            if self.opts.direct and reply.get("event") == "started":
+                await self.link.started(reply)
         except KernelStartError:
             self.exit_code = 1
             raise
@@ -388,7 +400,7 @@ class RemoteKernelSession:
             self.exit_code = 1
             self._to(S.READY)
             message = reply.get("message", f"launcher could not start the kernel: {reply}")
-            if "code" in reply and reply["code"] != ERR_NO_IPYKERNEL:   # the kernel ran: its output ends the line
+            if "code" in reply and reply["code"] not in SETUP_ERRORS:   # the kernel ran: its output ends the line
                 tail = await self._output_after_start_failed()
                 message += f" ({self.job.log_file}" + (f", last lines: {tail})" if tail else ")")
             raise KernelStartError(message)
@@ -554,6 +566,8 @@ class RemoteKernelSession:
         switch ends this one's kernel)."""
         if self.link is not None:
             await self.link.close()
+        if self.opts.direct:
+            direct.remove(self.session_id)
         if not self.shared:
             await self.job.end(said_bye)
             return

@@ -31,7 +31,7 @@ import zmq
 import zmq.asyncio
 from jupyter_client.session import Session
 
-from . import __version__
+from . import __version__, curve
 from .launcher import CHANNELS
 
 log = logging.getLogger(__name__)
@@ -107,6 +107,7 @@ class QueuedKernelStandIn:
                 if SOCKET_TYPES[channel] == zmq.ROUTER:
                     sock.router_mandatory = True   # an answer to a client not (yet) connected raises
                 self._sockets[channel] = sock
+                curve.serve(sock, self.info)   # with encryption on, frontends speak Curve to it as to the kernel
                 sock.bind(zmq_url(self.info, channel))
                 if self.info["transport"] == "ipc":
                     os.chmod(f"{self.info['ip']}-{self.info[channel]}", 0o600)

@@ -96,6 +96,7 @@ TEST_SPECS = {
     "rk-test": ["--display-name", "Python 3 (compute node, test)"],
     "rk-long": ["--partition", "long", "--time", "00:30:00"],
     "rk-env": ["--setup", "export RK_FROM_SETUP=set-up-ran", "--env", "RK_FROM_SPEC=spec value"],
+    "rk-direct": ["--transport", "direct"],   # rk-test's twin over transport direct
     # Specs that must fail with a clear message and leave nothing behind (--no-check: install
     # would refuse most of them).
     "rk-bad-partition": ["--no-check", "--partition", "nosuch"],
@@ -150,6 +151,22 @@ async def start_kernel(kernelspecs):
 
     for km in started:
         await until_ended(km)
+
+
+# The kernel lifecycle suite runs over both transports (option transport): these specs.
+TRANSPORT_SPECS = {"ssh": "rk-test", "direct": "rk-direct"}
+
+
+@pytest.fixture(params=sorted(TRANSPORT_SPECS))
+def transport(request) -> str:
+    """Each transport in turn (a lifecycle test runs over both)."""
+    return request.param
+
+
+@pytest.fixture
+def any_spec(kernelspecs, transport) -> str:
+    """The test spec of each transport in turn."""
+    return TRANSPORT_SPECS[transport]
 
 
 @pytest.fixture

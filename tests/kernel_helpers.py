@@ -194,3 +194,30 @@ async def main():
     await km.shutdown_kernel()
 asyncio.run(main())
 """
+
+
+async def without_curve_nothing_is_heard(info: dict, marker, during) -> None:
+    """A client with the HMAC key of connection ``info`` but not its Curve keys: its subscriber
+    to iopub hears nothing and its signed execute request (which would create the file
+    ``marker``) never runs, while ``await during()`` makes the kernel publish for its owner."""
+    import zmq
+    import zmq.asyncio
+    from jupyter_client.session import Session
+
+    ctx = zmq.asyncio.Context()
+    try:
+        sub, shell = ctx.socket(zmq.SUB), ctx.socket(zmq.DEALER)
+        sub.subscribe(b"")
+        sub.connect(f"ipc://{info['ip']}-{info['iopub_port']}")
+        shell.connect(f"ipc://{info['ip']}-{info['shell_port']}")
+        key = info["key"]
+        signer = Session(key=key if isinstance(key, bytes) else key.encode(),
+                         signature_scheme=info.get("signature_scheme", "hmac-sha256"))
+        await shell.send_multipart(signer.serialize(signer.msg(
+            "execute_request", {"code": f"open({str(marker)!r}, 'w').close()", "silent": False})))
+        await during()
+        assert await sub.poll(500) == 0, "a subscriber without the Curve keys heard the kernel"
+        assert await shell.poll(0) == 0, "a client without the Curve keys got an answer"
+        assert not marker.exists(), "a client without the Curve keys made the kernel execute"
+    finally:
+        ctx.destroy(linger=0)

@@ -65,8 +65,9 @@ async def vscode_kernel(spec_dir: Path, tmp_path: Path, env: dict | None = None,
         await reader
 
 
-async def test_argv_mode_like_vscode(kernelspecs, tmp_path):
-    async with vscode_kernel(kernelspecs / "rk-test", tmp_path) as (proc, kc, log):
+async def test_argv_mode_like_vscode(kernelspecs, any_spec, tmp_path):
+    """Over either transport: with direct, the frontend's 127.0.0.1 ports through the local relay."""
+    async with vscode_kernel(kernelspecs / any_spec, tmp_path) as (proc, kc, log):
         key = kc.session.key.decode()
         assert await value_of(kc, "__import__('socket').gethostname()") in ("c1", "c2")
         assert await value_of(kc, "__import__('os').getcwd()") == str(tmp_path)
@@ -92,8 +93,8 @@ async def test_argv_mode_like_vscode(kernelspecs, tmp_path):
         assert any("launcher ready on" in l for l in log) and not any("asyncssh" in l for l in log), log
 
 
-async def test_argv_mode_removes_its_ipc_sockets_when_it_ends(kernelspecs, tmp_path):
-    async with vscode_kernel(kernelspecs / "rk-test", tmp_path, transport="ipc") as (proc, kc, log):
+async def test_argv_mode_removes_its_ipc_sockets_when_it_ends(kernelspecs, any_spec, tmp_path):
+    async with vscode_kernel(kernelspecs / any_spec, tmp_path, transport="ipc") as (proc, kc, log):
         assert await value_of(kc, "1 + 1") == "2"
         sockets = sorted(p.name for p in tmp_path.glob("kernel-ipc-*"))
         assert len(sockets) == 5

@@ -76,6 +76,9 @@ def test_install_from_a_shipped_example_by_name(cli):
     (["--persist", "-1"], "persist -1 is negative; use seconds (0: off)"),
     (["--persist", "60", "--dispatch", "interactive"], "a kernel that persists is submitted as a batch job"),
     (["--persist", "60", "--allocation", "shared"], "persist applies to per-kernel allocations"),
+    (["--transport", "direct", "--allocation", "shared"], "transport 'direct' does not support allocation shared yet"),
+    (["--transport", "direct", "--persist", "60"], "transport 'direct' does not support persist on yet"),
+    (["--transport", "direct", "--login-host", "login"], "transport 'direct' does not support login_host set yet"),
     (["--from", str(EXAMPLES)], "cannot read"),
     (["--from", str(EXAMPLES / "slurm-gpu"), "--time", "soon"], "time 'soon' is not a wall-time"),
 ])

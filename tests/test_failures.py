@@ -70,8 +70,13 @@ SERVER = textwrap.dedent("""
 
 
 @DISPATCHES
-def test_dead_man_switch_ends_the_job_of_a_killed_server(make_spec, dispatch):
-    name = make_spec(f"rk-short-grace-{dispatch}", grace=3, dispatch=dispatch)
+def test_dead_man_switch_ends_the_job_of_a_killed_server(make_spec, dispatch, transport):
+    """Nothing is left: with transport direct, the launcher removes the key directory too."""
+    from remote_kernels.direct import key_dir
+
+    name = make_spec(f"rk-short-grace-{dispatch}-{transport}", grace=3, dispatch=dispatch, transport=transport)
+    keys = key_dir("x").parent
+    keys_before = set(keys.iterdir()) if keys.exists() else set()
     server = subprocess.Popen([sys.executable, "-c", SERVER, name],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
@@ -81,6 +86,7 @@ def test_dead_man_switch_ends_the_job_of_a_killed_server(make_spec, dispatch):
         server.wait(timeout=10)
         # grace (3 s) + the launcher's check interval + SLURM noticing the batch step ended
         wait_until(f"job {job} to end by itself", lambda: not job_in_queue(job), timeout=20)
+        assert (set(keys.iterdir()) if keys.exists() else set()) <= keys_before
     finally:
         if server.poll() is None:
             server.kill()
@@ -106,10 +112,11 @@ QUEUED_SERVER = textwrap.dedent("""
 
 
 @DISPATCHES
-async def test_a_job_queued_when_its_server_was_killed_ends_soon_after_it_starts(make_spec, dispatch):
+async def test_a_job_queued_when_its_server_was_killed_ends_soon_after_it_starts(make_spec, dispatch, transport):
     """#21: nobody withdraws the job of a SIGKILLed server; once it starts, it must not hold
     its allocation for grace (300 s here) but end within a minute or so."""
-    name = make_spec(f"rk-held-{dispatch}", directives=NOT_BEFORE_AN_HOUR, grace=300, dispatch=dispatch)
+    name = make_spec(f"rk-held-{dispatch}-{transport}", directives=NOT_BEFORE_AN_HOUR, grace=300, dispatch=dispatch,
+                     transport=transport)
     server = subprocess.Popen([sys.executable, "-c", QUEUED_SERVER, name],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
@@ -123,9 +130,8 @@ async def test_a_job_queued_when_its_server_was_killed_ends_soon_after_it_starts
             server.kill()
 
 
-async def test_idle_kernel_outlives_the_grace_period(make_spec, start_kernel):
-    make_spec("rk-idle", grace=2)
-    km, kc = await start_kernel("rk-idle")
+async def test_idle_kernel_outlives_the_grace_period(make_spec, start_kernel, transport):
+    km, kc = await start_kernel(make_spec(f"rk-idle-{transport}", grace=2, transport=transport))
     job = (await remote(km))["job_id"]
     await value_of(kc, "1")
     await asyncio.sleep(6)   # the scenario itself: idle for three grace periods

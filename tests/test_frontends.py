@@ -103,16 +103,19 @@ def execution_state(server, kid: str) -> str:
 
 
 @pytest.mark.parametrize("mode", ["default", "pending_kernels"])
-@pytest.mark.parametrize("transport", ["ipc", "tcp"])
-def test_a_queued_kernel_is_starting_keeps_its_cells_and_runs_them_on_the_node(request, make_spec, mode, transport):
+@pytest.mark.parametrize("transport, link", [("ipc", "ssh"), ("tcp", "ssh"), ("ipc", "direct"), ("tcp", "direct")])
+def test_a_queued_kernel_is_starting_keeps_its_cells_and_runs_them_on_the_node(request, make_spec, mode, transport,
+                                                                              link):
     """Under jupyter_server, in either mode, a kernel whose job waits in the queue is listed at
     once, as starting (never idle); a restart keeps the job (and its place in the queue; pending
     kernels refuse restarts until the start has returned, DEFER_AFTER s at most); a cell
     sent while queued runs on the node once the job starts, its reply to the same websocket; the
     server then sees the kernel idle.  With either login-side transport (tcp: the forwards take
-    over the ports the stand-in listened on)."""
+    over the ports the stand-in listened on), and over either transport (``link``; direct: the
+    relay takes over the stand-in's endpoints)."""
     server = request.getfixturevalue("server" if mode == "default" else "pending_server")
-    name = make_spec(f"rk-held-{transport}", directives=["--begin=now+1hour"], login_transport=transport)
+    name = make_spec(f"rk-held-{transport}-{link}", directives=["--begin=now+1hour"], login_transport=transport,
+                     transport=link)
     before = set(server.jobs())
     status, kernel = server.request("POST", "/api/kernels", {"name": name}, timeout=30)
     assert status == 201, kernel

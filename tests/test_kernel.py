@@ -17,6 +17,7 @@ import pytest
 
 from kernel_helpers import job_in_queue, processes_mentioning, remote, remote_sync, run_cell, start_sleeping_cell, until, value_of
 from proc_helpers import tcp_listeners
+from remote_kernels.direct import key_dir
 from slurm_helpers import wait_until
 
 
@@ -46,21 +47,21 @@ async def _interrupt_sleep(km, kc, interrupt) -> dict:
     return reply["content"]
 
 
-async def test_interrupt_message_stops_a_running_cell(start_kernel):
-    km, kc = await start_kernel()
+async def test_interrupt_message_stops_a_running_cell(start_kernel, any_spec):
+    km, kc = await start_kernel(any_spec)
     content = await _interrupt_sleep(km, kc, km.interrupt_kernel)
     assert content["status"] == "error" and content["ename"] == "KeyboardInterrupt"
     assert await value_of(kc, "1 + 1") == "2"
 
 
-async def test_sigint_through_the_launcher_stops_a_running_cell(start_kernel):
-    km, kc = await start_kernel()
+async def test_sigint_through_the_launcher_stops_a_running_cell(start_kernel, any_spec):
+    km, kc = await start_kernel(any_spec)
     content = await _interrupt_sleep(km, kc, lambda: km.signal_kernel(signal.SIGINT))
     assert content["status"] == "error" and content["ename"] == "KeyboardInterrupt"
 
 
-async def test_restart_reuses_the_allocation(start_kernel):
-    km, kc = await start_kernel()
+async def test_restart_reuses_the_allocation(start_kernel, any_spec):
+    km, kc = await start_kernel(any_spec)
     job = (await remote(km))["job_id"]
     pid_before = await value_of(kc, "__import__('os').getpid()")
     await run_cell(kc, "x = 42")
@@ -73,8 +74,8 @@ async def test_restart_reuses_the_allocation(start_kernel):
     assert content["status"] == "error" and content["ename"] == "NameError"
 
 
-async def test_shutdown_leaves_nothing_behind(start_kernel):
-    km, kc = await start_kernel()
+async def test_shutdown_leaves_nothing_behind(start_kernel, any_spec):
+    km, kc = await start_kernel(any_spec)
     session = await remote(km)
     job, sid = session["job_id"], session["session_id"]
     login_dir = (await remote(km))["login_dir"]
@@ -88,6 +89,7 @@ async def test_shutdown_leaves_nothing_behind(start_kernel):
     await until("launcher and kernel processes to end", lambda: not processes_mentioning(sid), timeout=10)
     assert not Path(login_dir).exists()
     assert not Path(f"/tmp/rk-{sid}").exists()
+    assert not key_dir(sid).exists()   # transport direct's key directory (never made for ssh)
     deadline = time.monotonic() + 10
     while (state := (await remote(km))["state"]) != "ended":   # its link and job released
         assert time.monotonic() < deadline, f"the session is still {state} 10 s after its job ended"
@@ -143,8 +145,8 @@ async def scancel_and_wait_for_poll(km, within: float) -> str:
     return job
 
 
-async def test_scancel_is_noticed_by_poll(start_kernel):
-    km, kc = await start_kernel()
+async def test_scancel_is_noticed_by_poll(start_kernel, any_spec):
+    km, kc = await start_kernel(any_spec)
     await scancel_and_wait_for_poll(km, within=60)   # how fast: `make bench`
     assert await km.provisioner.poll() != 0
     assert "CANCELLED" in (await remote(km))["ended_reason"]
@@ -200,8 +202,8 @@ async def test_kernels_of_two_jobs_on_one_node_have_a_connection_each(start_kern
     assert (await remote(km2))["reconnects"] == 0
 
 
-async def test_restart_after_the_job_was_cancelled_submits_a_new_job(start_kernel):
-    km, kc = await start_kernel()
+async def test_restart_after_the_job_was_cancelled_submits_a_new_job(start_kernel, any_spec):
+    km, kc = await start_kernel(any_spec)
     old_job = await scancel_and_wait_for_poll(km, within=60)
     await km.restart_kernel(now=True)
     await kc.wait_for_ready(timeout=60)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from kernel_helpers import FORKED_PRINT, run_cell
+from kernel_helpers import FORKED_PRINT, run_cell, without_curve_nothing_is_heard
 from proc_helpers import children, identify, parent, running, tcp_listeners, tree
 from remote_kernels.control import LauncherClient, LauncherLost
 import remote_kernels.launcher as launcher_module
@@ -131,6 +132,8 @@ MALFORMED = [
     (b'{"op": "start", "key": "k", "argv": "python", "id": 11}', "argv"),
     (b'{"op": "start", "key": "k", "argv": [], "id": 12}', "argv"),
     (b'{"op": "start", "key": "k", "cwd": 3, "id": 13}', "cwd"),
+    (b'{"op": "start", "key": "k", "curve_secretkey": "' + b"x" * 40 + b'", "id": 14}', "curve_publickey and"),
+    (b'{"op": "start", "key": "k", "curve_publickey": "short", "curve_secretkey": "short", "id": 15}', "Z85"),
 ]
 
 
@@ -268,6 +271,19 @@ def test_the_window_comes_from_contact_timeout_which_must_be_positive():
         KernelOptions(contact_timeout=0, environ={})
 
 
+def test_a_direct_job_script_names_the_key_directory_and_holds_no_key():
+    from remote_kernels.direct import key_dir
+    from remote_kernels.options import KernelOptions
+    from remote_kernels.schedulers.slurm import Slurm
+    from remote_kernels.script import render
+
+    opts = KernelOptions(transport="direct", environ={})
+    text = render(Slurm(), opts, opts.resources("rk-t", "/tmp/%j.log"), session="abc")
+    assert f" - abc 300 /tmp 60 --direct {key_dir('abc')} <<'RK_LAUNCHER_EOF'\n" in text
+    assert "--direct" not in render(Slurm(), KernelOptions(environ={}), opts.resources("rk-t", "/tmp/%j.log"),
+                                    session="abc").split("<<'RK_LAUNCHER_EOF'")[0]
+
+
 async def test_once_contacted_the_launcher_allows_grace_of_silence_not_the_window(launch):
     launcher = await launch(grace=300, contact=0.5)
     client = await launcher.client(heartbeat=0)
@@ -320,35 +336,71 @@ async def test_shutdown_says_bye_and_ends_the_launcher(launch):
         await client.request({"op": "ping"}, DEADLINE)
 
 
+@contextlib.asynccontextmanager
+async def ready_client(connection_file: Path):
+    """A client of the kernel the launcher started, ready, whose forked children's output arrives."""
+    from jupyter_client.asynchronous import AsyncKernelClient
+
+    kc = AsyncKernelClient()
+    kc.load_connection_file(str(connection_file))
+    kc.start_channels()
+    try:
+        await kc.wait_for_ready(timeout=DEADLINE)
+        content, out = await run_cell(kc, FORKED_PRINT, timeout=DEADLINE)
+        assert content["status"] == "ok" and out == "printed by a forked child\n", out
+        yield kc
+    finally:
+        kc.stop_channels()
+
+
 @pytest.mark.parametrize("env", [{}, {"PYTHONSAFEPATH": "1"}], ids=["plain", "safe-path"])
 async def test_ipykernel_listens_on_no_tcp_port_and_its_forked_children_still_print(launch, env):
     """ipykernel's pipe for the output of forked subprocesses, a loopback TCP port that any
     local user can flood, is an ipc socket in the private directory; that output still arrives.
     The kernel's module path is Python's own (under PYTHONSAFEPATH too), without the boot file's
     directory."""
-    from jupyter_client.asynchronous import AsyncKernelClient
-
     launcher = await launch()
     client = await launcher.client()
     reply = await client.request({"op": "start", "key": "test-key", "cwd": "/tmp", "env": env}, DEADLINE)
     assert reply["event"] == "started", reply
     assert tcp_listeners(tree(reply["pid"])) == [] and reply["tcp"] == []
     assert (launcher.dir / "k-pipe-1").is_socket()
-    kc = AsyncKernelClient()
-    kc.load_connection_file(str(launcher.dir / "kernel.json"))
-    kc.start_channels()
-    try:
-        await kc.wait_for_ready(timeout=DEADLINE)
-        content, out = await run_cell(kc, FORKED_PRINT, timeout=DEADLINE)
-        assert content["status"] == "ok" and out == "printed by a forked child\n", out
+    async with ready_client(launcher.dir / "kernel.json") as kc:
         _, out = await run_cell(kc, "import json, sys; print(json.dumps(sys.path))", timeout=DEADLINE)
         python_path = json.loads(subprocess.run([sys.executable, "-c", "import json, sys; print(json.dumps(sys.path))"],
                                                 env={**os.environ, **env}, capture_output=True, text=True).stdout)
         kernel_path = json.loads(out)
         assert str(launcher.dir) not in kernel_path
         assert set(python_path) - {""} <= set(kernel_path), (python_path, kernel_path)
+
+
+async def test_a_kernel_given_curve_keys_talks_only_to_clients_that_have_them(launch):
+    """The keypair of a start request goes into the 0600 connection file and ipykernel makes
+    every channel a Curve server: a client with the connection file's keys runs cells (output
+    of forked children too); one without them, with the right HMAC key, hears nothing on iopub
+    and cannot make the kernel execute."""
+    import zmq
+
+    public, secret = (k.decode() for k in zmq.curve_keypair())
+    launcher = await launch()
+    client = await launcher.client()
+    reply = await client.request({"op": "start", "key": "test-key", "cwd": "/tmp",
+                                  "curve_publickey": public, "curve_secretkey": secret}, DEADLINE)
+    assert reply["event"] == "started", reply
+    conn = launcher.dir / "kernel.json"
+    info = json.loads(conn.read_text())
+    assert (info["curve_publickey"], info["curve_secretkey"]) == (public, secret)
+    assert conn.stat().st_mode & 0o077 == 0
+    marker = Path(tempfile.mkdtemp(prefix="rk-curve-")) / "executed"
+    try:
+        async with ready_client(conn) as kc:
+            async def owner_runs_a_cell():
+                _, out = await run_cell(kc, "print('rk-' + 'marker')", timeout=DEADLINE)
+                assert out == "rk-marker\n"
+
+            await without_curve_nothing_is_heard(info, marker, owner_runs_a_cell)
     finally:
-        kc.stop_channels()
+        shutil.rmtree(marker.parent, ignore_errors=True)
 
 
 async def test_a_kernel_listening_on_tcp_is_reported(launch):

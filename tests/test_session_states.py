@@ -368,3 +368,11 @@ def test_the_documented_state_table_is_the_code():
             nexts = frozenset(State(n.strip()) for n in cells[2].split(",") if n.strip() not in ("", "—"))
             documented[State(cells[0])] = nexts
     assert documented == TRANSITIONS
+
+
+def test_a_start_with_options_that_cannot_go_together_fails_with_one_line():
+    from remote_kernels.errors import KernelStartError
+
+    with pytest.raises(KernelStartError, match=r"^transport 'direct' does not support allocation shared yet; "
+                                               r"use transport 'ssh' or drop allocation$"):
+        RemoteKernelSession(KernelOptions(transport="direct", allocation="shared", environ={}), name="t")

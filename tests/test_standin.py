@@ -14,17 +14,28 @@ import zmq.asyncio
 from jupyter_client.asynchronous import AsyncKernelClient
 from jupyter_client.session import Session
 
+from remote_kernels import curve
 from remote_kernels.launcher import CHANNELS
 from remote_kernels.standin import QueuedKernelStandIn
 
 KEY = b"a-test-key-0123456789"
 
 
-@pytest.fixture
-def info(tmp_path) -> dict:
+def make_info(tmp_path: Path, encrypted: bool) -> dict:
+    """A kernel's connection info in tmp_path; ``encrypted``: with a Curve keypair
+    (transport_encryption), which the stand-in and the relay then speak, as the kernel does."""
     tmp_path.chmod(0o700)
     ports = dict(zip(CHANNELS, range(1, 6)))
-    return {"transport": "ipc", "ip": str(tmp_path / "k"), "key": KEY, "signature_scheme": "hmac-sha256", **ports}
+    info = {"transport": "ipc", "ip": str(tmp_path / "k"), "key": KEY, "signature_scheme": "hmac-sha256", **ports}
+    if encrypted:
+        public, secret = zmq.curve_keypair()
+        info.update(curve_publickey=public.decode(), curve_secretkey=secret.decode())
+    return info
+
+
+@pytest.fixture(params=["plain", "curve"])
+def info(request, tmp_path) -> dict:
+    return make_info(tmp_path, request.param == "curve")
 
 
 def client_for(info: dict, key: bytes = KEY) -> AsyncKernelClient:
@@ -154,11 +165,13 @@ async def _relay_runs_kept_cells(info, tmp_path, standin, kc) -> None:
         relay_path = str(tmp_path / "relay")
         km = AsyncKernelManager(kernel_name="python3", transport="ipc", ip=info["ip"])
         km.session.key = KEY
+        if "curve_publickey" in info:   # written into the kernel's connection file
+            km.curve_publickey, km.curve_secretkey = info["curve_publickey"].encode(), info["curve_secretkey"].encode()
         km.shell_port, km.iopub_port, km.stdin_port, km.control_port, km.hb_port = \
             6, info["iopub_port"], info["stdin_port"], info["control_port"], info["hb_port"]
         await km.start_kernel()
         os.symlink(f"{info['ip']}-6", relay_path)
-        relay = ShellRelay(ctx, shell, held, relay_path, zmq_url(info, "iopub_port"), signer(info))
+        relay = ShellRelay(ctx, shell, held, relay_path, zmq_url(info, "iopub_port"), signer(info), curve.keys(info))
         relay.start()
         try:
             replies = [await kc._async_get_shell_msg(timeout=30) for _ in range(4)]   # the kept kernel_info too
@@ -190,6 +203,7 @@ async def test_forged_malformed_and_non_request_messages_get_no_answer(info):
     standin.start()
     ctx = zmq.asyncio.Context()
     raw = ctx.socket(zmq.DEALER)
+    curve.connect_to(raw, info)
     raw.connect(f"ipc://{info['ip']}-{CHANNELS['shell_port']}")
     signed, forger = Session(key=KEY), Session(key=b"not-the-key")
     real = signed.msg("kernel_info_request", {})
@@ -205,6 +219,32 @@ async def test_forged_malformed_and_non_request_messages_get_no_answer(info):
     finally:
         raw.close(linger=0)
         ctx.term()
+        standin.close()
+
+
+async def test_with_curve_keys_a_client_without_them_gets_no_answer_and_hears_nothing(tmp_path):
+    """A queued encrypted kernel's stand-in is a Curve server like the kernel: a request signed
+    with the right HMAC key but sent without Curve is never answered, and its subscriber hears
+    none of what the stand-in publishes for a client that has the keys."""
+    info = make_info(tmp_path, encrypted=True)
+    standin = QueuedKernelStandIn(info, lambda: "job 1 is queued")
+    standin.start()
+    ctx = zmq.asyncio.Context()
+    raw, sub = ctx.socket(zmq.DEALER), ctx.socket(zmq.SUB)
+    sub.subscribe(b"")
+    sub.connect(f"ipc://{info['ip']}-{CHANNELS['iopub_port']}")
+    raw.connect(f"ipc://{info['ip']}-{CHANNELS['shell_port']}")
+    signed = Session(key=KEY)
+    kc = client_for(info)
+    try:
+        await raw.send_multipart(signed.serialize(signed.msg("kernel_info_request", {})))
+        await kc.wait_for_ready(timeout=10)   # answered, with status on iopub, for the client with the keys
+        reply = await kc.kernel_info(reply=True, timeout=5)
+        assert reply["content"]["status"] == "ok"
+        assert await raw.poll(500) == 0 and await sub.poll(0) == 0
+    finally:
+        kc.stop_channels()
+        ctx.destroy(linger=0)
         standin.close()
 
 

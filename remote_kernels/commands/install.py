@@ -65,6 +65,8 @@ def install_spec(name: str, given: dict, *, from_dir: str | None = None, display
         raise CommandFailed(str(e)) from None
     if problem := default_outside(opts.user_choices, {f: getattr(opts, f) for f in opts.user_choices}):
         raise CommandFailed(f"{problem}; widen the bounds (--user-choice) or change the spec's value")
+    if opts.unsupported():
+        raise CommandFailed(opts.unsupported())
     if check:
         problem, note = asyncio.run(site_problem(opts, largest_choices(opts.user_choices)))
         if problem:
