@@ -87,7 +87,7 @@ def _add_install(sub) -> None:
     res.add_argument("--directive", action="append", dest="directives", metavar="TEXT",
                      help="extra scheduler directive, e.g. --directive=--exclusive (repeatable)")
     choose = p.add_argument_group(
-        "resources users choose (JupyterLab's launch dialog; each choice is checked on the server "
+        "resources users choose (the launch dialog of JupyterLab and Notebook 7; each choice is checked on the server "
         "against these bounds and applies to that notebook's kernel only)")
     choose.add_argument("--user-choice", action="append", type=_user_choice, dest="user_choices",
                         metavar="FIELD=MIN..MAX|partition=A,B", help=(

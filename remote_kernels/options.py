@@ -91,7 +91,7 @@ class KernelOptions(LoggingConfigurable):
         "Seconds a kernel outlives its Jupyter server (killed, crashed, or stopped while the kernel "
         "runs), waiting to be re-adopted by the user's next server; 0: it ends after grace as usual.")).tag(config=True)
     user_choices = Dict(help=(
-        "Resources users may choose per kernel in JupyterLab's launch dialog, and their bounds: "
+        "Resources users may choose per kernel in the launch dialog (JupyterLab, Notebook 7), and their bounds: "
         '{"partition": {"choices": [...]}, "time"|"cpus"|"mem"|"gpus": {"min": LOW, "max": HIGH}}; '
         "a choice is checked on the server and applies to that notebook's kernel only.")).tag(config=True)
 

@@ -1,8 +1,8 @@
 """The launch dialog in a real browser (headless Debian Chromium, Selenium), on real jobs: a
 user chooses a wall-time and a CPU count within the spec's bounds, the notebook's new kernel
 runs in a job with them (``scontrol show job``); a value outside the bounds is refused with
-the server's message; the reopened notebook's next kernel gets the same choice.
-Screenshots go to tests/artifacts/.
+the server's message; the reopened notebook's next kernel gets the same choice.  The same
+dialog in Notebook 7.  Screenshots go to tests/artifacts/.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 from jupyter_helpers import JupyterServer, ensure_jobs_gone
 from slurm_helpers import job_limits, wait_until
 from test_jupyterlab_browser import browser, click, current_notebook, indicator, poll, screenshot  # noqa: F401
-from test_labext_browser import close_current_tab
+from test_labext_browser import close_current_tab, notebook7  # noqa: F401
 from test_launch_choices import choosing_spec, write_notebook  # noqa: F401
 
 
@@ -30,8 +30,12 @@ def choice_lab(kernelspecs, choosing_spec, tmp_path_factory):
 
 
 def open_notebook(driver, server, name: str):
-    """The notebook ``name`` in a fresh JupyterLab workspace; its panel once it shows."""
-    driver.get(f"{server.url}/lab/workspaces/t{time.monotonic_ns()}/tree/{name}?reset&token={server.token}")
+    """The notebook ``name`` in a fresh JupyterLab workspace (Notebook 7: its own page); its
+    panel once it shows."""
+    if server.app == "notebook":
+        driver.get(f"{server.url}/notebooks/{name}?token={server.token}")
+    else:
+        driver.get(f"{server.url}/lab/workspaces/t{time.monotonic_ns()}/tree/{name}?reset&token={server.token}")
     return poll(f"notebook {name} to open", lambda: current_notebook(driver), timeout=60)
 
 
@@ -76,6 +80,33 @@ def press(form, which: str) -> None:
     form.find_element(By.CSS_SELECTOR, f".jp-Dialog-button.jp-mod-{which}").click()
 
 
+def open_and_choose(driver, server, spec: str, name: str, before: set, screenshot, shot: str):
+    """Open notebook ``name`` (its first kernel has the spec's own limits), choose 0:20:00 and 2
+    CPUs in its launch dialog (prefilled with the spec's own values) and wait for the new kernel:
+    its job has them, the first one's is gone.  (panel, first job, chosen job); ``before``: the
+    jobs that were there."""
+    panel = open_notebook(driver, server, name)
+    first = new_job(server, before)
+    assert wait_until(f"job {first}", lambda: job_limits(first))["TimeLimit"] == "01:00:00"   # the spec's own
+    poll("the first kernel to be idle", lambda: indicator(panel) == "idle", timeout=READY)
+
+    form = open_dialog(driver, panel)
+    assert field(form, "time").get_attribute("value") == "1:00:00"   # the spec's own value, prefilled
+    assert "0:10:00 to 1:00:00" in form.text and "1 to 2" in form.text
+    fill(form, time="0:20:00", cpus=2)
+    screenshot(f"{shot}-choice")
+    press(form, "accept")
+    chosen = new_job(server, before | {first})
+    limits = wait_until(f"job {chosen} in the queue", lambda: job_limits(chosen))
+    assert (limits["TimeLimit"], limits["NumCPUs"]) == ("00:20:00", "2"), limits
+    ensure_jobs_gone([first], "the kernel the choice replaced")
+    saved = json.loads((server.root / name).read_text())["metadata"]["remote_kernels"]["resources"]
+    assert saved == {spec: {"time": "00:20:00", "cpus": 2}}, saved
+    poll("the chosen kernel to be idle", lambda: indicator(panel) == "idle", timeout=READY)
+    screenshot(f"{shot}-kernel-started")
+    return panel, first, chosen
+
+
 def session_of(server, path: str) -> dict | None:
     status, sessions = server.request("GET", "/api/sessions")
     assert status == 200, sessions
@@ -100,25 +131,7 @@ def test_the_launch_dialog_starts_a_kernel_with_the_chosen_limits_refuses_others
     name = write_notebook(server, spec, None)
     before = set(server.jobs())
     try:
-        panel = open_notebook(browser, server, name)
-        first = new_job(server, before)
-        assert wait_until(f"job {first}", lambda: job_limits(first))["TimeLimit"] == "01:00:00"   # the spec's own
-        poll("the first kernel to be idle", lambda: indicator(panel) == "idle", timeout=READY)
-
-        form = open_dialog(browser, panel)
-        assert field(form, "time").get_attribute("value") == "1:00:00"   # the spec's own value, prefilled
-        assert "0:10:00 to 1:00:00" in form.text and "1 to 2" in form.text
-        fill(form, time="0:20:00", cpus=2)
-        screenshot("launch-dialog-choice")
-        press(form, "accept")
-        chosen = new_job(server, before | {first})
-        limits = wait_until(f"job {chosen} in the queue", lambda: job_limits(chosen))
-        assert (limits["TimeLimit"], limits["NumCPUs"]) == ("00:20:00", "2"), limits
-        ensure_jobs_gone([first], "the kernel the choice replaced")
-        saved = json.loads((server.root / name).read_text())["metadata"]["remote_kernels"]["resources"]
-        assert saved == {spec: {"time": "00:20:00", "cpus": 2}}, saved
-        poll("the chosen kernel to be idle", lambda: indicator(panel) == "idle", timeout=READY)
-        screenshot("launch-dialog-kernel-started")
+        panel, first, chosen = open_and_choose(browser, server, spec, name, before, screenshot, "launch-dialog")
 
         # Outside the bounds: the server's message in the dialog, and no new job.
         form = open_dialog(browser, panel)
@@ -166,3 +179,18 @@ def test_a_spec_without_choices_has_no_resources_button(browser, choice_lab, scr
     finally:
         browser.get("about:blank")
         end_sessions(choice_lab, name, before)
+
+
+def test_notebook7_launch_dialog_starts_a_kernel_with_the_chosen_limits(browser, choosing_spec, notebook7,
+                                                                        screenshot):
+    """The same Resources… button and dialog on Notebook 7's notebook page."""
+    server, spec = notebook7, choosing_spec
+    name = write_notebook(server, spec, None)
+    before = set(server.jobs())
+    try:
+        _, first, chosen = open_and_choose(browser, server, spec, name, before, screenshot, "launch-dialog-notebook7")
+        assert [j for j in server.jobs() if j not in before] == [first, chosen]   # one job per kernel, no more
+    finally:
+        screenshot("launch-dialog-notebook7-last")   # (a failure's state, before the page goes)
+        browser.get("about:blank")
+        end_sessions(server, name, before)
