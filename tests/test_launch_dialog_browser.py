@@ -83,8 +83,10 @@ def press(form, which: str) -> None:
 def open_and_choose(driver, server, spec: str, name: str, before: set, screenshot, shot: str):
     """Open notebook ``name`` (its first kernel has the spec's own limits), choose 0:20:00 and 2
     CPUs in its launch dialog (prefilled with the spec's own values) and wait for the new kernel:
-    its job has them, the first one's is gone.  (panel, first job, chosen job); ``before``: the
-    jobs that were there."""
+    its job has them, the first one's is gone, the job line names it.  ``before``: the jobs that
+    were there.  (panel, first job, chosen job)."""
+    from selenium.webdriver.common.by import By
+
     panel = open_notebook(driver, server, name)
     first = new_job(server, before)
     assert wait_until(f"job {first}", lambda: job_limits(first))["TimeLimit"] == "01:00:00"   # the spec's own
@@ -103,6 +105,9 @@ def open_and_choose(driver, server, spec: str, name: str, before: set, screensho
     saved = json.loads((server.root / name).read_text())["metadata"]["remote_kernels"]["resources"]
     assert saved == {spec: {"time": "00:20:00", "cpus": 2}}, saved
     poll("the chosen kernel to be idle", lambda: indicator(panel) == "idle", timeout=READY)
+    poll(f"the job line (status bar; Notebook 7: toolbar) to name job {chosen}", lambda: any(
+        f"slurm job {chosen} running on " in e.text for e in driver.find_elements(
+            By.CSS_SELECTOR, ".rk-StatusItem, .rk-ToolbarJob") if e.is_displayed()), timeout=15)
     screenshot(f"{shot}-kernel-started")
     return panel, first, chosen
 
