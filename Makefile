@@ -108,7 +108,7 @@ unit: $(STAMP)
 
 # The unit tier first (fast feedback), then the cluster suite.
 test: venv hub-proxy unit cluster docs
-	$(VPY) -m pytest -m cluster tests
+	$(VPY) -m pytest -m cluster --durations=25 tests
 
 # The benchmark's kernelspec lives in the venv; --replace keeps it current.
 bench: venv cluster

@@ -23,6 +23,10 @@ NOT_BEFORE_AN_HOUR = ["--begin=now+1hour"]   # SLURM keeps the job PENDING (reas
 # Every way an allocation must end is proven for both ways a job starts (option dispatch): an srun
 # allocation has no batch step that ends with the launcher.
 DISPATCHES = pytest.mark.parametrize("dispatch", ["batch", "interactive"])
+# ... and for both transports (the link's side of it); the two are independent, so transport
+# direct runs with one dispatch only (make test's time).
+DISPATCHES_AND_TRANSPORTS = pytest.mark.parametrize("dispatch, transport", [
+    ("batch", "ssh"), ("interactive", "ssh"), ("batch", "direct")])
 # Deadline for poll() to report a job that the scheduler ended (how fast it does: `make bench`).
 DEATH_SEEN = 60
 
@@ -69,7 +73,7 @@ SERVER = textwrap.dedent("""
 """)
 
 
-@DISPATCHES
+@DISPATCHES_AND_TRANSPORTS
 def test_dead_man_switch_ends_the_job_of_a_killed_server(make_spec, dispatch, transport):
     """Nothing is left: with transport direct, the launcher removes the key directory too."""
     from remote_kernels.direct import key_dir
@@ -111,7 +115,7 @@ QUEUED_SERVER = textwrap.dedent("""
 """)
 
 
-@DISPATCHES
+@DISPATCHES_AND_TRANSPORTS
 async def test_a_job_queued_when_its_server_was_killed_ends_soon_after_it_starts(make_spec, dispatch, transport):
     """#21: nobody withdraws the job of a SIGKILLed server; once it starts, it must not hold
     its allocation for grace (300 s here) but end within a minute or so."""
