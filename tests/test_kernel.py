@@ -42,7 +42,9 @@ async def test_setup_lines_and_env_reach_the_kernel(start_kernel):
 async def _interrupt_sleep(km, kc, interrupt) -> dict:
     msg_id = await start_sleeping_cell(kc)
     await interrupt()
-    reply = await kc.get_shell_msg(timeout=5)   # deadline: the issue asks for < 1 s, bench measures it
+    # The reply must come well before the 60 s sleep ends (a lost interrupt fails); how fast it
+    # comes is the benchmark's to measure (interrupt latency in `make bench`), not this test's.
+    reply = await kc.get_shell_msg(timeout=30)
     assert reply["parent_header"]["msg_id"] == msg_id
     return reply["content"]
 
