@@ -10,13 +10,16 @@ the server key, and speaks the launcher's JSON-line protocol through ``LauncherC
 (control.py), one ZMQ message per line.  The kernel's key and Curve keys then travel on that
 encrypted channel as in SSH mode.
 
-The frontends keep their login-side endpoints (the connection file's ipc paths or 127.0.0.1
-ports), which stay the same over restarts, a stand-in's hand-over and a new job on another
-node: ``ChannelRelay`` binds them and carries each channel to the kernel's TCP port on the
-node inside libzmq (``zmq.proxy_steerable`` in a thread per channel: no Python per message),
-CurveZMQ on the node side always, and on the frontend side with the connection info's Curve
-keys when it has them (transport_encryption).  Without them, the node hop uses a keypair of the
-session's own (``node_keys``).  Used on the session's event loop; close() releases everything.
+jupyter_client's frontends connect to the kernel's TCP ports on the node themselves, with its
+Curve keys (``frontend_info``: the connection info a provisioner hands jupyter_client once the
+kernel runs); nothing on the login side carries their traffic.  Where frontends must keep
+login-side endpoints (argv mode: the frontend's own ports; a kernel that started behind a
+queued job's stand-in), ``forward`` has ``ChannelRelay`` bind them and carry each channel to
+the node inside libzmq (``zmq.proxy_steerable`` in a thread per channel: no Python per
+message), CurveZMQ on the node side always, and on the frontend side with the connection
+info's Curve keys when it has them (transport_encryption).  The kernel's Curve keypair is the
+connection info's, else one of the session's own (``node_keys``).  Used on the session's event
+loop; close() releases everything.
 """
 
 from __future__ import annotations
@@ -179,10 +182,17 @@ class DirectLink(LauncherLink):
                 self._node_keys = {"curve_publickey": public, "curve_secretkey": secret}
         return dict(self._node_keys)
 
+    def frontend_info(self) -> dict:
+        """Where frontends reach the started kernel themselves: transport, ip, the five ports
+        and its Curve keys (text), as in a connection file.  {} before a start."""
+        if not self._kernel:
+            return {}
+        return {"transport": "tcp", "ip": self._kernel["ip"], **self._kernel["ports"], **self._node_keys}
+
     async def forward(self, endpoints: dict[str, str | int]) -> None:
         """Serve these login-side endpoints (channel -> ipc path, or TCP port on 127.0.0.1), replacing
         the earlier ones; they carry to the kernel once it has started (again at once after a
-        restart: its ports stay)."""
+        restart: its ports stay).  {}: none (frontends connect to the node, frontend_info)."""
         if self._closed:
             raise KernelStartError(f"no connection to {self.what}")
         self._close_relay()
@@ -198,6 +208,8 @@ class DirectLink(LauncherLink):
             self._open_relay()
 
     def _open_relay(self) -> None:
+        if not self._endpoints:
+            return
         ip, ports = self._kernel["ip"], self._kernel["ports"]
         kernel = {ch: f"tcp://{ip}:{ports[ch]}" for ch in self._endpoints}
         try:

@@ -52,6 +52,7 @@ class HostedKernel:
         self.relay_path = ""   # a private login-side path for the relay's forward (set by the provisioner)
         self.held = False   # a restart of a kernel whose job is queued is under way (the job is kept)
         self.info: dict = {}   # the connection info (login-side endpoints, key)
+        self.frontend: dict = {}   # the connection info frontends are given: info, or (direct) the node's
         self._handing_over: tuple | None = None   # the stand-in's shell socket and held messages, until the kernel runs
         self.last: dict = {}   # info() of the session ended last
         self.record: Record | None = None   # persist: the running kernel's record for re-adoption
@@ -74,6 +75,7 @@ class HostedKernel:
         """Start the kernel, in the current job if it is usable.  KernelStartError on failure
         (everything released: jupyter_client forgets a manager whose start failed)."""
         self.notebook = env.get("JPY_SESSION_NAME", "")
+        self.frontend = dict(self.info)
         if self.held:   # restarted while the start was pending; jupyter_client removed the ipc files
             self.held = False
             session = self.session
@@ -123,9 +125,12 @@ class HostedKernel:
 
     async def _start_kernel(self, session: RemoteKernelSession, env: dict, cwd: str | None) -> None:
         """Forward the endpoints and start the kernel.  Behind a holding stand-in, its shell
-        endpoint stays bound and the kernel's shell socket is forwarded to the relay's path."""
+        endpoint stays bound and the kernel's shell socket is forwarded to the relay's path.
+        Transport direct with no stand-in: nothing is forwarded; ``frontend`` becomes the
+        node's endpoints (frontends connect there, launch returns it)."""
         info, standin = self.info, self.standin
         ends = endpoints(info)
+        to_node = self.options.direct and standin is None
         if standin is not None and standin.hold and self.relay_path:
             self._close_relay()
             ends["shell_port"] = self.relay_path
@@ -133,10 +138,12 @@ class HostedKernel:
             self.standin = None
         else:
             self._close_standin()
-        await session.forward(ends)
+        await session.forward({} if to_node else ends)
         await session.start_kernel(info["key"], info.get("signature_scheme", "hmac-sha256"),
                                    kernel_name=info.get("kernel_name", ""), cwd=cwd, env=env,
                                    curve=curve.keys(info))
+        if to_node:
+            self.frontend = dict(info, **session.frontend_info())
         if self.options.persist:
             self._keep_record(session)
         if self._handing_over is not None:
@@ -169,6 +176,7 @@ class HostedKernel:
         forwarded to this kernel's endpoints (self.info, made with the record's key).
         KernelStartError if it cannot be (the record is removed: the job ends by itself)."""
         self.notebook = record.notebook
+        self.frontend = dict(self.info)
         session = self.session = RemoteKernelSession(self.options, name=self.name, kernel_id=self.kernel_id,
                                                      log=self.log, session_id=record.session_id)
         background.track(session)
@@ -257,7 +265,8 @@ class HostedKernel:
         """The session's info() (the last one's after it ended, {} before any), plus whether
         the start is pending."""
         info = self.session.info() if self.session is not None else self.last
-        return dict(info, pending=self.pending)
+        node = self.frontend.get("ip") != self.info.get("ip")
+        return dict(info, pending=self.pending, frontends="node" if node else "login")
 
     def _open_standin(self, session: RemoteKernelSession, hold: bool = True) -> None:
         """(Re)bind a stand-in on the kernel's endpoints, answering with the session's state;

@@ -56,6 +56,7 @@ class RemoteKernelProvisioner(KernelOptions, KernelProvisionerBase):  # type: ig
     _hosted: HostedKernel | None = None
     _alive = False   # launched and not yet waited for: jupyter_client's has_kernel
     _login_dir: str | None = None
+    _login_ports: dict | None = None   # the login-side endpoints' ports (ipc: suffixes), chosen once
     _connection_file: str | None = None   # written by pre_launch; removed when the kernel ends
     _spec_values: dict | None = None   # the resources before the notebook's choice (chosen.py)
 
@@ -112,17 +113,19 @@ class RemoteKernelProvisioner(KernelOptions, KernelProvisionerBase):  # type: ig
         if self._login_dir is None:
             self._login_dir = tempfile.mkdtemp(prefix="rk-")   # 0700
             background.remove_at_exit(self._login_dir)
-        if self.login_transport == "ipc":
-            km.transport, km.ip = "ipc", os.path.join(self._login_dir, "k")
-            for channel, n in CHANNELS.items():
-                setattr(km, channel, n)
-        else:
-            km.transport, km.ip = "tcp", "127.0.0.1"
-            if not km.shell_port:
+        if self._login_ports is None:
+            if self.login_transport == "ipc":
+                self._login_ports = dict(CHANNELS)
+            else:
                 from jupyter_client.connect import LocalPortCache
                 cache = LocalPortCache.instance()
-                for channel in CHANNELS:
-                    setattr(km, channel, cache.find_available_port("127.0.0.1"))
+                self._login_ports = {ch: km_port or cache.find_available_port("127.0.0.1")
+                                     for ch, km_port in ((ch, getattr(km, ch)) for ch in CHANNELS)}
+        if km.ip != self._login_ip():   # the last start gave frontends the node's endpoints
+            km.cleanup_connection_file()
+        km.transport, km.ip = self.login_transport, self._login_ip()
+        for channel, port in self._login_ports.items():
+            setattr(km, channel, port)
         km.write_connection_file()
         self._connection_file = km.connection_file
         background.remove_at_exit(km.connection_file)
@@ -159,7 +162,13 @@ class RemoteKernelProvisioner(KernelOptions, KernelProvisionerBase):  # type: ig
             await self._end_all()
             raise
         self._alive = True
+        # The login-side endpoints, or (transport direct, once the kernel runs) the node's:
+        # jupyter_client rewrites the connection file when they differ from what it holds.
+        self.connection_info = dict(hosted.frontend or self.connection_info)
         return self.connection_info
+
+    def _login_ip(self) -> str:
+        return os.path.join(self._login_dir, "k") if self.login_transport == "ipc" else "127.0.0.1"
 
     def _defer_start(self) -> bool:
         """Return before the job runs under jupyter_server, in either mode: it holds the

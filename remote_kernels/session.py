@@ -377,6 +377,11 @@ class RemoteKernelSession:
     async def forward(self, endpoints: dict[str, str | int]) -> None:
         await self.link.forward(endpoints)
 
+    def frontend_info(self) -> dict:
+        """Transport direct, once the kernel runs: the connection info's transport, ip, ports and
+        Curve keys with which frontends reach it on the node (DirectLink.frontend_info); else {}."""
+        return self.link.frontend_info() if self.opts.direct and self.link is not None else {}
+
     async def start_kernel(self, key: bytes | str, signature_scheme: str = "hmac-sha256", *,
                            kernel_name: str = "", cwd: str | None = None, env: dict | None = None,
                            curve: dict | None = None) -> None:

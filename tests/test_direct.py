@@ -94,6 +94,7 @@ ATTACKER = textwrap.dedent("""
         for s, _ in poller.poll(100):
             s.recv_multipart()
             received += 1
+    ctx.destroy(linger=0)   # not at exit: a context left open may block the interpreter's exit
     print(json.dumps({"received": received}))
 """)
 
@@ -125,7 +126,7 @@ async def test_other_users_on_every_port_get_nothing_and_run_nothing(start_kerne
         loop = asyncio.get_running_loop()
         attack = loop.run_in_executor(None, lambda: as_user(
             OTHER_USER, sys.executable, str(script), host, json.dumps(ports), str(key_file), str(marker), "6",
-            netns=session["node"] if where == "node" else None))
+            netns=session["node"] if where == "node" else None, timeout=60))
         printed = 0
         while not attack.done():   # the owner's kernel talks all the while
             content, out = await run_cell(kc, "print('rk-owner-output')")
@@ -166,3 +167,28 @@ async def test_a_capture_on_the_bridge_never_holds_a_printed_marker(cluster, sta
     data = pcap.read_bytes()
     assert captured > 0 and len(data) > 200 * len(marker), err   # the output crossed the bridge
     assert marker.encode() not in data
+
+
+async def test_frontends_connect_to_the_kernel_on_the_node_and_nothing_relays_on_the_login_side(start_kernel):
+    """jupyter_client is given the kernel's node endpoints and Curve keys: the connection
+    file names the node's address and the ports the kernel listens on there, nothing is bound
+    in the login directory and no relay thread runs; a restart in the same job keeps them."""
+    import threading
+
+    km, kc = await start_kernel("rk-direct")
+    session = await remote(km)
+    node_info = json.loads((Path(session["node_dir"]) / "kernel.json").read_text())
+    written = json.loads(Path(km.connection_file).read_text())
+    channels = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
+    assert written["transport"] == "tcp" and written["ip"] == node_info["ip"] != "127.0.0.1"
+    assert {ch: written[ch] for ch in channels} == {ch: node_info[ch] for ch in channels}
+    assert written["curve_publickey"] == node_info["curve_publickey"]
+    assert session["frontends"] == "node"
+    assert os.listdir(session["login_dir"]) == []
+    assert [t.name for t in threading.enumerate() if t.name.startswith("rk-relay")] == []
+    assert await value_of(kc, "__import__('socket').gethostname()") == session["node"]
+    await km.restart_kernel()
+    await kc.wait_for_ready(timeout=60)
+    assert json.loads(Path(km.connection_file).read_text()) == written
+    assert (await remote(km))["job_id"] == session["job_id"]
+    assert await value_of(kc, "'same client'") == "same client"

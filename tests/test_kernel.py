@@ -204,13 +204,26 @@ async def test_kernels_of_two_jobs_on_one_node_have_a_connection_each(start_kern
     assert (await remote(km2))["reconnects"] == 0
 
 
-async def test_restart_after_the_job_was_cancelled_submits_a_new_job(start_kernel, any_spec):
+async def test_restart_after_the_job_was_cancelled_submits_a_new_job(start_kernel, any_spec, transport):
+    """SSH mode keeps the login-side endpoints, so the client stays connected.  Transport direct
+    gives jupyter_client the new kernel's node endpoints: a client made before is connected to
+    the old job's and is replaced, as JupyterLab reconnects after every restart."""
     km, kc = await start_kernel(any_spec)
+    before = km.get_connection_info()
     old_job = await scancel_and_wait_for_poll(km, within=60)
     await km.restart_kernel(now=True)
-    await kc.wait_for_ready(timeout=60)
     assert (await remote(km))["job_id"] != old_job
+    after = km.get_connection_info()
+    if transport == "direct":
+        assert (after["ip"], after["shell_port"]) != (before["ip"], before["shell_port"])
+        kc.stop_channels()
+        kc = km.client()
+        kc.start_channels()
+    else:
+        assert after == before
+    await kc.wait_for_ready(timeout=60)
     assert await value_of(kc, "__import__('socket').gethostname()") in ("c1", "c2")
+    kc.stop_channels()
 
 
 def test_synchronous_jupyter_client_api(kernelspecs):
