@@ -52,9 +52,11 @@ async def until_idle(kc, code: str, on_stream=None) -> float:
             return time.perf_counter() - t0
 
 
-async def start(name: str):
+async def start(name: str, **manager):
+    """Start kernel ``name`` (AsyncKernelManager keywords ``manager``) and a ready client:
+    (km, kc, seconds)."""
     t0 = time.perf_counter()
-    km = AsyncKernelManager(kernel_name=name)
+    km = AsyncKernelManager(kernel_name=name, **manager)
     await km.start_kernel()
     kc = km.client()
     kc.start_channels()
@@ -91,10 +93,11 @@ async def measure_stream(kc, stream_mb: int) -> tuple[float, float]:
     return received / secs / 1e6, (_cpu_seconds() - cpu0) / (received / 1e9)
 
 
-async def measure_kernel(name: str, runs: int, round_trips: int, stream_mb: int, streams: int = 3) -> dict:
+async def measure_kernel(name: str, runs: int, round_trips: int, stream_mb: int, streams: int = 3,
+                         **manager) -> dict:
     out: dict = {"start": [], "restart": [], "interrupt": [], "phases": []}
     for i in range(runs):
-        km, kc, started = await start(name)
+        km, kc, started = await start(name, **manager)
         out["start"].append(started)
         info = (await km.provisioner.get_provisioner_info()).get("remote_kernel")
         if info is not None:   # a compute-node kernel (the local one has no phases)
@@ -340,25 +343,58 @@ def _load(label: str, load: dict) -> str:
     return f"| {label} | {rpcs} ({load['queries_per_min']:.3g} queries/min) | | |"
 
 
-def direct_report(loc: dict, ssh: dict, direct: dict) -> str:
-    """Transport direct against SSH mode and a local kernel, measured in the same run."""
+def local_curve_spec(local: str) -> str:
+    """A kernelspec in this Python's prefix: the local kernelspec ``local`` declaring Curve
+    support, so that a manager with ``transport_encryption="required"`` encrypts its channels.
+    Returns its name."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    spec = KernelSpecManager().get_kernel_spec(local)
+    name = "rk-bench-local-curve"
+    where = Path(sys.prefix) / "share" / "jupyter" / "kernels" / name
+    where.mkdir(parents=True, exist_ok=True)
+    (where / "kernel.json").write_text(json.dumps({
+        "argv": spec.argv, "display_name": f"{spec.display_name} (Curve)", "language": spec.language,
+        "metadata": {"supported_encryption": ["curve"]}}, indent=1))
+    return name
+
+
+async def measure_direct(args) -> tuple[dict, dict, dict, dict]:
+    """The direct table's four kernels in one run: local, local with CurveZMQ, ssh, direct."""
+    plain = await measure_kernel(args.local, args.runs, args.round_trips, args.stream_mb, args.streams)
+    curved = await measure_kernel(local_curve_spec(args.local), args.runs, args.round_trips, args.stream_mb,
+                                  args.streams, transport_encryption="required")
+    ssh = await measure_kernel(args.remote, args.runs, args.round_trips, args.stream_mb, args.streams)
+    direct = await measure_kernel(args.direct, args.runs, args.round_trips, args.stream_mb, args.streams)
+    return plain, curved, ssh, direct
+
+
+def direct_report(loc: dict, ssh: dict, direct: dict, curved: dict | None = None) -> str:
+    """Transport direct against SSH mode and a local kernel, measured in the same run; with
+    ``curved`` (the local kernel with CurveZMQ on every channel) a column for what the
+    encryption alone costs on these CPUs."""
     lines = ["| measure | direct (median, min–max) | ssh (median, min–max) | local (median, min–max) | "
-             "direct/local | direct/ssh |", "| --- | --- | --- | --- | --- | --- |"]
+             "direct/local | direct/ssh |" + (" local with Curve | direct/(local with Curve) |" if curved else ""),
+             "| --- | --- | --- | --- | --- | --- |" + (" --- | --- |" if curved else "")]
     for label, key, unit, scale in (("start → kernel_info", "start", "s", 1), ("restart", "restart", "s", 1),
                                     ("round trip to idle (median)", "round_trip", "ms", 1000),
                                     ("interrupt → reply", "interrupt", "ms", 1000)):
         d, s, l_ = (statistics.median(side[key]) for side in (direct, ssh, loc))
         lines.append(f"| {label} | {_span(direct[key], unit, scale)} | {_span(ssh[key], unit, scale)} | "
-                     f"{_span(loc[key], unit, scale)} | {d / l_:.2f}× | {d / s:.2f}× |")
+                     f"{_span(loc[key], unit, scale)} | {d / l_:.2f}× | {d / s:.2f}× |"
+                     + (f" {_span(curved[key], unit, scale)} | {d / statistics.median(curved[key]):.2f}× |"
+                        if curved else ""))
     n = len(direct["throughput"])
     for label, key, unit in ((f"iopub throughput (median of {n} streams)", "throughput_mb_s", "MB/s"),
                              ("login-side process CPU per GB streamed, all of it", "cpu_s_per_gb", "s/GB")):
         d, s, l_ = direct[key], ssh[key], loc[key]
-        lines.append(f"| {label} | {d:.3g} {unit} | {s:.3g} {unit} | {l_:.3g} {unit} | {d / l_:.2f}× | {d / s:.2f}× |")
+        lines.append(f"| {label} | {d:.3g} {unit} | {s:.3g} {unit} | {l_:.3g} {unit} | {d / l_:.2f}× | {d / s:.2f}× |"
+                     + (f" {curved[key]:.3g} {unit} | {d / curved[key]:.2f}× |" if curved else ""))
     # The same client decodes every message in each mode; what the transport adds is the rest.
     d, s = (side["cpu_s_per_gb"] - loc["cpu_s_per_gb"] for side in (direct, ssh))
     lines.append(f"| login-side CPU per GB the transport adds (above the local kernel's client) | {d:.3g} s/GB | "
-                 f"{s:.3g} s/GB | 0 s/GB | | {d / s:.2f}× |")
+                 f"{s:.3g} s/GB | 0 s/GB | | {d / s:.2f}× |"
+                 + (f" {curved['cpu_s_per_gb'] - loc['cpu_s_per_gb']:.3g} s/GB | |" if curved else ""))
     return "\n".join(lines)
 
 
@@ -402,7 +438,7 @@ def report(res: dict) -> str:
                  f"{res['overhead_s']:.3f} s")
     if "direct" in res:
         lines += ["", "Transport direct (CurveZMQ over the cluster network, no SSH) against SSH mode and local, "
-                  "same run:", "", direct_report(loc, rem, res["direct"]), ""]
+                  "same run:", "", direct_report(loc, rem, res["direct"], res.get("local_curve")), ""]
     sc = load["running_n"]
     lines.append(f"Scale: {sc['kernels']} kernels all ready in {sc['all_ready_s']:.2f} s; idle: "
                  f"{sc['queries_per_min']:.1f} scheduler queries/min, server CPU {sc['server_cpu_idle_percent']:.2f} %")
@@ -440,16 +476,13 @@ async def main(args) -> int:
         print(second_row(await measure_second_in_allocation(args.shared, args.local, args.runs)))
         return 0
     if args.only_direct:   # local, ssh and direct kernels only, printed; the saved results stay as they are
-        sides = [await measure_kernel(name, args.runs, args.round_trips, args.stream_mb, args.streams)
-                 for name in (args.local, args.remote, args.direct)]
-        print(direct_report(*sides))
+        local, curved, ssh, direct = await measure_direct(args)
+        print(direct_report(local, ssh, direct, curved))
         return 0
     RESULTS.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         meter = LoadMeter(Path(tmp))
-        local = await measure_kernel(args.local, args.runs, args.round_trips, args.stream_mb, args.streams)
-        remote = await measure_kernel(args.remote, args.runs, args.round_trips, args.stream_mb, args.streams)
-        direct = await measure_kernel(args.direct, args.runs, args.round_trips, args.stream_mb, args.streams)
+        local, local_curve, remote, direct = await measure_direct(args)
         nopty = await measure_round_trips_without_pty(min(args.round_trips, 200))
         detection = await measure_detection(args.remote, args.runs)
         kept_open = {side: await measure_kept_open(name, args.kept)
@@ -464,7 +497,7 @@ async def main(args) -> int:
     dispatch = phases.get("submit", 0) + phases.get("queued", 0)
     overhead = phases["total"] - dispatch - statistics.median(local["start"])
     res = {"when": time.strftime("%Y-%m-%d %H:%M"), "host": platform.node(), "args": vars(args),
-           "local": local, "remote": remote, "direct": direct, "round_trip_no_pty": nopty, "detection": detection,
+           "local": local, "local_curve": local_curve, "remote": remote, "direct": direct, "round_trip_no_pty": nopty, "detection": detection,
            "kept_open": kept_open, "at_once": at_once, "second_in_allocation": second, "load": load, "scale": load["running_n"],
            "phases": phases, "overhead_s": overhead}
     (RESULTS / "latest.json").write_text(json.dumps(res, indent=1))
