@@ -42,10 +42,11 @@ class LaptopServer(JupyterServer):
         return KernelWebsocket(f"ws://{self.addr}:{self.port}/api/kernels/{kernel_id}/channels", self.token)
 
 
-def server(home: Path, like: JupyterServer | None = None, laptop: dict | None = None) -> JupyterServer:
+def server(home: Path, like: JupyterServer | None = None, laptop: dict | None = None,
+           extra_args: tuple[str, ...] = ()) -> JupyterServer:
     """A server with the extension; ``like``: the next server of the same user as that one
-    (its runtime directory and root directory)."""
-    srv = LaptopServer(home, laptop) if laptop else JupyterServer(home, app="server")
+    (its runtime directory and root directory); ``extra_args``: more of its command line."""
+    srv = LaptopServer(home, laptop) if laptop else JupyterServer(home, app="server", extra_args=extra_args)
     if like is not None:
         srv.env["JUPYTER_RUNTIME_DIR"] = like.env["JUPYTER_RUNTIME_DIR"]
         srv.root = like.root
@@ -140,6 +141,34 @@ def test_a_new_server_re_adopts_the_kernel_with_its_state(cluster, kernelspecs, 
         second.stop()   # deletes the kernel: its job ends
     wait_until(f"job {job} to end with its kernel", lambda: not job_in_queue(job), timeout=30)
     assert records(runtime) == []
+
+
+def test_an_adopted_kernel_keeps_its_curve_keys(kernelspecs, make_spec, tmp_path, cleanup_jobs):
+    """Both servers with ``transport_encryption=required``: the record keeps the kernel's Curve
+    keypair, the next server's connection file holds the same one, and its websocket reaches
+    the kernel's state (a client without the kernel's keys would hear nothing)."""
+    required = ("--ServerKernelManager.transport_encryption=required",)
+    spec = make_spec("rk-persist-curve", persist=120, time="00:10:00")
+    first = server(tmp_path / "first", extra_args=required)
+    runtime = Path(first.env["JUPYTER_RUNTIME_DIR"])
+    kid, job = start_x(first, spec)
+    cleanup_jobs.append(job)
+    public = json.loads((runtime / f"kernel-{kid}.json").read_text())["curve_publickey"]
+    assert len(public) == 40
+    end_server(first, signal.SIGTERM)
+    assert job_in_queue(job), f"the job ended with its server:\n{first.log()[-3000:]}"
+    second = server(tmp_path / "second", first, extra_args=required)
+    try:
+        wait_until("the server's re-adoption", lambda: "re-adoption done (1 kernel)" in second.log(), timeout=60)
+        assert json.loads((runtime / f"kernel-{kid}.json").read_text())["curve_publickey"] == public
+        with second.channels(kid) as ws:
+            ws.wait_ready()
+            reply, out = ws.execute("print(x)")
+        assert reply["status"] == "ok" and out == "42\n", (reply, out)
+        assert second.jobs() == []
+    finally:
+        second.stop()
+    wait_until(f"job {job} to end with its kernel", lambda: not job_in_queue(job), timeout=30)
 
 
 def test_a_detached_kernel_nobody_adopts_ends_its_job_after_persist(kernelspecs, make_spec, tmp_path, cleanup_jobs):
