@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from fake_runner import FakeRunner
+from fake_runner import FakeRunner, squeue_listing
 from remote_kernels import background, direct, keydirs
 from remote_kernels.keydirs import MIN_AGE, KeyDir, candidates
 from remote_kernels.schedulers.slurm import Slurm
@@ -50,20 +50,10 @@ def _key_dir(session: str, job_id: str | None, age: float = MIN_AGE + 60) -> Non
         os.utime(path / direct.JOB_RECORD, (then, then))
 
 
-def _squeue(listed: dict[str, str]):
-    """squeue lists ``listed`` (job id -> state); sacct knows none of the others."""
-    def answer(argv, stdin):
-        if argv[0] == "squeue":
-            ids = argv[argv.index("-j") + 1].split(",")
-            return 0, "".join(f"{j}|{listed[j]}|None|c1|2026-11-25T10:26:43\n" for j in ids if j in listed), ""
-        return 0, "", ""
-    return FakeRunner(answer)
-
-
 async def test_a_directory_is_removed_only_when_its_job_has_left_the_queue(data):
     for session, job in (("gone", "11"), ("running", "12"), ("pending", "13"), ("young", "14"), ("norecord", None)):
         _key_dir(session, job, age=60 if session == "young" else MIN_AGE + 60)
-    runner = _squeue({"12": "RUNNING", "13": "PENDING"})
+    runner = squeue_listing({"12": "RUNNING", "13": "PENDING"})
     assert await keydirs.prune(Slurm(runner)) == ["gone"]
     assert sorted(p.name for p in direct.key_root().iterdir()) == ["norecord", "pending", "running", "young"]
     assert sorted(p.name for p in direct.key_dir("running").iterdir()) == ["job.json", "launcher.json"]
@@ -82,7 +72,7 @@ async def test_this_process_s_own_directory_is_not_asked_about(data):
     path = str(direct.key_dir("ours"))
     background.remove_at_exit(path)
     try:
-        runner = _squeue({})
+        runner = squeue_listing({})
         assert await keydirs.prune(Slurm(runner)) == []
         assert direct.key_dir("ours").exists() and runner.calls == []
     finally:
