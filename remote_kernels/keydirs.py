@@ -7,9 +7,12 @@ session, ``prune_soon`` removes the directories ``candidates`` picks whose job t
 then says has finished (ended, or no longer known).  Only directories with a job record
 (``direct.record_job``) written on this host for this scheduler at least MIN_AGE s ago, not
 this process's own, are asked about: one without a record (its server died during the submit,
-or it predates records) is left alone.  A job still queued, running, held, suspended, unknown,
-or one the scheduler did not answer for keeps its directory: another server of this user (a
-kernel that outlives its server, too) may still use it.  Nothing is removed when the query fails.
+or it predates records) is left alone; so is one recorded on another host (a home shared with
+another cluster's login hosts: this scheduler never knew that job).  The scheduler is asked
+once per start, and only when there is a candidate.  A job still queued, running, held,
+suspended, unknown, or one the scheduler did not answer for keeps its directory: another
+server of this user (a kernel that outlives its server, too) may still use it.  Nothing is
+removed when the query fails.
 """
 
 from __future__ import annotations
