@@ -184,6 +184,11 @@ def forget_removal(path: str) -> None:
     _remove.discard(path)
 
 
+def removal_pending(path: str) -> bool:
+    """True while ``path`` is to be removed at exit (given to remove_at_exit, not forgotten)."""
+    return path in _remove
+
+
 def _remove_all() -> None:
     for path in list(_remove):
         if os.path.isdir(path) and not os.path.islink(path):

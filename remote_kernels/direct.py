@@ -3,12 +3,13 @@
 The session (session.py) makes the key directory before it submits the job (``prepare``):
 ``key_dir(session)``, 0700, in the user's Jupyter data directory (home, which the nodes share:
 the job logs are there too), holding ``launcher.json`` (0600) with the Curve keypair of the
-launcher's control channel.  The batch script names the directory only.  The launcher reads the
-keypair, binds its control channel on the node's cluster-network address and writes the
-endpoint there (launcher.py); ``DirectLink`` connects to it, with the keypair's public key as
-the server key, and speaks the launcher's JSON-line protocol through ``LauncherClient``
-(control.py), one ZMQ message per line.  The kernel's key and Curve keys then travel on that
-encrypted channel as in SSH mode.
+launcher's control channel, and once the job is submitted ``job.json`` naming it (``record_job``;
+keydirs.py prunes directories whose job has ended).  The batch script names the directory
+only.  The launcher reads the keypair, binds its control channel on the node's cluster-network
+address and writes the endpoint there (launcher.py); ``DirectLink`` connects to it, with the
+keypair's public key as the server key, and speaks the launcher's JSON-line protocol through
+``LauncherClient`` (control.py), one ZMQ message per line.  The kernel's key and Curve keys
+then travel on that encrypted channel as in SSH mode.
 
 jupyter_client's frontends connect to the kernel's TCP ports on the node themselves, with its
 Curve keys (``frontend_info``: the connection info a provisioner hands jupyter_client once the
@@ -30,6 +31,7 @@ import logging
 import os
 import secrets
 import shutil
+import socket
 import threading
 import time
 from pathlib import Path
@@ -45,13 +47,20 @@ from .options import KernelOptions
 ENDPOINT_POLL = 0.05
 # Most seconds one reconnect attempt waits for the launcher's hello.
 RECONNECT_ATTEMPT = 4.0
+# The file in a key directory that names the session's job (record_job).
+JOB_RECORD = "job.json"
+
+
+def key_root() -> Path:
+    """Where the sessions' key directories are (not created)."""
+    from jupyter_core.paths import jupyter_data_dir
+
+    return Path(jupyter_data_dir()) / "remote-kernels" / "direct"
 
 
 def key_dir(session: str) -> Path:
     """The key directory of session ``session`` (not created)."""
-    from jupyter_core.paths import jupyter_data_dir
-
-    return Path(jupyter_data_dir()) / "remote-kernels" / "direct" / session
+    return key_root() / session
 
 
 def prepare(session: str) -> Path:
@@ -67,6 +76,20 @@ def prepare(session: str) -> Path:
     write_private_json(path / "launcher.json", {"public": public.decode(), "secret": secret.decode()})
     background.remove_at_exit(str(path))
     return path
+
+
+def record_job(session: str, job_id: str, scheduler: str) -> None:
+    """After the submit: name the session's job, its scheduler and this host in ``job.json``
+    (0600) in its key directory, for keydirs.prune().  Nothing secret.  An OSError is logged,
+    not raised: without the record only that pruning passes the directory by."""
+    from .paths import write_private_json
+
+    try:
+        write_private_json(key_dir(session) / JOB_RECORD,
+                           {"job_id": job_id, "scheduler": scheduler, "host": socket.gethostname()})
+    except OSError as e:
+        logging.getLogger(__name__).warning("remote kernels: cannot record job %s in %s: %s", job_id,
+                                            key_dir(session), e)
 
 
 def remove(session: str) -> None:

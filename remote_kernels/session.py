@@ -38,7 +38,7 @@ import secrets
 import time
 from typing import Awaitable, Callable
 
-from . import allocations, joblogs, registry
+from . import allocations, joblogs, keydirs, registry
 from .errors import KernelStartError
 from .job import JOB_ENDED_CODES, Job   # noqa: F401 - JOB_ENDED_CODES: part of this module's interface
 from .launcher import ENDED_AT_START, SETUP_ERRORS
@@ -234,6 +234,9 @@ class RemoteKernelSession:
         if self.opts.direct:   # the batch script names it; the keys stay in its 0600 files
             direct.prepare(self.session_id)
         await self._or_close(self.job.submit())
+        if self.opts.direct:
+            direct.record_job(self.session_id, self.job.id, self.scheduler.name)
+            keydirs.prune_soon(self.scheduler)
         joblogs.prune_soon(self.runner, self.scheduler, remote=bool(self.opts.login_host))
         self._to(S.QUEUED)
 

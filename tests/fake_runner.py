@@ -42,3 +42,14 @@ class FakeRunner:
 def printing(out: str, code: int = 0, err: str = "") -> FakeRunner:
     """A runner whose every command prints ``out`` (and ``err``) and exits ``code``."""
     return FakeRunner(lambda argv, stdin: (code, out, err))
+
+
+def squeue_listing(states: dict[str, str]) -> FakeRunner:
+    """squeue lists the jobs of ``states`` (job id -> SLURM state) asked about; sacct knows
+    none of the others (they are gone)."""
+    def answer(argv, stdin):
+        if argv[0] == "squeue":
+            ids = argv[argv.index("-j") + 1].split(",")
+            return 0, "".join(f"{j}|{states[j]}|None|c1|2026-11-25T10:26:43\n" for j in ids if j in states), ""
+        return 0, "", ""
+    return FakeRunner(answer)

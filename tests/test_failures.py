@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import errno
 import itertools
+import json
+import logging
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 from jupyter_client.manager import AsyncKernelManager
@@ -132,6 +135,66 @@ async def test_a_job_queued_when_its_server_was_killed_ends_soon_after_it_starts
     finally:
         if server.poll() is None:
             server.kill()
+
+
+def _key_dir_naming(job: str):
+    """The key directory whose job record names job ``job`` (None while none does)."""
+    from remote_kernels.direct import JOB_RECORD, key_root
+
+    for path in key_root().iterdir() if key_root().exists() else ():
+        try:
+            if json.loads((path / JOB_RECORD).read_text())["job_id"] == job:
+                return path
+        except (OSError, ValueError, KeyError):
+            continue
+    return None
+
+
+async def test_the_next_start_removes_the_key_dir_a_killed_server_s_job_cancelled_while_queued_left(
+        make_spec, start_kernel, caplog):
+    """The launcher of a job cancelled while queued never runs, so it removes nothing; the next
+    direct start does, leaving another server's running kernel's directory alone (its record is
+    as old: the scheduler's answer alone keeps it)."""
+    from remote_kernels.direct import JOB_RECORD
+    from remote_kernels.keydirs import MIN_AGE
+
+    caplog.set_level(logging.INFO, logger="remote_kernels.keydirs")
+    held = make_spec("rk-stale-keys", directives=NOT_BEFORE_AN_HOUR, transport="direct")
+    killed = subprocess.Popen([sys.executable, "-c", QUEUED_SERVER, held],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    other = subprocess.Popen([sys.executable, "-c", SERVER, "rk-direct"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        job = killed.stdout.readline().strip()
+        assert job and job_state(job) == "PENDING"
+        stale = await until(f"job {job}'s key directory", lambda: _key_dir_naming(job), timeout=10)
+        killed.kill()   # SIGKILL: no clean-up runs on the login side
+        killed.wait(timeout=10)
+        subprocess.run(["scancel", job], check=True, capture_output=True)
+        await until(f"job {job} to leave the queue", lambda: not job_in_queue(job), timeout=30)
+        assert stale.is_dir()   # nobody else removes it
+        running = other.stdout.readline().strip()
+        assert running and job_state(running) == "RUNNING"
+        kept = _key_dir_naming(running)
+        contents = sorted(p.name for p in kept.iterdir())
+        assert {"launcher.json", "endpoint.json", JOB_RECORD} <= set(contents)
+        then = time.time() - MIN_AGE - 60
+        for path in (stale, kept):
+            os.utime(path / JOB_RECORD, (then, then))
+        await start_kernel("rk-direct")
+        await until("the stale key directory to be removed", lambda: not stale.exists(), timeout=30)
+        await until("the pruning to finish", lambda: any(
+            r.name == "remote_kernels.keydirs" and "removed" in r.getMessage() for r in caplog.records))
+        assert sorted(p.name for p in kept.iterdir()) == contents
+        assert job_in_queue(running)
+    finally:
+        for server in (killed, other):
+            if server.poll() is None:
+                server.stdin.close()
+                try:
+                    server.wait(timeout=60)   # the other server's exit ends its kernel and job
+                except subprocess.TimeoutExpired:
+                    server.kill()
 
 
 async def test_idle_kernel_outlives_the_grace_period(make_spec, start_kernel, transport):

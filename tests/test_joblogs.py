@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from fake_runner import FakeRunner
+from fake_runner import FakeRunner, squeue_listing
 from remote_kernels import joblogs
 from remote_kernels.registry import Entry
 from remote_kernels.runner import CommandRunner
@@ -31,23 +31,13 @@ def _logs(d, old=(), new=()):
         os.utime(d / f"{job_id}.log", (OLD, OLD))
 
 
-def _squeue(running: set[str]):
-    """squeue lists the running ids; sacct knows none of the others (they are gone)."""
-    def answer(argv, stdin):
-        if argv[0] == "squeue":
-            ids = argv[argv.index("-j") + 1].split(",")
-            return 0, "".join(f"{j}|RUNNING|None|c1|2026-11-25T10:26:43\n" for j in ids if j in running), ""
-        return 0, "", ""
-    return FakeRunner(answer)
-
-
 async def test_only_old_finished_unregistered_logs_are_removed(dirs):
     d = joblogs.job_log_dir()
     _logs(d, old=["11", "12", "13"], new=["14"])
     (d / "notes.txt").write_text("not a log")
     os.utime(d / "notes.txt", (OLD, OLD))
     Entry(session_id="s1", spec="x", scheduler="slurm", job_id="12").save()
-    removed = await joblogs.prune(CommandRunner(), Slurm(_squeue({"13"})), remote=False)
+    removed = await joblogs.prune(CommandRunner(), Slurm(squeue_listing({"13": "RUNNING"})), remote=False)
     assert removed == ["11"]
     assert sorted(p.name for p in d.iterdir()) == ["12.log", "13.log", "14.log", "notes.txt"]
 
@@ -64,14 +54,14 @@ async def test_on_the_login_host_find_and_rm_are_argv_lists_in_the_login_home(di
     home = dirs / "login-home"
     _logs(home / joblogs.REMOTE_JOB_DIR, old=["31", "32"], new=["33"])
     monkeypatch.chdir(home)   # a local runner stands for the login host: paths relative to its home
-    removed = await joblogs.prune(CommandRunner(), Slurm(_squeue({"32"})), remote=True)
+    removed = await joblogs.prune(CommandRunner(), Slurm(squeue_listing({"32": "RUNNING"})), remote=True)
     assert removed == ["31"]
     assert sorted(p.name for p in (home / joblogs.REMOTE_JOB_DIR).iterdir()) == ["32.log", "33.log"]
 
 
 async def test_a_missing_login_dir_prunes_nothing(dirs, monkeypatch):
     monkeypatch.chdir(dirs)
-    assert await joblogs.prune(CommandRunner(), Slurm(_squeue(set())), remote=True) == []
+    assert await joblogs.prune(CommandRunner(), Slurm(squeue_listing({})), remote=True) == []
 
 
 def test_each_place_is_pruned_at_most_hourly(dirs):
