@@ -79,8 +79,8 @@ def summary(values: list[float]) -> dict:
 
 async def measure_stream(kc, stream_mb: int) -> tuple[float, float]:
     """One cell printing stream_mb lines of 1 MB: (MB/s received on iopub, CPU seconds per GB
-    this process spent meanwhile).  This process is the login side: the client, and the SSH
-    forwards or the direct transport's relay (all its threads)."""
+    this process spent meanwhile, all its threads).  This process is the login side: the client
+    (with transport direct or Curve: its decryption too), and in SSH mode the forwards."""
     received = 0
 
     def count(msg):
@@ -93,8 +93,8 @@ async def measure_stream(kc, stream_mb: int) -> tuple[float, float]:
     return received / secs / 1e6, (_cpu_seconds() - cpu0) / (received / 1e9)
 
 
-async def measure_kernel(name: str, runs: int, round_trips: int, stream_mb: int, streams: int = 3,
-                         **manager) -> dict:
+async def measure_kernel(name: str, runs: int, round_trips: int, **manager) -> dict:
+    """Start, interrupt, restart (each of ``runs`` kernels) and round trips (the first one's)."""
     out: dict = {"start": [], "restart": [], "interrupt": [], "phases": []}
     for i in range(runs):
         km, kc, started = await start(name, **manager)
@@ -124,12 +124,32 @@ async def measure_kernel(name: str, runs: int, round_trips: int, stream_mb: int,
         if i == 0:
             await until_idle(kc, "1")
             out["round_trip"] = [await until_idle(kc, "1") for _ in range(round_trips)]
-            measured = [await measure_stream(kc, stream_mb) for _ in range(streams)]
-            out["throughput"] = [rate for rate, _ in measured]
-            out["cpu_per_gb"] = [cpu for _, cpu in measured]
-            out["throughput_mb_s"] = statistics.median(out["throughput"])
-            out["cpu_s_per_gb"] = statistics.median(out["cpu_per_gb"])
         await stop(km, kc)
+    return out
+
+
+async def measure_streams(kernels: dict[str, tuple[str, dict]], streams: int, stream_mb: int) -> dict[str, dict]:
+    """iopub throughput and login-side CPU per GB of each of ``kernels`` (side -> (kernelspec,
+    AsyncKernelManager keywords)), all open at once and streaming in turn, ``streams`` rounds:
+    a drift in the machine's load meets every side alike.  side -> {throughput, cpu_per_gb:
+    a value per round; throughput_mb_s, cpu_s_per_gb: their medians}."""
+    opened = {}
+    try:
+        for side, (name, manager) in kernels.items():
+            km, kc, _ = await start(name, **manager)
+            opened[side] = (km, kc)
+            await until_idle(kc, "1")
+        out: dict[str, dict] = {side: {"throughput": [], "cpu_per_gb": []} for side in kernels}
+        for _ in range(streams):
+            for side, (_, kc) in opened.items():
+                rate, cpu = await measure_stream(kc, stream_mb)
+                out[side]["throughput"].append(rate)
+                out[side]["cpu_per_gb"].append(cpu)
+    finally:
+        await asyncio.gather(*(stop(km, kc) for km, kc in opened.values()), return_exceptions=True)
+    for side in out.values():
+        side["throughput_mb_s"] = statistics.median(side["throughput"])
+        side["cpu_s_per_gb"] = statistics.median(side["cpu_per_gb"])
     return out
 
 
@@ -360,13 +380,16 @@ def local_curve_spec(local: str) -> str:
 
 
 async def measure_direct(args) -> tuple[dict, dict, dict, dict]:
-    """The direct table's four kernels in one run: local, local with CurveZMQ, ssh, direct."""
-    plain = await measure_kernel(args.local, args.runs, args.round_trips, args.stream_mb, args.streams)
-    curved = await measure_kernel(local_curve_spec(args.local), args.runs, args.round_trips, args.stream_mb,
-                                  args.streams, transport_encryption="required")
-    ssh = await measure_kernel(args.remote, args.runs, args.round_trips, args.stream_mb, args.streams)
-    direct = await measure_kernel(args.direct, args.runs, args.round_trips, args.stream_mb, args.streams)
-    return plain, curved, ssh, direct
+    """The direct table's four kernels in one run: local, local with CurveZMQ, ssh, direct;
+    each measure_kernel's, then their streams side by side (measure_streams)."""
+    kernels = {"local": (args.local, {}),
+               "curve": (local_curve_spec(args.local), {"transport_encryption": "required"}),
+               "ssh": (args.remote, {}), "direct": (args.direct, {})}
+    sides = {side: await measure_kernel(name, args.runs, args.round_trips, **manager)
+             for side, (name, manager) in kernels.items()}
+    for side, streamed in (await measure_streams(kernels, args.streams, args.stream_mb)).items():
+        sides[side].update(streamed)
+    return sides["local"], sides["curve"], sides["ssh"], sides["direct"]
 
 
 def direct_report(loc: dict, ssh: dict, direct: dict, curved: dict | None = None) -> str:
@@ -527,7 +550,8 @@ if __name__ == "__main__":
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--round-trips", type=int, default=500)
     p.add_argument("--stream-mb", type=int, default=100, help="MB each iopub stream prints (default: 100)")
-    p.add_argument("--streams", type=int, default=3, help="iopub streams per kernel; medians reported (default: 3)")
+    p.add_argument("--streams", type=int, default=5,
+                   help="rounds of iopub streams, one per kernel in turn; medians reported (default: 5)")
     p.add_argument("--kept", type=int, default=4, help="kernels opened one after another and kept open")
     p.add_argument("--at-once", type=int, default=4, help="kernels started at once")
     p.add_argument("--scale", type=int, default=16, help="kernels running (and queued) for the scheduler load")
