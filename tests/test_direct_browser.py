@@ -19,9 +19,8 @@ from pathlib import Path
 import pytest
 
 from jupyter_helpers import JupyterServer, ensure_jobs_gone
-from test_jupyterlab_browser import (NODES, browser, click, delete_kernel, kernels_of, new_notebook,  # noqa: F401
-                                     indicator, open_lab, poll, run_first_cell, screenshot,
-                                     type_and_run)
+from test_jupyterlab_browser import (NODES, browser, click, delete_kernel, indicator, kernels_of,  # noqa: F401
+                                     lab, new_notebook, open_lab, poll, run_first_cell, screenshot, type_and_run)
 
 SPEC, DISPLAY = "rk-direct", "Python 3 (rk-direct)"
 # One line: the node, the job, and the address and ports the kernel itself listens on (its own
@@ -29,13 +28,6 @@ SPEC, DISPLAY = "rk-direct", "Python 3 (rk-direct)"
 CELL = ("import os, socket, json, ipykernel.connect as c; i = json.load(open(c.get_connection_file())); "
         "print(socket.gethostname(), os.environ['SLURM_JOB_ID'], i['ip'], i['shell_port'], i['iopub_port'])")
 CHANNELS = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
-
-
-@pytest.fixture(scope="module")
-def auto_lab(kernelspecs, tmp_path_factory):
-    """The server's restarter on (jupyter_server's default)."""
-    with JupyterServer(tmp_path_factory.mktemp("lab-direct-auto"), app="lab") as srv:
-        yield srv
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +108,7 @@ def test_a_notebook_goes_on_in_the_new_job_after_its_job_ended(restart, browser,
     runs there, and the server's connection file names that job's node and the kernel's ports."""
     from selenium.webdriver.common.by import By
 
-    server = request.getfixturevalue("auto_lab" if restart == "auto" else "manual_lab")
+    server = request.getfixturevalue("lab" if restart == "auto" else "manual_lab")   # lab: the restarter on
     jobs_before = set(server.jobs())
     kernels_before = {k["id"] for k in kernels_of(server, SPEC)}
     open_lab(browser, server)
