@@ -59,6 +59,7 @@ class RemoteKernelProvisioner(KernelOptions, KernelProvisionerBase):  # type: ig
     _login_ports: dict | None = None   # the login-side endpoints' ports (ipc: suffixes), chosen once
     _connection_file: str | None = None   # written by pre_launch; removed when the kernel ends
     _spec_values: dict | None = None   # the resources before the notebook's choice (chosen.py)
+    _served: dict | None = None   # the endpoints the last launch gave frontends
 
     @property
     def hosted(self) -> HostedKernel:
@@ -165,7 +166,33 @@ class RemoteKernelProvisioner(KernelOptions, KernelProvisionerBase):  # type: ig
         # The login-side endpoints, or (transport direct, once the kernel runs) the node's:
         # jupyter_client rewrites the connection file when they differ from what it holds.
         self.connection_info = dict(hosted.frontend or self.connection_info)
+        served = {k: self.connection_info.get(k) for k in ("transport", "ip", *CHANNELS)}
+        if self._served is not None and served != self._served:
+            self._renew_activity_watch()
+        self._served = served
         return self.connection_info
+
+    def _renew_activity_watch(self) -> None:
+        """The endpoints moved (a restart in a new job, transport direct): jupyter_server watches
+        the kernel's iopub (execution_state and last_activity: /api/kernels, /api/status, its
+        culler) on a socket it made at the start, and renews it after a user's restart
+        (MappingKernelManager.restart_kernel) but not after its restarter's auto-restart, which
+        would leave it on the ended job's node.  Once jupyter_client has loaded these endpoints
+        (right after launch_kernel returns, on this loop), watch them instead."""
+        km = self.parent
+        multi, kernel_id = getattr(km, "parent", None), self.kernel_id
+        if not callable(getattr(multi, "start_watching_activity", None)):
+            return   # not under jupyter_server
+
+        def renew() -> None:
+            stream = getattr(km, "_activity_stream", None)
+            if stream is None or kernel_id not in multi or multi.get_kernel(kernel_id) is not km:
+                return   # not watched (or no longer the server's): nothing to renew
+            stream.close()
+            km.execution_state = "starting"   # as after any start, until the new kernel's status
+            multi.start_watching_activity(kernel_id)
+
+        asyncio.get_running_loop().call_soon(renew)
 
     def _login_ip(self) -> str:
         return os.path.join(self._login_dir, "k") if self.login_transport == "ipc" else "127.0.0.1"
