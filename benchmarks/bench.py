@@ -421,6 +421,29 @@ def direct_report(loc: dict, ssh: dict, direct: dict, curved: dict | None = None
     return "\n".join(lines)
 
 
+def server_report(sides: dict[str, dict]) -> str:
+    """The streams through a Jupyter server (through_server.py): direct, ssh and local side by side."""
+    d, s, l_ = sides["direct"], sides["ssh"], sides["local"]
+    n = len(d["throughput"])
+    lines = ["| measure (through a Jupyter server) | direct | ssh | local | direct/local | direct/ssh |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for label, key, unit in ((f"iopub throughput at the websocket client (median of {n})", "throughput_mb_s", "MB/s"),
+                             ("the server process's CPU per GB streamed", "cpu_s_per_gb", "s/GB")):
+        lines.append(f"| {label} | {d[key]:.3g} {unit} | {s[key]:.3g} {unit} | {l_[key]:.3g} {unit} | "
+                     f"{d[key] / l_[key]:.2f}× | {d[key] / s[key]:.2f}× |")
+    dt, st = d["cpu_s_per_gb"] - l_["cpu_s_per_gb"], s["cpu_s_per_gb"] - l_["cpu_s_per_gb"]
+    lines.append(f"| of which the transport's (above the local kernel's) | {dt:.3g} s/GB | {st:.3g} s/GB | 0 s/GB | | "
+                 f"{dt / st:.2f}× |")
+    return "\n".join(lines)
+
+
+async def measure_through_server(args) -> dict[str, dict]:
+    import through_server
+
+    return await through_server.measure({"local": args.local, "ssh": args.remote, "direct": args.direct},
+                                        args.streams, args.stream_mb)
+
+
 def report(res: dict) -> str:
     loc, rem = res["local"], res["remote"]
 
@@ -461,7 +484,9 @@ def report(res: dict) -> str:
                  f"{res['overhead_s']:.3f} s")
     if "direct" in res:
         lines += ["", "Transport direct (CurveZMQ over the cluster network, no SSH) against SSH mode and local, "
-                  "same run:", "", direct_report(loc, rem, res["direct"], res.get("local_curve")), ""]
+                  "same run:", "", direct_report(loc, rem, res["direct"], res.get("local_curve")), "",
+                  "The same streams through a Jupyter server (websocket protocol v1, as JupyterLab speaks it; "
+                  "the server's process is the login side):", "", server_report(res["through_server"]), ""]
     sc = load["running_n"]
     lines.append(f"Scale: {sc['kernels']} kernels all ready in {sc['all_ready_s']:.2f} s; idle: "
                  f"{sc['queries_per_min']:.1f} scheduler queries/min, server CPU {sc['server_cpu_idle_percent']:.2f} %")
@@ -501,11 +526,14 @@ async def main(args) -> int:
     if args.only_direct:   # local, ssh and direct kernels only, printed; the saved results stay as they are
         local, curved, ssh, direct = await measure_direct(args)
         print(direct_report(local, ssh, direct, curved))
+        print()
+        print(server_report(await measure_through_server(args)))
         return 0
     RESULTS.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         meter = LoadMeter(Path(tmp))
         local, local_curve, remote, direct = await measure_direct(args)
+        served = await measure_through_server(args)
         nopty = await measure_round_trips_without_pty(min(args.round_trips, 200))
         detection = await measure_detection(args.remote, args.runs)
         kept_open = {side: await measure_kept_open(name, args.kept)
@@ -520,7 +548,7 @@ async def main(args) -> int:
     dispatch = phases.get("submit", 0) + phases.get("queued", 0)
     overhead = phases["total"] - dispatch - statistics.median(local["start"])
     res = {"when": time.strftime("%Y-%m-%d %H:%M"), "host": platform.node(), "args": vars(args),
-           "local": local, "local_curve": local_curve, "remote": remote, "direct": direct, "round_trip_no_pty": nopty, "detection": detection,
+           "local": local, "local_curve": local_curve, "remote": remote, "direct": direct, "through_server": served, "round_trip_no_pty": nopty, "detection": detection,
            "kept_open": kept_open, "at_once": at_once, "second_in_allocation": second, "load": load, "scale": load["running_n"],
            "phases": phases, "overhead_s": overhead}
     (RESULTS / "latest.json").write_text(json.dumps(res, indent=1))
