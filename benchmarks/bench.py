@@ -389,6 +389,8 @@ async def measure_direct(args) -> tuple[dict, dict, dict, dict]:
              for side, (name, manager) in kernels.items()}
     for side, streamed in (await measure_streams(kernels, args.streams, args.stream_mb)).items():
         sides[side].update(streamed)
+    for side in ("ssh", "direct"):
+        sides[side]["detection"] = await measure_detection(kernels[side][0], args.runs)
     return sides["local"], sides["curve"], sides["ssh"], sides["direct"]
 
 
@@ -407,6 +409,9 @@ def direct_report(loc: dict, ssh: dict, direct: dict, curved: dict | None = None
                      f"{_span(loc[key], unit, scale)} | {d / l_:.2f}× | {d / s:.2f}× |"
                      + (f" {_span(curved[key], unit, scale)} | {d / statistics.median(curved[key]):.2f}× |"
                         if curved else ""))
+    d, s = (statistics.median(side["detection"]) for side in (direct, ssh))
+    lines.append(f"| scancel → poll() reports death | {_span(direct['detection'])} | {_span(ssh['detection'])} | | "
+                 f"| {d / s:.2f}× |" + (" | |" if curved else ""))
     n = len(direct["throughput"])
     for label, key, unit in ((f"iopub throughput (median of {n} streams)", "throughput_mb_s", "MB/s"),
                              ("login-side process CPU per GB streamed, all of it", "cpu_s_per_gb", "s/GB")):

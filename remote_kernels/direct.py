@@ -115,6 +115,21 @@ class ZmqStream:
             return b""
         return await self.sock.recv()   # b"": the launcher's end
 
+    async def disconnected(self) -> None:
+        """Return when a TCP connection to the launcher that was up when this was called
+        drops (its process ended, or the network broke: libzmq would reconnect by itself)."""
+        import zmq
+        from zmq.utils.monitor import parse_monitor_message
+
+        monitor = self.sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        try:
+            while parse_monitor_message(await monitor.recv_multipart())["event"] != zmq.EVENT_DISCONNECTED:
+                pass
+        finally:
+            if not self.closed:
+                self.sock.disable_monitor()
+            monitor.close(linger=0)
+
     def write(self, data: bytes) -> None:
         if self.closed:
             raise OSError("closed")
@@ -145,6 +160,7 @@ class DirectLink(LauncherLink):
         self.session = os.path.basename(node_dir.rstrip("/"))[3:]   # node_dir is BASE/rk-SESSION
         self.kernel_dir = node_dir
         self.ctl: LauncherClient | None = None
+        self._stream: ZmqStream | None = None   # the control channel's socket
         self.hello: dict = {}
         self.reconnects = 0
         self._ctx = zmq.asyncio.Context()
@@ -179,7 +195,7 @@ class DirectLink(LauncherLink):
             if time.monotonic() > deadline:
                 raise KernelStartError(f"{self.what} did not answer within {timeout:g}s; see {log_file}")
             await asyncio.sleep(ENDPOINT_POLL)
-        stream = ZmqStream(self._ctx, endpoint, keys["public"])
+        stream = self._stream = ZmqStream(self._ctx, endpoint, keys["public"])
         self.ctl = LauncherClient(stream, stream, on_event=self.on_event, heartbeat=heartbeat(self.opts.grace),
                                   what=self.what)
         self.ctl.start()
@@ -247,7 +263,18 @@ class DirectLink(LauncherLink):
 
     # --- failure and recovery ---------------------------------------------------------------
     async def broken(self) -> str:
-        await self.ctl.wait_closed()
+        """As NodeLink's; also DROPPED at once when the control channel's TCP connection drops
+        (a launcher killed outright says no end; reconnect() then learns whether the job ended)
+        rather than after the heartbeat's silence."""
+        closed = asyncio.ensure_future(self.ctl.wait_closed())
+        dropped = asyncio.ensure_future(self._stream.disconnected())
+        try:
+            await asyncio.wait({closed, dropped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            dropped.cancel()
+            closed.cancel()
+        if not closed.done() or closed.cancelled():
+            return DROPPED
         return DROPPED if self.ctl.silent else LAUNCHER
 
     async def reconnect(self, job_finished: Callable[[], bool]) -> bool:
